@@ -1,0 +1,52 @@
+import os
+
+import pytest
+import torch
+
+from oct_foundation import io
+from oct_foundation.errors import CheckpointError, OCTInputError
+
+
+def test_join_and_dirname():
+    assert io.join("memory://a/b", "c.nii.gz") == "memory://a/b/c.nii.gz"
+    assert io.join("/x/y", "/abs") == "/abs"
+    assert io.join("/x/y", "gs://b/f") == "gs://b/f"
+    assert io.dirname("memory://a/b/c.json") == "memory://a/b"
+
+
+def test_memory_roundtrip_json_and_torch(memfs):
+    io.save_json({"a": 1}, "memory://d/x.json")
+    assert io.load_json("memory://d/x.json") == {"a": 1}
+    io.torch_save({"w": torch.ones(2)}, "memory://d/w.pt")
+    assert torch.equal(io.torch_load("memory://d/w.pt")["w"], torch.ones(2))
+    with io.local_path("memory://d/w.pt") as p:
+        assert os.path.exists(p)
+    assert io.list_files("memory://d", [".pt"]) == ["memory://d/w.pt"]
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(OCTInputError, match="nope.json: file not found"):
+        io.load_json(tmp_path / "nope.json")
+
+
+def test_atomic_output_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("finished")
+    with pytest.raises(RuntimeError):
+        with io.atomic_output(target) as tmp:
+            open(tmp, "w").write("partial")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "finished"
+    assert os.listdir(tmp_path) == ["out.txt"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_callable_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"x": _Evil()}, p)
+    with pytest.raises(CheckpointError, match="evil.pt: refused"):
+        io.torch_load(p)
