@@ -1,0 +1,239 @@
+"""Per-file batch inference for collaborators: anonymised outputs, resumable, never stops on one bad file.
+
+``BatchInference`` owns everything that is the same for every inference bundle (listing inputs, naming
+outputs, skipping finished work, catching per-file errors, the summary CSV, progress); a *processor* owns
+what is specific (read, run the network, write its outputs). A processor is any object with
+
+* ``outputs(out_stem) -> list[str]``: the files it writes for one input (all present = finished);
+* ``__call__(item, out_stem) -> dict``: process ``item`` (``{"image": path, ...}``), write every output
+  atomically to a path starting with ``out_stem``, return the summary fields of this input.
+
+Privacy: output names are a hash of the input path (or the value of a user-given ID map), the summary
+holds IDs and never input paths, and error reasons have the input path replaced by ``<input>``. The
+mapping ID -> input path is written only where the user asks (``index_file``), ideally outside the
+folder that is shared.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io as _pyio
+import logging
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from oct_foundation import io
+from oct_foundation.errors import OCTInputError
+
+__all__ = ["BatchInference", "anonymous_id", "list_inputs", "IMAGE_SUFFIXES"]
+
+logger = logging.getLogger("oct_foundation.inference")
+
+#: File types the readers understand; files without a suffix are included too (DICOM often has none).
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".vol", ".e2e", ".npy")
+_SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md", ".log", ".yml", ".yaml", ".png", ".part")
+
+
+def anonymous_id(path: str, length: int = 16) -> str:
+    """A stable identifier for ``path`` that does not reveal it: the first ``length`` hex digits of sha256."""
+    return hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:length]
+
+
+def _is_candidate(path: str, suffixes: Sequence[str]) -> bool:
+    name = os.path.basename(str(path)).lower()
+    if name.startswith("."):
+        return False
+    if any(name.endswith(s) for s in suffixes):
+        return True
+    return "." not in name  # suffix-less files (DICOM) are tried; a bad one is reported, not fatal
+
+
+def list_inputs(inputs, datalist_key: str = "test", suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[dict]:
+    """Items ``{"image": path, ...}`` from a folder, a datalist JSON, a path list or an item list.
+
+    Folders and datalists may be local or fsspec URLs. A datalist without ``datalist_key`` raises an error
+    naming the file and the keys it has.
+    """
+    if isinstance(inputs, (list, tuple)):
+        return [dict(x) if isinstance(x, Mapping) else {"image": str(x)} for x in inputs]
+    src = str(inputs)
+    if src.lower().endswith(".json"):
+        data = io.load_json(src)
+        if isinstance(data, Mapping):
+            if datalist_key not in data:
+                raise OCTInputError(src, f"datalist has no '{datalist_key}' list (keys: {sorted(data)})")
+            data = data[datalist_key]
+        base = io.dirname(src)
+        items = []
+        for x in data:
+            item = dict(x) if isinstance(x, Mapping) else {"image": x}
+            item["image"] = io.join(base, item["image"])
+            items.append(item)
+        return items
+    if not io.exists(src):
+        raise OCTInputError(src, "input folder not found")
+    if not io.is_url(src) and not os.path.isdir(src.replace("file://", "")):
+        return [{"image": src}]
+    return [{"image": p} for p in io.list_files(src) if _is_candidate(p, suffixes)]
+
+
+def _load_id_map(id_map) -> dict[str, str]:
+    if id_map is None or id_map == "" or isinstance(id_map, Mapping):
+        return dict(id_map or {})
+    path = str(id_map)
+    if path.lower().endswith(".json"):
+        data = io.load_json(path)
+        if not isinstance(data, Mapping):
+            raise OCTInputError(path, "ID map JSON must be an object {input name: id}")
+        return {str(k): str(v) for k, v in data.items()}
+    with io.open_file(path, "rb") as f:
+        rows = list(csv.reader(_pyio.StringIO(f.read().decode("utf-8"))))
+    if rows and [c.strip().lower() for c in rows[0][:2]] in (["input", "id"], ["image", "id"]):
+        rows = rows[1:]
+    out = {}
+    for i, r in enumerate(rows):
+        if len(r) < 2:
+            raise OCTInputError(path, f"ID map row {i + 1} needs two columns: input, id")
+        out[r[0].strip()] = r[1].strip()
+    return out
+
+
+class BatchInference:
+    """Run a processor over many inputs; see the module docstring for the contract.
+
+    Args:
+        inputs: folder, datalist JSON, list of paths or list of items (local paths or fsspec URLs).
+        output_dir: where outputs and the summary go (local or URL); created if missing.
+        processor: object with ``outputs(out_stem)`` and ``__call__(item, out_stem)``.
+        datalist_key: list to read from a datalist JSON.
+        overwrite: redo inputs whose outputs all exist (default: skip them).
+        id_map: dict or CSV/JSON file mapping input path or file name to an output ID.
+        summary_name: summary CSV file name inside ``output_dir``.
+        index_file: optional file (local or URL) that receives the ID -> input path table.
+        progress: show a tqdm bar.
+    """
+
+    def __init__(
+        self,
+        inputs,
+        output_dir: str,
+        processor: Callable[[dict, str], dict],
+        datalist_key: str = "test",
+        overwrite: bool = False,
+        id_map=None,
+        summary_name: str = "summary.csv",
+        index_file: str | None = None,
+        progress: bool = True,
+    ):
+        if not hasattr(processor, "outputs"):
+            raise TypeError("processor needs an outputs(out_stem) method listing the files it writes")
+        self.inputs = inputs
+        self.output_dir = str(output_dir)
+        self.processor = processor
+        self.datalist_key = datalist_key
+        self.overwrite = bool(overwrite)
+        self.id_map = _load_id_map(id_map)
+        self.summary_path = io.join(self.output_dir, summary_name)
+        self.index_file = index_file or None
+        self.progress = progress
+
+    def _id_for(self, path: str) -> str:
+        for key in (path, os.path.basename(path)):
+            if key in self.id_map:
+                return self.id_map[key]
+        return anonymous_id(path)
+
+    def _check_output_dir(self) -> None:
+        try:
+            io.makedirs(self.output_dir)
+            probe = io.join(self.output_dir, ".write_test")
+            io.atomic_write(probe, b"")
+            if not io.is_url(probe):
+                os.remove(probe)
+        except OSError as e:
+            raise OCTInputError(self.output_dir, f"output folder is not writable ({e.strerror or e})") from None
+
+    def _write_summary(self, rows: list[dict]) -> None:
+        fields: list[str] = []
+        for r in rows:
+            for k in r:
+                if k not in fields:
+                    fields.append(k)
+        buf = _pyio.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(v) for k, v in r.items()})
+        io.atomic_write(self.summary_path, buf.getvalue())
+
+    def _previous_rows(self) -> dict[str, dict]:
+        if not io.exists(self.summary_path):
+            return {}
+        with io.open_file(self.summary_path, "rb") as f:
+            return {r["id"]: r for r in csv.DictReader(_pyio.StringIO(f.read().decode("utf-8")))}
+
+    def run(self) -> list[dict]:
+        """Process every input; returns the summary rows (also written to ``summary_name``)."""
+        items = list_inputs(self.inputs, self.datalist_key)
+        self._check_output_dir()
+        previous = self._previous_rows()
+        ids = [self._id_for(str(it["image"])) for it in items]
+        if len(set(ids)) != len(ids):
+            raise OCTInputError(self.inputs, "two inputs map to the same output ID; fix the ID map")
+        if self.index_file:
+            buf = _pyio.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["id", "input"])
+            w.writerows([(i, it["image"]) for i, it in zip(ids, items)])
+            io.atomic_write(self.index_file, buf.getvalue())
+
+        rows: list[dict] = []
+        counts = {"done": 0, "skipped": 0, "error": 0}
+        iterator: Iterable = zip(ids, items)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(list(iterator), desc="inference", unit="file")
+        for out_id, item in iterator:
+            out_stem = io.join(self.output_dir, out_id)
+            if not self.overwrite and all(io.exists(p) for p in self.processor.outputs(out_stem)):
+                row = dict(previous.get(out_id, {}))
+                row.update({"id": out_id, "status": "skipped", "reason": "outputs exist (use overwrite to redo)"})
+                counts["skipped"] += 1
+            else:
+                try:
+                    fields = self.processor(item, out_stem) or {}
+                    row = {"id": out_id, "status": "done", "reason": ""}
+                    row.update(fields)
+                    counts["done"] += 1
+                except Exception as e:  # one bad file must not stop the batch; it is listed with its reason
+                    reason = _scrub(f"{type(e).__name__}: {e}" if not isinstance(e, OCTInputError) else str(e),
+                                    str(item["image"]))
+                    row = {"id": out_id, "status": "error", "reason": reason}
+                    counts["error"] += 1
+                    logger.warning("input %s failed: %s", out_id, reason)
+            rows.append(row)
+            self._write_summary(rows)
+        logger.info(
+            "inference finished: %d done, %d skipped, %d failed; summary at %s",
+            counts["done"], counts["skipped"], counts["error"], self.summary_path,
+        )
+        print(f"inference: {counts['done']} done, {counts['skipped']} skipped, {counts['error']} failed "
+              f"-> {self.summary_path}")
+        return rows
+
+
+def _scrub(text: str, path: str) -> str:
+    """Remove the input path and its file name from a message (they may carry patient names)."""
+    for s in sorted({path, path.replace("file://", ""), os.path.basename(path)}, key=len, reverse=True):
+        if s:
+            text = text.replace(s, "<input>")
+    return text.replace("\n", " ")
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return "x".join(str(int(x)) if isinstance(x, (int, float)) and float(x).is_integer() else str(x) for x in v)
+    return v

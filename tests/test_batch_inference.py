@@ -1,0 +1,116 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from oct_foundation import io
+from oct_foundation.engines.batch_inference import BatchInference, anonymous_id, list_inputs
+from oct_foundation.errors import OCTInputError
+
+
+class MeanProcessor:
+    """Reads a .npy volume and writes its mean: a real processor, small enough for a unit test."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def outputs(self, out_stem):
+        return [out_stem + "_mean.json"]
+
+    def __call__(self, item, out_stem):
+        self.calls += 1
+        with io.open_file(item["image"], "rb") as f:
+            try:
+                arr = np.load(f)
+            except ValueError as e:
+                raise OCTInputError(item["image"], f"not a .npy array ({e})") from None
+        if arr.ndim != 3:
+            raise OCTInputError(item["image"], f"expected 3 dimensions [D, H, W], got {arr.ndim}")
+        io.save_json({"mean": float(arr.mean())}, out_stem + "_mean.json")
+        return {"shape": list(arr.shape), "mean": float(arr.mean())}
+
+
+def _folder(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    np.save(d / "Doe_John_1.npy", np.ones((2, 3, 4), np.float32))
+    np.save(d / "Roe_Jane_2.npy", np.full((2, 3, 4), 3.0, np.float32))
+    np.save(d / "Bad_Flat.npy", np.ones((3, 4), np.float32))
+    (d / "Broken_Name.npy").write_bytes(b"not numpy at all")
+    (d / "notes.txt").write_text("ignored")
+    return d
+
+
+def _read_summary(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_mixed_folder_continues_and_hides_names(tmp_path):
+    d, out = _folder(tmp_path), tmp_path / "out"
+    proc = MeanProcessor()
+    rows = BatchInference(str(d), str(out), proc, progress=False).run()
+    status = sorted(r["status"] for r in rows)
+    assert status == ["done", "done", "error", "error"]
+    summary = _read_summary(out / "summary.csv")
+    assert len(summary) == 4
+    err = [r for r in summary if r["status"] == "error"]
+    assert any("expected 3 dimensions" in r["reason"] for r in err)
+    assert all("<input>" in r["reason"] for r in err)
+    # No input name anywhere in the outputs.
+    blob = "".join(p.read_text() for p in out.iterdir() if p.is_file())
+    blob += " ".join(os.listdir(out))
+    for name in ("Doe", "John", "Roe", "Jane", "Bad_Flat", "Broken_Name", str(d)):
+        assert name not in blob
+    assert (out / f"{anonymous_id(str(d / 'Doe_John_1.npy'))}_mean.json").exists()
+
+
+def test_rerun_skips_finished_and_overwrite_redoes(tmp_path):
+    d, out = _folder(tmp_path), tmp_path / "out"
+    BatchInference(str(d), str(out), MeanProcessor(), progress=False).run()
+    target = out / f"{anonymous_id(str(d / 'Roe_Jane_2.npy'))}_mean.json"
+    target.write_text('{"mean": -1}')  # a finished output must survive a rerun
+    proc = MeanProcessor()
+    rows = BatchInference(str(d), str(out), proc, progress=False).run()
+    assert proc.calls == 2  # only the two failed files are tried again
+    assert json.loads(target.read_text()) == {"mean": -1}
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert len(skipped) == 2 and all(r.get("shape") for r in skipped)  # earlier fields kept
+    proc = MeanProcessor()
+    BatchInference(str(d), str(out), proc, overwrite=True, progress=False).run()
+    assert proc.calls == 4 and json.loads(target.read_text()) == {"mean": 3.0}
+
+
+def test_id_map_and_index_file(tmp_path):
+    d, out = _folder(tmp_path), tmp_path / "out"
+    id_map = tmp_path / "ids.csv"
+    id_map.write_text("input,id\nDoe_John_1.npy,subject01\n")
+    BatchInference(str(d), str(out), MeanProcessor(), id_map=str(id_map),
+                   index_file=str(tmp_path / "private_index.csv"), progress=False).run()
+    assert (out / "subject01_mean.json").exists()
+    index = _read_summary(tmp_path / "private_index.csv")
+    assert {"subject01": str(d / "Doe_John_1.npy")}.items() <= {r["id"]: r["input"] for r in index}.items()
+
+
+def test_memory_urls_and_datalist(memfs, tmp_path):
+    for name, val in (("a.npy", 1.0), ("b.npy", 2.0)):
+        with io.atomic_output(f"memory://cohort/{name}") as tmp:
+            np.save(tmp, np.full((2, 2, 2), val, np.float32))
+    io.save_json({"test": [{"image": "a.npy"}, {"image": "b.npy", "class": 1}]}, "memory://cohort/datalist.json")
+    items = list_inputs("memory://cohort/datalist.json")
+    assert [i["image"] for i in items] == ["memory://cohort/a.npy", "memory://cohort/b.npy"]
+    rows = BatchInference("memory://cohort/datalist.json", "memory://out", MeanProcessor(), progress=False).run()
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert io.exists("memory://out/summary.csv")
+    with pytest.raises(OCTInputError, match="datalist has no 'validation'"):
+        list_inputs("memory://cohort/datalist.json", "validation")
+
+
+def test_unwritable_output_folder_named(tmp_path):
+    d = _folder(tmp_path)
+    blocker = tmp_path / "file_not_dir"
+    blocker.write_text("x")
+    with pytest.raises(OCTInputError, match="file_not_dir.*not writable"):
+        BatchInference(str(d), str(blocker / "sub"), MeanProcessor(), progress=False).run()
