@@ -114,3 +114,29 @@ def test_unwritable_output_folder_named(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OCTInputError, match="file_not_dir.*not writable"):
         BatchInference(str(d), str(blocker / "sub"), MeanProcessor(), progress=False).run()
+
+
+def test_monai_dataset_inputs_use_its_transform(tmp_path):
+    from monai.data import Dataset
+
+    d, out = _folder(tmp_path), tmp_path / "out"
+
+    def load(item):
+        with io.open_file(item["image"], "rb") as f:
+            arr = np.load(f)
+        if arr.ndim != 3:
+            raise OCTInputError(item["image"], "expected 3 dimensions")
+        return {"image": arr * 2}
+
+    class Doubled:
+        def outputs(self, stem):
+            return [stem + ".json"]
+
+        def __call__(self, data, stem):
+            io.save_json({"mean": float(data["image"].mean())}, stem + ".json")
+            return {"mean": float(data["image"].mean())}
+
+    items = [{"image": str(d / n)} for n in ("Doe_John_1.npy", "Bad_Flat.npy")]
+    rows = BatchInference(Dataset(items, transform=load), str(out), Doubled(), progress=False).run()
+    assert [r["status"] for r in rows] == ["done", "error"]
+    assert rows[0]["mean"] == 2.0 and "<input>: expected 3 dimensions" in rows[1]["reason"]

@@ -105,6 +105,8 @@ class BatchInference:
         inputs: folder, datalist JSON, list of paths or list of items (local paths or fsspec URLs).
         output_dir: where outputs and the summary go (local or URL); created if missing.
         processor: object with ``outputs(out_stem)`` and ``__call__(item, out_stem)``.
+        loader: optional transform applied to each item before the processor (read + preprocess); a
+            MONAI ``Dataset`` given as ``inputs`` supplies its ``transform`` here and its ``data`` as items.
         datalist_key: list to read from a datalist JSON.
         overwrite: redo inputs whose outputs all exist (default: skip them).
         id_map: dict or CSV/JSON file mapping input path or file name to an output ID.
@@ -118,6 +120,7 @@ class BatchInference:
         inputs,
         output_dir: str,
         processor: Callable[[dict, str], dict],
+        loader: Callable[[dict], dict] | None = None,
         datalist_key: str = "test",
         overwrite: bool = False,
         id_map=None,
@@ -127,7 +130,11 @@ class BatchInference:
     ):
         if not hasattr(processor, "outputs"):
             raise TypeError("processor needs an outputs(out_stem) method listing the files it writes")
+        if hasattr(inputs, "data") and hasattr(inputs, "transform") and not isinstance(inputs, (str, list)):
+            loader = loader if loader is not None else inputs.transform
+            inputs = list(inputs.data)
         self.inputs = inputs
+        self.loader = loader
         self.output_dir = str(output_dir)
         self.processor = processor
         self.datalist_key = datalist_key
@@ -202,7 +209,8 @@ class BatchInference:
                 counts["skipped"] += 1
             else:
                 try:
-                    fields = self.processor(item, out_stem) or {}
+                    data = self.loader(dict(item)) if self.loader is not None else item
+                    fields = self.processor(data, out_stem) or {}
                     row = {"id": out_id, "status": "done", "reason": ""}
                     row.update(fields)
                     counts["done"] += 1
