@@ -215,6 +215,7 @@ class BatchInference:
                     row.update(fields)
                     counts["done"] += 1
                 except Exception as e:  # one bad file must not stop the batch; it is listed with its reason
+                    e = _root_cause(e)
                     reason = _scrub(f"{type(e).__name__}: {e}" if not isinstance(e, OCTInputError) else str(e),
                                     str(item["image"]))
                     row = {"id": out_id, "status": "error", "reason": reason}
@@ -229,6 +230,18 @@ class BatchInference:
         print(f"inference: {counts['done']} done, {counts['skipped']} skipped, {counts['error']} failed "
               f"-> {self.summary_path}")
         return rows
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The error that started it all: MONAI's ``apply_transform`` wraps errors in "applying transform ..."."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or (e.__context__ if not e.__suppress_context__ else None)
+        if nxt is None:
+            break
+        e = nxt
+    return e
 
 
 def _scrub(text: str, path: str) -> str:
