@@ -35,6 +35,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["oct_foundation", "oct_foundation.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        # peer implementation for scripts/benchmark.py (built from a config with random weights, never downloaded)
+        "bench": ["transformers==5.23.0"],
+    },
     include_package_data=True,
 )
