@@ -1,0 +1,718 @@
+"""OCT volume readers and writers: NIfTI, DICOM Ophthalmic Tomography, Heidelberg ``.vol``/``.e2e``, ``.npy``.
+
+Every reader is a MONAI :class:`~monai.data.ImageReader` and returns, through ``get_data``, a channel-first
+array ``[C, D, H, W]`` (D = B-scan index, H = axial depth, W = lateral) plus a meta dict with
+``spacing = (sd, sh, sw)`` in mm, ``affine = diag(sd, sh, sw, 1)``, ``original_affine`` and
+``filename_or_obj``. All file access goes through :mod:`oct_foundation.io`, so local paths and fsspec URLs
+(``gs://``, ``memory://``) behave the same. Anything unreadable raises a one-line
+:class:`~oct_foundation.errors.OCTInputError` naming the file and the problem.
+
+:class:`LoadOCTd` is the dictionary transform to use in configs (MONAI's ``LoadImage`` turns ``memory://x``
+into ``memory:/x`` because it passes names through ``pathlib.Path``).
+"""
+from __future__ import annotations
+
+import datetime
+import gzip
+import io as _pyio
+import posixpath
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import MapTransform
+
+from oct_foundation import io as oio
+from oct_foundation.errors import OCTInputError
+
+__all__ = [
+    "OCTImage",
+    "NiftiOCTReader",
+    "DicomOCTReader",
+    "HeidelbergVolReader",
+    "NumpyOCTReader",
+    "OCTVolumeReader",
+    "LoadOCTd",
+    "load_oct",
+    "write_dicom_oct",
+    "write_heyex_vol",
+    "OPT_SOP_CLASS_UID",
+    "OCT_SUFFIXES",
+]
+
+#: Ophthalmic Tomography Image Storage.
+OPT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+HEYEX_SUFFIXES = (".vol", ".e2e")
+NUMPY_SUFFIXES = (".npy",)
+#: Every suffix :class:`OCTVolumeReader` knows (files without a suffix are sniffed by their magic bytes).
+OCT_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + HEYEX_SUFFIXES + NUMPY_SUFFIXES
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _name(path) -> str:
+    return str(path).lower()
+
+
+def _has_suffix(filename, suffixes) -> bool:
+    names = filename if isinstance(filename, (list, tuple)) else [filename]
+    return all(any(_name(n).endswith(s) for s in suffixes) for n in names)
+
+
+def _read_bytes(path) -> bytes:
+    with oio.open_file(path, "rb") as f:
+        return f.read()
+
+
+def spacing_affine(spacing: Sequence[float]) -> np.ndarray:
+    """``diag(sd, sh, sw, 1)``: the index-space affine used by every reader (no orientation, mm units)."""
+    return np.diag([float(s) for s in spacing] + [1.0])
+
+
+@dataclass
+class OCTImage:
+    """What ``read`` returns: the array ``[C, D, H, W]``, its spacing and extra meta."""
+
+    array: np.ndarray
+    spacing: tuple
+    filename: str
+    fmt: str
+    original_affine: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _finalise(
+    array: np.ndarray, path, *, channel_last: bool, sanitize_nan: bool, dtype, fmt: str
+) -> np.ndarray:
+    """Check dimensions and finiteness, return ``[C, D, H, W]``.
+
+    ``array`` is ``[D, H, W]`` or 4D with channels last (``channel_last``) or first.
+    """
+    if array.ndim == 3:
+        array = array[None]
+    elif array.ndim == 4:
+        if channel_last:
+            array = np.moveaxis(array, -1, 0)
+    else:
+        raise OCTInputError(
+            path,
+            f"expected a 3D volume [D, H, W] (or 4D with a channel axis), got {array.ndim}D data "
+            f"with shape {tuple(array.shape)}",
+        )
+    if min(array.shape) == 0:
+        raise OCTInputError(path, f"empty volume with shape {tuple(array.shape)}")
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        n_bad = int(bad.sum())
+        if n_bad:
+            if not sanitize_nan:
+                raise OCTInputError(
+                    path, f"{n_bad} non-finite (NaN/Inf) voxels; pass sanitize_nan=True to replace them with 0"
+                )
+            array = np.where(bad, np.zeros((), array.dtype), array)
+    return np.ascontiguousarray(array)
+
+
+class _OCTReaderBase(ImageReader):
+    """Shared ``get_data`` and list handling; subclasses implement ``_read_one(path) -> OCTImage``."""
+
+    suffixes: tuple = ()
+    fmt = "oct"
+
+    def __init__(self, sanitize_nan: bool = False, dtype=np.float32, **kwargs):
+        """
+        Args:
+            sanitize_nan: replace NaN/Inf voxels with 0 instead of raising :class:`OCTInputError`.
+            dtype: output dtype (``None`` keeps the file's dtype).
+        """
+        super().__init__()
+        self.sanitize_nan = sanitize_nan
+        self.dtype = dtype
+        self.kwargs = kwargs
+
+    def verify_suffix(self, filename) -> bool:
+        return _has_suffix(filename, self.suffixes)
+
+    def read(self, data, **kwargs):
+        """Read one path (returns an :class:`OCTImage`) or a sequence of paths (returns a list)."""
+        if isinstance(data, (list, tuple)):
+            return [self._read_one(str(p)) for p in data]
+        return self._read_one(str(data))
+
+    def _read_one(self, path: str) -> OCTImage:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _finalise(self, array, path, channel_last=False) -> np.ndarray:
+        return _finalise(
+            array, path, channel_last=channel_last, sanitize_nan=self.sanitize_nan, dtype=self.dtype, fmt=self.fmt
+        )
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        """``(array [C, D, H, W], meta)``; several images are concatenated along C (same D, H, W needed)."""
+        imgs = img if isinstance(img, (list, tuple)) else [img]
+        first = imgs[0]
+        arrays = [i.array for i in imgs]
+        for i in imgs[1:]:
+            if i.array.shape[1:] != first.array.shape[1:]:
+                raise OCTInputError(
+                    i.filename, f"shape {i.array.shape[1:]} differs from {first.filename} {first.array.shape[1:]}"
+                )
+        array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        spacing = tuple(float(s) for s in first.spacing)
+        meta = {
+            "spacing": np.asarray(spacing, dtype=np.float64),
+            "affine": spacing_affine(spacing),
+            "original_affine": (
+                first.original_affine if first.original_affine is not None else spacing_affine(spacing)
+            ),
+            "spatial_shape": np.asarray(array.shape[1:]),
+            "original_channel_dim": 0,
+            "filename_or_obj": first.filename,
+            "format": first.fmt,
+        }
+        meta.update(first.extra)
+        return array, meta
+
+
+# ----------------------------------------------------------------------------------------------- NIfTI
+class NiftiOCTReader(_OCTReaderBase):
+    """NIfTI-1/2 (``.nii``, ``.nii.gz``) through nibabel.
+
+    On disk the data array is indexed ``[D, H, W]`` (optionally a 4th, channel, axis last); spacing is the
+    header's voxel size (converted to mm from micron/metre units). The file's affine is kept as
+    ``original_affine``; ``affine`` is ``diag(sd, sh, sw, 1)``.
+    """
+
+    suffixes = NIFTI_SUFFIXES
+    fmt = "nifti"
+
+    def _read_one(self, path: str) -> OCTImage:
+        import nibabel as nib
+
+        raw = _read_bytes(path)
+        if raw[:2] == b"\x1f\x8b":
+            try:
+                raw = gzip.decompress(raw)
+            except (EOFError, OSError, zlib.error) as e:
+                raise OCTInputError(path, f"truncated or corrupt gzip data ({_first_line(e)})") from None
+        if len(raw) < 348:
+            raise OCTInputError(path, f"not a NIfTI file (only {len(raw)} bytes)")
+        sizeof_hdr = int.from_bytes(raw[:4], "little")
+        if sizeof_hdr not in (348, 540):
+            sizeof_hdr = int.from_bytes(raw[:4], "big")
+        klass = {348: nib.Nifti1Image, 540: nib.Nifti2Image}.get(sizeof_hdr)
+        if klass is None:
+            raise OCTInputError(path, "not a NIfTI file (bad header size)")
+        try:
+            img = klass.from_bytes(raw)
+            data = np.asanyarray(img.dataobj)
+        except Exception as e:  # nibabel raises several types for short/corrupt data
+            raise OCTInputError(path, f"cannot read NIfTI data, file truncated or corrupt ({_first_line(e)})") from None
+        zooms = [float(z) for z in img.header.get_zooms()[:3]]
+        zooms += [1.0] * (3 - len(zooms))
+        unit = img.header.get_xyzt_units()[0]
+        scale = {"micron": 1e-3, "meter": 1e3}.get(unit, 1.0)
+        spacing = tuple(z * scale if z > 0 else 1.0 for z in zooms)
+        arr = self._finalise(data, path, channel_last=True)
+        return OCTImage(arr, spacing, path, self.fmt, original_affine=np.asarray(img.affine, dtype=np.float64))
+
+
+# ----------------------------------------------------------------------------------------------- DICOM
+def _seq_item(ds, *keywords):
+    """Follow ``keywords`` through nested sequences (first item of each); ``None`` when absent."""
+    cur = ds
+    for kw in keywords:
+        val = getattr(cur, kw, None) if cur is not None else None
+        if val is None:
+            return None
+        if kw.endswith("Sequence"):
+            if len(val) == 0:
+                return None
+            val = val[0]
+        cur = val
+    return cur
+
+
+def _positive(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f > 0 else None
+
+
+def dicom_spacing(ds) -> tuple[tuple[float, float, float], dict]:
+    """``((sd, sh, sw), sources)`` from a (multi-frame) DICOM dataset.
+
+    In-plane ``(sh, sw)`` = Pixel Spacing (row spacing, column spacing) from the shared, then the first
+    per-frame, PixelMeasuresSequence, then the top level. Slice spacing ``sd`` = SpacingBetweenSlices of the
+    PixelMeasuresSequence, else the mean distance between consecutive PlanePositionSequence
+    ImagePositionPatient, else SliceThickness, else the top-level SpacingBetweenSlices/SliceThickness.
+    Missing values fall back to 1.0 and are reported as ``"default"`` in ``sources``.
+    """
+    measures = []
+    for where, grp in (("shared", "SharedFunctionalGroupsSequence"), ("per-frame", "PerFrameFunctionalGroupsSequence")):
+        pm = _seq_item(ds, grp, "PixelMeasuresSequence")
+        if pm is not None:
+            measures.append((where, pm))
+    sources = {}
+    sh = sw = None
+    for where, pm in measures + [("top-level", ds)]:
+        ps = getattr(pm, "PixelSpacing", None)
+        if ps is not None and len(ps) == 2 and _positive(ps[0]) and _positive(ps[1]):
+            sh, sw = float(ps[0]), float(ps[1])
+            sources["in_plane"] = f"{where} PixelSpacing"
+            break
+    if sh is None:
+        sh = sw = 1.0
+        sources["in_plane"] = "default"
+    sd = None
+    for where, pm in measures:
+        v = _positive(getattr(pm, "SpacingBetweenSlices", None))
+        if v:
+            sd, sources["slice"] = v, f"{where} SpacingBetweenSlices"
+            break
+    if sd is None:
+        frames = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
+        pos = []
+        for fg in frames:
+            p = _seq_item(fg, "PlanePositionSequence")
+            ipp = getattr(p, "ImagePositionPatient", None) if p is not None else None
+            if ipp is None or len(ipp) != 3:
+                pos = []
+                break
+            pos.append([float(x) for x in ipp])
+        if len(pos) >= 2:
+            d = np.linalg.norm(np.diff(np.asarray(pos), axis=0), axis=1)
+            if np.all(d > 0):
+                sd, sources["slice"] = float(d.mean()), "PlanePositionSequence differences"
+    if sd is None:
+        for where, pm in measures + [("top-level", ds)]:
+            for kw in ("SliceThickness",) if where != "top-level" else ("SpacingBetweenSlices", "SliceThickness"):
+                v = _positive(getattr(pm, kw, None))
+                if v:
+                    sd, sources["slice"] = v, f"{where} {kw}"
+                    break
+            if sd is not None:
+                break
+    if sd is None:
+        sd, sources["slice"] = 1.0, "default"
+    return (sd, sh, sw), sources
+
+
+class DicomOCTReader(_OCTReaderBase):
+    """DICOM through pydicom, in particular multi-frame Ophthalmic Tomography (frames are B-scans).
+
+    ``pixel_array`` ``[frames, rows, cols]`` is ``[D, H, W]`` as stored (MONAI's PydicomReader is not used: it
+    reorders the axes of multi-frame files). Colour data ``[frames, rows, cols, 3]`` becomes 3 channels.
+    Spacing: see :func:`dicom_spacing`.
+    """
+
+    suffixes = DICOM_SUFFIXES
+    fmt = "dicom"
+
+    def _read_one(self, path: str) -> OCTImage:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        raw = _read_bytes(path)
+        try:
+            ds = pydicom.dcmread(_pyio.BytesIO(raw))
+        except InvalidDicomError:
+            raise OCTInputError(path, "not a DICOM file") from None
+        except Exception as e:
+            raise OCTInputError(path, f"cannot parse DICOM, file truncated or corrupt ({_first_line(e)})") from None
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            sop = getattr(ds, "SOPClassUID", None)
+            what = f" (SOP class {sop.name if hasattr(sop, 'name') else sop})" if sop else ""
+            raise OCTInputError(path, f"DICOM has no pixel data, not an image{what}")
+        try:
+            data = ds.pixel_array
+        except Exception as e:
+            raise OCTInputError(path, f"cannot decode DICOM pixel data ({_first_line(e)})") from None
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        if frames == 1 and data.ndim == 2 + (spp > 1):
+            raise OCTInputError(
+                path, f"expected a multi-frame 3D volume, got a single 2D frame with shape {tuple(data.shape)}"
+            )
+        spacing, sources = dicom_spacing(ds)
+        arr = self._finalise(data, path, channel_last=spp > 1)
+        sop = str(getattr(ds, "SOPClassUID", ""))
+        return OCTImage(
+            arr, spacing, path, self.fmt,
+            extra={"sop_class_uid": sop, "spacing_source": f"{sources['slice']}; {sources['in_plane']}"},
+        )
+
+
+def write_dicom_oct(
+    path,
+    volume: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    patient_id: str | None = None,
+    **tags: Any,
+) -> str:
+    """Write ``volume [D, H, W]`` as a multi-frame Ophthalmic Tomography Image Storage file.
+
+    Frames are B-scans. Spacing goes into the shared functional groups (PixelMeasuresSequence: PixelSpacing
+    ``[sh, sw]``, SpacingBetweenSlices and SliceThickness ``sd``), and every frame gets a FrameContentSequence
+    and a PlanePositionSequence at ``(0, 0, i * sd)``. Patient tags (``patient_id`` and any keyword in
+    ``tags``, e.g. ``PatientName="A^B"``, ``ImageLaterality="R"``) are written only when given.
+
+    Voxels must be integers in ``0..65535`` (uint8 stays 8-bit, else 16-bit). The file is written
+    atomically to a local path or fsspec URL; returns ``path``.
+    """
+    import pydicom
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DSeq
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"write_dicom_oct needs volume [D, H, W], got shape {vol.shape}")
+    if not np.issubdtype(vol.dtype, np.integer):
+        if not np.all(np.isfinite(vol)) or not np.array_equal(vol, np.round(vol)):
+            raise ValueError("write_dicom_oct needs integer voxels (quantise the volume first)")
+    if vol.size and (vol.min() < 0 or vol.max() > 65535):
+        raise ValueError(f"write_dicom_oct needs voxels in 0..65535, got {vol.min()}..{vol.max()}")
+    bits = 8 if vol.dtype == np.uint8 else 16
+    vol = np.ascontiguousarray(vol.astype(np.uint8 if bits == 8 else np.uint16))
+    sd, sh, sw = (float(s) for s in spacing)
+    d, h, w = vol.shape
+    now = datetime.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = OPT_SOP_CLASS_UID
+    sop_uid = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = OPT_SOP_CLASS_UID
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality = "OPT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
+    ds.AcquisitionDateTime = date + time
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.BurnedInAnnotation = "NO"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.LossyImageCompression = "00"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = d
+    ds.Rows, ds.Columns = h, w
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+
+    pm = Dataset()
+    pm.PixelSpacing = [sh, sw]
+    pm.SpacingBetweenSlices = sd
+    pm.SliceThickness = sd
+    po = Dataset()
+    po.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared = Dataset()
+    shared.PixelMeasuresSequence = DSeq([pm])
+    shared.PlaneOrientationSequence = DSeq([po])
+    ds.SharedFunctionalGroupsSequence = DSeq([shared])
+    per_frame = []
+    for i in range(d):
+        fc = Dataset()
+        fc.StackID = "1"
+        fc.InStackPositionNumber = i + 1
+        fc.DimensionIndexValues = [1, i + 1]
+        pp = Dataset()
+        pp.ImagePositionPatient = [0.0, 0.0, round(i * sd, 6)]
+        fg = Dataset()
+        fg.FrameContentSequence = DSeq([fc])
+        fg.PlanePositionSequence = DSeq([pp])
+        per_frame.append(fg)
+    ds.PerFrameFunctionalGroupsSequence = DSeq(per_frame)
+    dim_uid = generate_uid()
+    org = Dataset()
+    org.DimensionOrganizationUID = dim_uid
+    ds.DimensionOrganizationSequence = DSeq([org])
+    dims = []
+    for pointer in ("StackID", "InStackPositionNumber"):
+        di = Dataset()
+        di.DimensionOrganizationUID = dim_uid
+        di.DimensionIndexPointer = tag_for_keyword(pointer)
+        di.FunctionalGroupPointer = tag_for_keyword("FrameContentSequence")
+        dims.append(di)
+    ds.DimensionIndexSequence = DSeq(dims)
+
+    if patient_id is not None:
+        ds.PatientID = str(patient_id)
+    for kw, value in tags.items():
+        if tag_for_keyword(kw) is None:
+            raise ValueError(f"write_dicom_oct: unknown DICOM keyword {kw!r}")
+        setattr(ds, kw, value)
+
+    ds.PixelData = vol.tobytes()
+    with oio.atomic_output(path) as tmp:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------- Heidelberg
+class HeidelbergVolReader(_OCTReaderBase):
+    """Heidelberg HEYEX ``.vol`` (and ``.e2e``) through eyepy (``import_heyex_vol`` / ``import_heyex_e2e``).
+
+    eyepy's volume is ``(n_bscans, height, width)`` = ``[D, H, W]``; spacing is ``(scale_z, scale_y, scale_x)``
+    (B-scan distance, axial, lateral) in mm.
+
+    Args:
+        intensity: ``"display"`` (default) gives eyepy's ``data``: the HEYEX display contrast (uint8 values
+            0..255 for ``.vol``); ``"raw"`` gives the stored float reflectivity (``raw_data``, with the
+            "no data" marker ``float32 max`` set to 0).
+    """
+
+    suffixes = HEYEX_SUFFIXES
+    fmt = "heyex"
+
+    def __init__(self, intensity: str = "display", sanitize_nan: bool = False, dtype=np.float32, **kwargs):
+        super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        if intensity not in ("display", "raw"):
+            raise ValueError(f"intensity must be 'display' or 'raw', got {intensity!r}")
+        self.intensity = intensity
+
+    def _read_one(self, path: str) -> OCTImage:
+        import logging
+
+        import eyepy
+
+        is_e2e = _name(path).endswith(".e2e")
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        eyepy_log = logging.getLogger("eyepy")
+        level = eyepy_log.level
+        eyepy_log.setLevel(logging.ERROR)  # eyepy warns about unsegmented layers on every plain volume
+        try:
+            with oio.local_path(path) as local:
+                ev = eyepy.import_heyex_e2e(local) if is_e2e else eyepy.import_heyex_vol(local)
+                if self.intensity == "raw":
+                    data = np.array(ev.raw_data, dtype=np.float32)
+                    data[data == np.finfo(np.float32).max] = 0
+                else:
+                    data = np.asarray(ev.data)
+                spacing = (float(ev.scale_z), float(ev.scale_y), float(ev.scale_x))
+        except OCTInputError:
+            raise
+        except Exception as e:  # construct/eyepy raise many types on short or foreign files
+            kind = "E2E" if is_e2e else "VOL"
+            raise OCTInputError(path, f"cannot read HEYEX {kind} file, truncated or corrupt ({_first_line(e)})") from None
+        finally:
+            eyepy_log.setLevel(level)
+        spacing = tuple(s if s > 0 else 1.0 for s in spacing)
+        arr = self._finalise(data, path)
+        return OCTImage(arr, spacing, path, self.fmt, extra={"heyex_intensity": self.intensity})
+
+
+def write_heyex_vol(path, volume: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), slo=None) -> str:
+    """Write ``volume [D, H, W]`` (uint8 display intensities) as a HEYEX ``.vol`` file.
+
+    eyepy 0.21 ships ``HeVolWriter``, but it needs a complete ``EyeVolume`` (patient, localizer, layer
+    meta); this builds the file straight from eyepy's own construct definition of the format
+    (``eyepy.io.he.vol_reader.vol_format``: 2048-byte file header, SLO image ``[size_y_slo, size_x_slo]``
+    uint8, then per B-scan a header + ``float32 [H, W]``), so the reader that parses real files parses
+    this one. Intensities are stored with eyepy's ``to_vol_intensity`` so that eyepy's default ``.vol``
+    display transform gives back the uint8 values. The SLO defaults to the en-face mean projection
+    ``[D, W]``. No patient fields are filled. Written atomically; returns ``path``.
+    """
+    import construct as cs
+    from eyepy.core.utils import to_vol_intensity
+    from eyepy.io.he.vol_reader import vol_format
+
+    # eyepy's date adapter for the 64-bit exam time encodes to a float, which construct cannot pack (this
+    # also breaks eyepy's own HeVolWriter); swap in the plain field (100 ns ticks since 1601-01-01).
+    fmt = cs.Struct(*[("exam_time" / cs.Int64ul) if sc.name == "exam_time" else sc for sc in vol_format.subcons])
+
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"write_heyex_vol needs volume [D, H, W], got shape {vol.shape}")
+    if vol.dtype != np.uint8:
+        if vol.size and (vol.min() < 0 or vol.max() > 255 or not np.array_equal(vol, np.round(vol))):
+            raise ValueError("write_heyex_vol needs uint8 display intensities 0..255")
+        vol = vol.astype(np.uint8)
+    sd, sh, sw = (float(s) for s in spacing)
+    d, h, w = vol.shape
+    if slo is None:
+        slo = vol.mean(axis=1).round().astype(np.uint8)  # [D, W] en-face projection
+    slo = np.ascontiguousarray(np.asarray(slo, dtype=np.uint8))
+    date = datetime.datetime(2000, 1, 1)
+    header = dict(
+        size_x=w, n_bscans=d, size_y=h, scale_x=sw, distance=sd, scale_y=sh,
+        size_x_slo=slo.shape[1], size_y_slo=slo.shape[0], scale_x_slo=sw, scale_y_slo=sd,
+        field_size_slo=0, scan_focus=0.0, scan_position="OD",
+        exam_time=int((date - datetime.datetime(1601, 1, 1)).total_seconds()) * 10_000_000, scan_pattern=3,
+        bscan_hdr_size=256, id="1", reference_id="", pid=0, patient_id="", dob=date.isoformat(),
+        vid=0, visit_id="", visit_date=date.isoformat(), grid_type=0, grid_offset=0, grid_type1=0,
+        grid_offset1=0, prog_id="", localizer=slo,
+    )
+    bscans = []
+    for i in range(d):
+        y = (d - 1 - i) * sd  # eyepy places B-scan 0 at the bottom of the SLO
+        bscans.append(dict(
+            bscan_hdr_size=256, start_x=0.0, start_y=y, end_x=(w - 1) * sw, end_y=y, num_seg=0,
+            quality=0.0, shift=0, iv_transformation=[0.0] * 6, layer_segmentations=np.zeros((0, w), np.float32),
+            data=np.ascontiguousarray(to_vol_intensity(vol[i]).astype(np.float32)),
+        ))
+    header["bscans"] = bscans
+    data = fmt.build(header)
+    oio.atomic_write(path, data)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------- NumPy
+class NumpyOCTReader(_OCTReaderBase):
+    """``.npy`` arrays ``[D, H, W]`` or ``[C, D, H, W]`` (no pickles). Spacing is ``spacing`` (default 1 mm)."""
+
+    suffixes = NUMPY_SUFFIXES
+    fmt = "numpy"
+
+    def __init__(self, spacing: Sequence[float] = (1.0, 1.0, 1.0), sanitize_nan: bool = False, dtype=np.float32,
+                 **kwargs):
+        super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        self.spacing = tuple(float(s) for s in spacing)
+
+    def _read_one(self, path: str) -> OCTImage:
+        raw = _read_bytes(path)
+        try:
+            data = np.load(_pyio.BytesIO(raw), allow_pickle=False)
+        except Exception as e:
+            raise OCTInputError(path, f"cannot read .npy array, file truncated or corrupt ({_first_line(e)})") from None
+        if not isinstance(data, np.ndarray):
+            raise OCTInputError(path, "expected a single array in .npy")
+        arr = self._finalise(data, path, channel_last=False)
+        return OCTImage(arr, self.spacing, path, self.fmt)
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
+def sniff_format(head: bytes) -> str | None:
+    """Format from a file's first bytes (>= 352): ``nifti``, ``dicom``, ``heyex``, ``numpy`` or ``None``."""
+    if head[:2] == b"\x1f\x8b":
+        return "nifti"  # gzip: the only compressed format read here
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head[:8] == b"HSF-OCT-" or head[:4] == b"CMDb" or head[:4] == b"ep-v":
+        return "heyex"
+    if head[:6] == b"\x93NUMPY":
+        return "numpy"
+    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
+        return "nifti"
+    if len(head) >= 8 and head[4:8] == b"n+2\x00":
+        return "nifti"
+    return None
+
+
+class OCTVolumeReader(_OCTReaderBase):
+    """One reader for every OCT format: picks NIfTI / DICOM / HEYEX / NumPy by suffix, else by magic bytes.
+
+    Args:
+        sanitize_nan: replace NaN/Inf voxels with 0 instead of raising.
+        dtype: output dtype (``None`` keeps the file's).
+        heyex_intensity: ``"display"`` or ``"raw"`` (see :class:`HeidelbergVolReader`).
+        npy_spacing: spacing reported for ``.npy`` arrays.
+    """
+
+    suffixes = OCT_SUFFIXES
+    fmt = "oct"
+
+    def __init__(self, sanitize_nan: bool = False, dtype=np.float32, heyex_intensity: str = "display",
+                 npy_spacing: Sequence[float] = (1.0, 1.0, 1.0), **kwargs):
+        super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        self.readers = {
+            "nifti": NiftiOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
+            "dicom": DicomOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
+            "heyex": HeidelbergVolReader(intensity=heyex_intensity, sanitize_nan=sanitize_nan, dtype=dtype),
+            "numpy": NumpyOCTReader(spacing=npy_spacing, sanitize_nan=sanitize_nan, dtype=dtype),
+        }
+
+    def verify_suffix(self, filename) -> bool:
+        """Known suffix, or no suffix at all (DICOM files often have none; their magic bytes decide)."""
+        names = filename if isinstance(filename, (list, tuple)) else [filename]
+        return all(
+            _has_suffix(n, OCT_SUFFIXES) or "." not in posixpath.basename(str(n).rstrip("/")) for n in names
+        )
+
+    def reader_for(self, path: str) -> _OCTReaderBase:
+        """The format reader for ``path`` (suffix first, then the file's first bytes)."""
+        for reader in self.readers.values():
+            if reader.verify_suffix(path):
+                return reader
+        with oio.open_file(path, "rb") as f:
+            head = f.read(352)
+        fmt = sniff_format(head)
+        if fmt is None:
+            raise OCTInputError(path, "unknown file type (not NIfTI, DICOM, HEYEX VOL/E2E or .npy)")
+        return self.readers[fmt]
+
+    def _read_one(self, path: str) -> OCTImage:
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        return self.reader_for(path)._read_one(path)
+
+
+def load_oct(path, reader: ImageReader | None = None, dtype=None) -> MetaTensor:
+    """Read one file into ``MetaTensor [C, D, H, W]`` (meta: spacing, affine, filename_or_obj, ...)."""
+    reader = reader if reader is not None else OCTVolumeReader()
+    img = reader.read(str(path))
+    array, meta = reader.get_data(img)
+    affine = torch.as_tensor(meta.pop("affine"), dtype=torch.float64)
+    meta["filename_or_obj"] = str(path)
+    out = MetaTensor(torch.as_tensor(array), affine=affine, meta=meta)
+    if dtype is not None:
+        out = out.to(dtype)
+    return out
+
+
+class LoadOCTd(MapTransform):
+    """Load the paths under ``keys`` (local or fsspec URL) into ``MetaTensor [C, D, H, W]``.
+
+    Use instead of ``LoadImaged`` in configs. ``reader`` defaults to :class:`OCTVolumeReader`
+    (with ``sanitize_nan`` and ``dtype``). Values that are already tensors/arrays are left alone.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reader: ImageReader | None = None,
+        allow_missing_keys: bool = False,
+        sanitize_nan: bool = False,
+        dtype=np.float32,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.reader = reader if reader is not None else OCTVolumeReader(sanitize_nan=sanitize_nan, dtype=dtype)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if isinstance(value, (torch.Tensor, np.ndarray)):
+                continue
+            d[key] = load_oct(value, self.reader)
+        return d
