@@ -1,0 +1,55 @@
+"""Networks: 3D ViT encoder, V-JEPA predictor and model, masks, pretrained loading, MAISI VAE, heads.
+
+Names are resolved lazily (module ``__getattr__``) so that ``import oct_foundation.networks`` stays cheap and a
+bundle config can refer to ``oct_foundation.networks.VJEPA3D`` without importing every submodule.
+"""
+import importlib
+
+_EXPORTS = {
+    # vit3d
+    "VisionTransformer3D": "vit3d",
+    "PatchEmbed3D": "vit3d",
+    "Attention": "vit3d",
+    "Block": "vit3d",
+    "sincos_pos_embed_3d": "vit3d",
+    "token_positions": "vit3d",
+    "rope_tables": "vit3d",
+    "apply_rope": "vit3d",
+    "gather_tokens": "vit3d",
+    # predictor / model
+    "Predictor3D": "predictor",
+    "VJEPA3D": "vjepa3d",
+    # masking
+    "MultiBlockMask3D": "masking",
+    "default_mask_generators": "masking",
+    "VJEPA_MASK_CONFIGS": "masking",
+    # pretrained checkpoints
+    "load_pretrained": "pretrained",
+    "LoadReport": "pretrained",
+    # MAISI autoencoder
+    "StackedVideoVAE": "maisi",
+    # downstream heads
+    "SegmentationHead": "heads",
+    "ClassificationProbe": "heads",
+}
+
+_SUBMODULES = ("vit3d", "predictor", "vjepa3d", "masking", "pretrained", "maisi", "heads")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))
