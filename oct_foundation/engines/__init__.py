@@ -1,0 +1,43 @@
+"""Engines: the JEPA trainer / evaluator, training handlers, schedules, embedding inference, batch inference.
+
+Names are resolved lazily (module ``__getattr__``) so that ``import oct_foundation.engines`` stays cheap and
+bundle configs can use ``_target_: oct_foundation.engines.JEPATrainer``.
+"""
+import importlib
+
+_EXPORTS = {
+    "jepa_trainer": (
+        "JEPATrainer", "JEPAEvaluator", "prepare_batch_image", "size_for_epoch", "freeze_encoder",
+        "encoder_units", "prepare_network", "mask_generator_for_depth", "draw_masks",
+    ),
+    "handlers": (
+        "ProgressBarHandler", "JEPAStatsLogger", "TrainingCheckpoint", "latest_checkpoint", "resolve_resume",
+        "ProgressiveUnfreezing", "ModelExport", "peak_memory_mb", "slice_indices_of",
+    ),
+    "schedules": (
+        "cosine_value", "linear_value", "warmup_cosine_value", "WarmupCosineLR", "WeightDecaySchedule",
+        "MomentumSchedule", "build_param_groups", "tokens_per_sample", "accumulation_for_tokens",
+    ),
+    "embedding_inference": ("EmbeddingProcessor", "run_embedding_inference"),
+    "batch_inference": ("BatchInference", "anonymous_id", "list_inputs"),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+_MODULES = tuple(_EXPORTS)
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in _MODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE) | set(_MODULES))

@@ -1,0 +1,177 @@
+"""Embeddings of whole OCT volumes with a pretrained V-JEPA encoder, as a ``BatchInference`` processor.
+
+Each volume is read at full depth (no depth subsampling: the encoder sees every B-scan), preprocessed
+(spacing, intensity normalisation, in-plane resize; depth padded by edge replication to a multiple of the
+tubelet size), encoded, and written next to ``out_stem``:
+
+* ``<out_stem>_embedding.pt`` (or ``.npy``): the mean-pooled embedding ``[E]`` (float32);
+* optionally ``<out_stem>_tokens.pt`` (or ``.npy``): all tokens ``[N, E]`` in ``(t, h, w)`` raster order.
+
+Writes are atomic (``oct_foundation.io.atomic_output``); the returned row holds the output file names (not
+paths, so the summary reveals nothing about the inputs), the embedding size, the token grid and the depth.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from oct_foundation import io
+from oct_foundation.errors import OCTInputError
+
+__all__ = ["EmbeddingProcessor", "run_embedding_inference"]
+
+
+class EmbeddingProcessor:
+    """``processor(item, out_stem) -> row`` for :class:`oct_foundation.engines.BatchInference`.
+
+    Args:
+        network: a ``VJEPA3D`` (its ``target_encoder`` with ``use_target_encoder``, else ``encoder``) or a
+            ``VisionTransformer3D``.
+        target_spacing: ``(sd, sh, sw)`` in mm for ``Spacingd`` (None: keep).
+        image_size: in-plane ``(H, W)`` after resampling (None: keep).
+        transforms: preprocessing of an item ``{"image": path}`` to ``{"image": [C, D, H, W]}``; default
+            ``build_preprocessing(d_target=None, train=False, eval_full_depth=True, ...)`` (full depth).
+        device: where the encoder runs.
+        save_tokens: also write the token tensor.
+        fmt: ``"pt"`` (torch tensors) or ``"npy"``.
+        use_target_encoder: for a ``VJEPA3D``, use the EMA target encoder (what V-JEPA evaluates) or the context
+            encoder.
+        amp: bf16 autocast.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        target_spacing: Sequence[float] | None = None,
+        image_size: Sequence[int] | None = None,
+        transforms: Callable | Sequence | None = None,
+        device: str | torch.device = "cpu",
+        save_tokens: bool = False,
+        fmt: str = "pt",
+        use_target_encoder: bool = True,
+        normalize: bool | str = True,
+        amp: bool = False,
+        image_key: str = "image",
+    ) -> None:
+        if fmt not in ("pt", "npy"):
+            raise ValueError(f"fmt must be 'pt' or 'npy', got {fmt!r}")
+        from monai.transforms import Compose
+
+        self.device = torch.device(device)
+        if hasattr(network, "target_encoder") and hasattr(network, "encoder"):
+            encoder = network.target_encoder if use_target_encoder else network.encoder
+        else:
+            encoder = network
+        self.encoder = encoder.to(self.device).eval()
+        if transforms is None:
+            from oct_foundation.data import build_preprocessing
+
+            transforms = build_preprocessing(
+                keys=(image_key,), d_target=None, target_spacing=target_spacing, image_size=image_size,
+                normalize=normalize, train=False, eval_full_depth=True,
+            )
+        self.transforms = Compose(list(transforms)) if isinstance(transforms, (list, tuple)) else transforms
+        self.save_tokens = bool(save_tokens)
+        self.fmt = fmt
+        self.amp = bool(amp)
+        self.image_key = image_key
+        pe = getattr(self.encoder, "patch_embed", None)
+        kernel = getattr(getattr(pe, "proj", None), "kernel_size", None)
+        self.kernel = tuple(int(k) for k in kernel) if kernel is not None else (1, 1, 1)
+
+    def outputs(self, out_stem: str) -> list[str]:
+        """The files written for one input."""
+        out = [f"{out_stem}_embedding.{self.fmt}"]
+        if self.save_tokens:
+            out.append(f"{out_stem}_tokens.{self.fmt}")
+        return out
+
+    def _save(self, tensor: torch.Tensor, path: str) -> None:
+        t = tensor.detach().float().cpu().contiguous()
+        with io.atomic_output(path) as tmp:
+            if self.fmt == "pt":
+                torch.save(t, tmp)
+            else:
+                with open(tmp, "wb") as f:
+                    np.save(f, t.numpy())
+
+    def _prepare(self, item: Mapping) -> torch.Tensor:
+        img = item.get(self.image_key)
+        if img is None:
+            raise OCTInputError(item, f"item has no '{self.image_key}'")
+        if isinstance(img, (str, os.PathLike)):
+            item = self.transforms(dict(item))
+            img = item[self.image_key]
+        x = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise OCTInputError(item.get("filename_or_obj", "<input>"),
+                                f"expected a volume [C, D, H, W], got shape {tuple(x.shape)}")
+        # pad every axis to a multiple of the patch kernel (tubelet, patch, patch) by edge replication, so that
+        # no voxel is dropped and no zero tokens bias the mean
+        pads = []
+        for size, k in zip(reversed(x.shape[1:]), reversed(self.kernel)):
+            pads += [0, (-size) % k]
+        if any(pads):
+            x = torch.nn.functional.pad(x[None].float(), pads, mode="replicate")[0]
+        return x.float()
+
+    @torch.no_grad()
+    def __call__(self, item: Mapping, out_stem: str) -> dict[str, Any]:
+        """Read, preprocess, encode ``item`` and write its outputs; returns the summary fields."""
+        x = self._prepare(item)
+        depth = int(x.shape[1])
+        xb = x[None].to(self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else torch.autocast(
+            self.device.type, enabled=False)
+        with autocast:
+            tokens = self.encoder(xb)[0].float()  # [N, E]
+        if not torch.isfinite(tokens).all():
+            raise OCTInputError(item.get(self.image_key, "<input>"), "encoder produced non-finite values")
+        emb = tokens.mean(dim=0)
+        paths = self.outputs(out_stem)
+        self._save(emb, paths[0])
+        row: dict[str, Any] = {"embedding": os.path.basename(paths[0])}
+        if self.save_tokens:
+            self._save(tokens, paths[1])
+            row["tokens"] = os.path.basename(paths[1])
+        grid = self.encoder.grid_size(*x.shape[1:]) if hasattr(self.encoder, "grid_size") else None
+        row.update({
+            "embed_dim": int(emb.shape[0]),
+            "n_tokens": int(tokens.shape[0]),
+            "grid": "x".join(str(int(g)) for g in grid) if grid is not None else "",
+            "depth": depth,
+            "shape": "x".join(str(int(s)) for s in x.shape[1:]),
+        })
+        return row
+
+
+def run_embedding_inference(
+    inputs,
+    output_dir: str,
+    network: torch.nn.Module,
+    weights: str | None = None,
+    datalist_key: str = "test",
+    overwrite: bool = False,
+    summary_name: str = "manifest.csv",
+    **processor_kwargs,
+) -> list[dict]:
+    """Load ``weights`` (a plain ``state_dict`` of ``network``, ``weights_only``) if given and write the embedding
+    of every input (folder, datalist JSON or path list) plus the manifest CSV with :class:`BatchInference`."""
+    from oct_foundation.engines.batch_inference import BatchInference
+
+    if weights:
+        from oct_foundation.errors import CheckpointError
+
+        state = io.torch_load(weights)
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(weights, f"does not match the network ({str(e).splitlines()[0]})") from None
+    proc = EmbeddingProcessor(network, **processor_kwargs)
+    return BatchInference(inputs, output_dir, proc, datalist_key=datalist_key, overwrite=overwrite,
+                          summary_name=summary_name).run()

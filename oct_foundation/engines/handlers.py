@@ -1,0 +1,366 @@
+"""Ignite handlers for JEPA pretraining: progress bar, statistics / TensorBoard logging (loss, LR, EMA momentum,
+tokens/s, peak memory, slice-index histograms), atomic resumable checkpoints, progressive unfreezing and the
+final ``models/model.pt`` export.
+
+Each handler has ``attach(engine)`` so that a bundle lists it in ``train#handlers``.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import torch
+from ignite.engine import Engine, Events
+
+from oct_foundation import io
+
+__all__ = [
+    "ProgressBarHandler",
+    "JEPAStatsLogger",
+    "TrainingCheckpoint",
+    "latest_checkpoint",
+    "resolve_resume",
+    "ProgressiveUnfreezing",
+    "ModelExport",
+    "peak_memory_mb",
+    "slice_indices_of",
+]
+
+logger = logging.getLogger("oct_foundation.engines")
+
+
+def _scalar(v) -> float:
+    return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class ProgressBarHandler:
+    """Ignite ``ProgressBar`` showing the given output keys (e.g. loss) for each iteration."""
+
+    def __init__(self, output_keys: Sequence[str] = ("loss",), persist: bool = False) -> None:
+        self.output_keys = tuple(output_keys)
+        self.persist = persist
+
+    def _transform(self, output) -> dict:
+        if not isinstance(output, Mapping):
+            return {}
+        return {k: _scalar(output[k]) for k in self.output_keys if k in output}
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=self.persist).attach(engine, output_transform=self._transform)
+
+
+def peak_memory_mb(device: torch.device | str | None = None) -> float:
+    """Peak memory in MiB: ``torch.cuda.max_memory_allocated`` on CUDA, else the process's max RSS."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def slice_indices_of(batch, key: str = "image") -> torch.Tensor | None:
+    """All slice indices chosen by depth subsampling in a collated batch (meta ``slice_indices``), flattened;
+    None when the batch has none."""
+    if not isinstance(batch, Mapping) or key not in batch:
+        return None
+    metas = []
+    img = batch[key]
+    if hasattr(img, "meta"):
+        metas.append(img.meta)
+    md = batch.get(f"{key}_meta_dict")
+    if isinstance(md, Mapping):
+        metas.append(md)
+    for meta in metas:
+        v = meta.get("slice_indices") if isinstance(meta, Mapping) else None
+        if v is None:
+            continue
+        if isinstance(v, (list, tuple)):
+            parts = [torch.as_tensor(x).reshape(-1) for x in v]
+            if not parts:
+                continue
+            return torch.cat(parts).long()
+        return torch.as_tensor(v).reshape(-1).long()
+    return None
+
+
+class JEPAStatsLogger:
+    """Logs training statistics every ``interval`` iterations and per epoch, to the Python logger and, when
+    ``log_dir`` is given, to TensorBoard.
+
+    Per iteration: loss, LR, EMA momentum, tokens/s (tokens of the iteration / wall time since the previous
+    iteration ended), peak memory (MiB). Per epoch: mean loss and a histogram of the slice indices kept by depth
+    subsampling (batch meta ``slice_indices``). The latest values are kept in ``engine.state.metrics`` under
+    ``train_<name>`` so that other handlers can read them, and the per-iteration losses in ``self.losses``.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | None = None,
+        interval: int = 1,
+        image_key: str = "image",
+        name: str = "oct_foundation.engines",
+        summary_writer: Any = None,
+    ) -> None:
+        self.log_dir = log_dir
+        self.interval = max(1, int(interval))
+        self.image_key = image_key
+        self.logger = logging.getLogger(name)
+        self._writer = summary_writer
+        self._t_last: float | None = None
+        self._epoch_losses: list[float] = []
+        self._slices: list[torch.Tensor] = []
+        self.losses: list[float] = []
+
+    @property
+    def writer(self):
+        if self._writer is None and self.log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        return self._writer
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._t_last = time.perf_counter()
+        self._epoch_losses = []
+        self._slices = []
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        out = engine.state.output
+        if not isinstance(out, Mapping) or "loss" not in out:
+            return
+        now = time.perf_counter()
+        dt = max(now - (self._t_last or now), 1e-9)
+        self._t_last = now
+        stats = {
+            "loss": _scalar(out["loss"]),
+            "lr": float(out.get("lr", float("nan"))),
+            "ema_momentum": float(out.get("ema_momentum", float("nan"))),
+            "tokens_per_s": float(out.get("tokens", 0)) / dt,
+            "peak_memory_mb": peak_memory_mb(getattr(engine.state, "device", None)),
+        }
+        self.losses.append(stats["loss"])
+        self._epoch_losses.append(stats["loss"])
+        for k, v in stats.items():
+            engine.state.metrics[f"train_{k}"] = v
+        s = slice_indices_of(engine.state.batch, self.image_key)
+        if s is not None:
+            self._slices.append(s.cpu())
+        it = engine.state.iteration
+        if it % self.interval == 0:
+            self.logger.info(
+                "epoch %d iter %d: loss %.5f lr %.3e ema %.5f tokens/s %.0f peak_mem %.0f MiB",
+                engine.state.epoch, it, stats["loss"], stats["lr"], stats["ema_momentum"],
+                stats["tokens_per_s"], stats["peak_memory_mb"],
+            )
+            w = self.writer
+            if w is not None:
+                for k, v in stats.items():
+                    w.add_scalar(f"train/{k}", v, it)
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        if not self._epoch_losses:
+            return
+        mean = sum(self._epoch_losses) / len(self._epoch_losses)
+        engine.state.metrics["train_epoch_loss"] = mean
+        self.logger.info("epoch %d: mean loss %.5f", engine.state.epoch, mean)
+        w = self.writer
+        if w is not None:
+            w.add_scalar("train/epoch_loss", mean, engine.state.epoch)
+            if self._slices:
+                w.add_histogram("train/slice_indices", torch.cat(self._slices), engine.state.epoch)
+            w.flush()
+
+    def _completed(self, engine: Engine) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+
+_CKPT_RE = re.compile(r"_(\d+)\.pt$")
+
+
+def latest_checkpoint(save_dir: str, prefix: str = "checkpoint") -> str | None:
+    """The checkpoint with the highest epoch number in ``save_dir`` (names ``<prefix>_<epoch>.pt``), or None."""
+    if not save_dir or not os.path.isdir(save_dir):
+        return None
+    best, best_n = None, -1
+    for f in glob.glob(os.path.join(save_dir, f"{prefix}_*.pt")):
+        m = _CKPT_RE.search(f)
+        if m and int(m.group(1)) > best_n:
+            best, best_n = f, int(m.group(1))
+    return best
+
+
+def resolve_resume(resume: str | None, save_dir: str, prefix: str = "checkpoint") -> str:
+    """Checkpoint path to resume from: ``""`` -> none (``""``); ``"latest"`` -> :func:`latest_checkpoint` of
+    ``save_dir`` (``""`` when there is none yet); any other value is a path, which must exist."""
+    if not resume:
+        return ""
+    if str(resume).lower() in ("latest", "auto", "true"):
+        return latest_checkpoint(save_dir, prefix) or ""
+    if not io.exists(resume):
+        from oct_foundation.errors import CheckpointError
+
+        raise CheckpointError(resume, "checkpoint to resume from not found")
+    return str(resume)
+
+
+class TrainingCheckpoint:
+    """Atomic, resumable training checkpoints with Ignite ``Checkpoint`` + ``DiskSaver(atomic=True)``.
+
+    Saves ``save_dict`` (use ``JEPATrainer.checkpoint_objects()``: network, optimizer, schedulers, trainer state,
+    scaler) as ``<save_dir>/<prefix>_<epoch>.pt`` every ``save_interval`` epochs and at the end, keeping the last
+    ``n_saved``. Under ``torch.distributed`` only rank 0 writes. Resume with MONAI ``CheckpointLoader`` and the
+    same ``save_dict``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: Mapping,
+        save_interval: int = 1,
+        n_saved: int | None = 2,
+        prefix: str = "checkpoint",
+        save_final: bool = True,
+    ) -> None:
+        self.save_dir = str(save_dir)
+        self.save_dict = dict(save_dict)
+        self.save_interval = max(1, int(save_interval))
+        self.n_saved = n_saved
+        self.prefix = prefix
+        self.save_final = save_final
+        self.checkpoint = None
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.handlers import Checkpoint, DiskSaver
+
+        saver = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
+        self.checkpoint = Checkpoint(
+            self.save_dict,
+            saver,
+            filename_prefix="",
+            n_saved=self.n_saved,
+            global_step_transform=lambda e, _: e.state.epoch,
+            filename_pattern=self.prefix + "_{global_step}.{ext}",
+        )
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._save)
+        if self.save_final:
+            engine.add_event_handler(Events.COMPLETED, self._save_final)
+
+    def _save(self, engine: Engine) -> None:
+        self.checkpoint(engine)
+
+    def _save_final(self, engine: Engine) -> None:
+        if engine.state.epoch % self.save_interval != 0:  # the epoch-end save already wrote this epoch
+            self.checkpoint(engine)
+
+    @property
+    def last_checkpoint(self) -> str | None:
+        if self.checkpoint is None or self.checkpoint.last_checkpoint is None:
+            return None
+        return os.path.join(self.save_dir, str(self.checkpoint.last_checkpoint))
+
+
+class ProgressiveUnfreezing:
+    """Gradual unfreezing of a ViT encoder, applied at the start of every epoch from the (0-based) epoch alone,
+    so it is the same after a resume.
+
+    Units from the input side: ``patch_embed``, ``blocks.0`` ... Until ``start_epoch`` the patch embedding and
+    the first ``freeze_first_n`` blocks are frozen (phase 1). From ``start_epoch`` one unit is unfrozen every
+    ``every`` epochs, the deepest frozen block first (``blocks.{n-1}``, ..., ``blocks.0``, then ``patch_embed``),
+    until everything trains (final phase). ``every <= 0`` keeps the initial freezing for the whole run.
+
+    The optimizer must already hold the frozen parameters (``build_param_groups(..., exclude_frozen=False)``):
+    AdamW ignores parameters without gradients, so they start moving when unfrozen.
+    """
+
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        freeze_first_n: int,
+        start_epoch: int = 0,
+        every: int = 1,
+        freeze_patch_embed: bool = True,
+    ) -> None:
+        self.encoder = encoder
+        self.freeze_first_n = int(freeze_first_n)
+        depth = len(encoder.blocks)
+        if not 0 <= self.freeze_first_n <= depth:
+            raise ValueError(f"freeze_first_n must be in [0, {depth}], got {freeze_first_n}")
+        self.start_epoch = int(start_epoch)
+        self.every = int(every)
+        self.freeze_patch_embed = bool(freeze_patch_embed) and self.freeze_first_n > 0
+        self.history: list[tuple[int, list[str]]] = []
+
+    def initial_frozen(self) -> list[str]:
+        """Frozen units of phase 1, from the input side."""
+        units = ["patch_embed"] if self.freeze_patch_embed else []
+        return units + [f"blocks.{i}" for i in range(self.freeze_first_n)]
+
+    def unfreeze_order(self) -> list[str]:
+        """The order in which units are unfrozen: deepest frozen block first, patch embedding last."""
+        return list(reversed(self.initial_frozen()))
+
+    def frozen_at(self, epoch: int) -> list[str]:
+        """Frozen units during the 0-based ``epoch``."""
+        frozen = self.initial_frozen()
+        if self.every <= 0 or epoch < self.start_epoch:
+            return frozen
+        n_unfrozen = 1 + (epoch - self.start_epoch) // self.every
+        return frozen[: max(0, len(frozen) - n_unfrozen)]
+
+    def apply(self, epoch: int) -> list[str]:
+        """Set ``requires_grad`` of every unit for the 0-based ``epoch``; returns the frozen units."""
+        from oct_foundation.engines.jepa_trainer import encoder_units
+
+        frozen = set(self.frozen_at(epoch))
+        for name, params in encoder_units(self.encoder):
+            for p in params:
+                p.requires_grad_(name not in frozen)
+        return sorted(frozen, key=lambda n: -1 if n == "patch_embed" else int(n.split(".")[1]))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        epoch0 = engine.state.epoch - 1
+        before = self.frozen_at(epoch0 - 1) if epoch0 > 0 else None
+        frozen = self.apply(epoch0)
+        self.history.append((epoch0, frozen))
+        if before is None or before != frozen:
+            logger.info("epoch %d: frozen encoder units %s", engine.state.epoch, frozen or "none")
+
+
+class ModelExport:
+    """Writes the plain ``state_dict`` of ``network`` to ``path`` (``models/model.pt``) atomically when training
+    completes (rank 0 only). Loadable with ``torch.load(path, weights_only=True)``."""
+
+    def __init__(self, network: torch.nn.Module, path: str) -> None:
+        self.network = network
+        self.path = str(path)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_rank() != 0:
+                return
+        state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        io.makedirs(io.dirname(self.path))
+        io.torch_save(state, self.path)
+        logger.info("saved %s", self.path)

@@ -1,0 +1,524 @@
+"""V-JEPA pretraining as MONAI engines: :class:`JEPATrainer` (a ``monai.engines.Trainer``) and
+:class:`JEPAEvaluator` (validation JEPA loss with fixed masks), plus the network preparation helpers used by the
+bundle (pretrained initialisation, freezing).
+
+One iteration of :class:`JEPATrainer` on a batch ``image [B, C, D, H, W]``:
+
+1. optional in-plane resize to the size of the current epoch (progressive resolution);
+2. masks for the batch's token grid ``(D/t, H/p, W/p)`` from the mask generator, seeded from the iteration
+   number (``mask_seed + iteration``, plus the rank under DDP) so that a resumed run draws the same masks;
+3. ``pred, target = network.jepa_forward(x, ctx_idx, tgt_idx)``; ``loss = network.jepa_loss(pred, target)``
+   under autocast when ``amp`` (bf16 works on CPU and GPU; fp16 uses a GradScaler on CUDA);
+4. backward of the loss scaled for gradient accumulation; an optimizer step every ``grad_accumulation``
+   iterations, or, with ``tokens_per_step``, as soon as the accumulated micro-batches hold that many tokens
+   (so a step sees the same number of tokens whatever ``d_target`` or the image size is); always at the end of
+   an epoch so that an epoch-end checkpoint holds no pending gradients;
+5. after each optimizer step, the EMA update of the target encoder with the momentum of this iteration;
+6. the LR and weight-decay schedulers step once per iteration.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.engines import Evaluator, Trainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+__all__ = [
+    "JEPATrainer",
+    "JEPAEvaluator",
+    "prepare_batch_image",
+    "size_for_epoch",
+    "freeze_encoder",
+    "encoder_units",
+    "prepare_network",
+    "mask_generator_for_depth",
+    "draw_masks",
+]
+
+logger = logging.getLogger("oct_foundation.engines")
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16}
+
+
+def _dtype(d) -> torch.dtype:
+    if isinstance(d, torch.dtype):
+        return d
+    key = str(d).replace("torch.", "").lower()
+    if key not in _DTYPES:
+        raise ValueError(f"amp_dtype must be bfloat16 or float16, got {d!r}")
+    return _DTYPES[key]
+
+
+def prepare_batch_image(batchdata, device, non_blocking: bool = False, image_key: str = "image") -> torch.Tensor:
+    """The image tensor ``[B, C, D, H, W]`` of a collated batch (dict or tensor), on ``device``, as a plain tensor."""
+    x = batchdata[image_key] if isinstance(batchdata, Mapping) else batchdata
+    if isinstance(x, (list, tuple)):
+        x = x[0]
+    if hasattr(x, "as_tensor"):
+        x = x.as_tensor()
+    if x.ndim != 5:
+        raise ValueError(f"expected a batch [B, C, D, H, W], got shape {tuple(x.shape)}")
+    return x.to(device=device, non_blocking=non_blocking, dtype=torch.float32)
+
+
+def size_for_epoch(schedule: Mapping | None, epoch: int) -> tuple[int, int] | None:
+    """In-plane size ``(H, W)`` for the 0-based ``epoch`` from ``{"0": [32, 32], "2": [64, 64]}``.
+
+    The entry with the largest start epoch not after ``epoch`` wins; ``None`` (or an empty schedule, or an
+    epoch before every entry) means no resize.
+    """
+    if not schedule:
+        return None
+    best = None
+    for k, v in sorted(((int(k), v) for k, v in schedule.items()), key=lambda kv: kv[0]):
+        if k <= epoch:
+            best = v
+    if best is None:
+        return None
+    if len(best) != 2:
+        raise ValueError(f"resize schedule sizes must be [H, W], got {best!r}")
+    return int(best[0]), int(best[1])
+
+
+def _seeded_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) % (2**63 - 1))
+
+
+def draw_masks(mask_generator, batch_size: int, grid, generator: torch.Generator, device):
+    """``(ctx_idx, tgt_idx)`` from one generator (tensors ``[B, Nc]``, ``[B, Nt]``) or a list of generators
+    (lists of tensors, one pair per mask configuration, as ``VJEPA3D.jepa_forward`` accepts), on ``device``."""
+    if isinstance(mask_generator, (list, tuple)):
+        pairs = [m(batch_size, grid, generator=generator) for m in mask_generator]
+        return [c.to(device) for c, _ in pairs], [t.to(device) for _, t in pairs]
+    c, t = mask_generator(batch_size, grid, generator=generator)
+    return c.to(device), t.to(device)
+
+
+def _numel(idx) -> int:
+    return int(sum(i.numel() for i in idx)) if isinstance(idx, (list, tuple)) else int(idx.numel())
+
+
+class _JEPAObjective(torch.nn.Module):
+    """``forward(x, ctx_idx, tgt_idx) -> (pred, target)``: the JEPA forward as a module ``forward`` so that it can
+    be wrapped by ``DistributedDataParallel`` (DDP only synchronises gradients of calls through ``forward``)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x, ctx_idx, tgt_idx):
+        return self.network.jepa_forward(x, ctx_idx, tgt_idx)
+
+
+class JEPATrainer(Trainer):
+    """Self-supervised V-JEPA training of a ``VJEPA3D`` on batches ``{"image": [B, C, D, H, W]}``.
+
+    Args:
+        device: training device.
+        max_epochs: epochs to run.
+        train_data_loader: loader of dict batches with ``image_key``.
+        network: a ``VJEPA3D`` (``encoder``, ``target_encoder``, ``predictor``, ``jepa_forward``, ``jepa_loss``,
+            ``ema_update``); stays unwrapped (checkpoints hold its plain state).
+        optimizer: optimizer over the network's trainable parameters (see ``build_param_groups``).
+        mask_generator: ``MultiBlockMask3D``-like ``(batch_size, grid, generator) -> (ctx_idx, tgt_idx)``.
+        momentum_schedule: EMA momentum, a number or a callable ``iteration (0-based) -> momentum``.
+        lr_scheduler: stepped once per iteration (e.g. ``WarmupCosineLR``).
+        wd_scheduler: stepped once per iteration (e.g. ``WeightDecaySchedule``).
+        epoch_length: iterations per epoch (default: ``len(train_data_loader)``).
+        image_key: key of the image in the batch.
+        amp: autocast the forward pass; ``amp_dtype`` bfloat16 (CPU and GPU) or float16 (GPU, with a GradScaler).
+        grad_accumulation: micro-batches per optimizer step (ignored when ``tokens_per_step`` is set).
+        tokens_per_step: if set, step once the accumulated micro-batches hold at least this many patch tokens;
+            each micro-batch loss is weighted by ``its tokens / tokens_per_step``.
+        resize_schedule: ``{"epoch": [H, W]}``: in-plane trilinear resize of the batch from that (0-based) epoch.
+        mask_seed: base seed of the per-iteration mask generator.
+        clip_grad: max gradient norm (None: no clipping).
+        distributed: wrap the JEPA forward in ``DistributedDataParallel`` (rebuilt when the set of trainable
+            parameters changes, e.g. after progressive unfreezing); needs an initialised process group.
+        ddp_kwargs: extra ``DistributedDataParallel`` arguments.
+        train_handlers: handlers attached to the trainer.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        mask_generator: Callable,
+        momentum_schedule: Callable[[int], float] | float = 0.998,
+        lr_scheduler: Any = None,
+        wd_scheduler: Any = None,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        image_key: str = "image",
+        amp: bool = False,
+        amp_dtype: str | torch.dtype = "bfloat16",
+        grad_accumulation: int = 1,
+        tokens_per_step: int | None = None,
+        resize_schedule: Mapping | None = None,
+        mask_seed: int = 0,
+        clip_grad: float | None = None,
+        distributed: bool = False,
+        ddp_kwargs: dict | None = None,
+        train_handlers: Sequence | None = None,
+        iteration_update: Callable | None = None,
+    ) -> None:
+        if int(grad_accumulation) < 1:
+            raise ValueError(f"grad_accumulation must be >= 1, got {grad_accumulation!r}")
+        if tokens_per_step is not None and int(tokens_per_step) <= 0:
+            tokens_per_step = None
+        self.amp_dtype = _dtype(amp_dtype)
+        dev = torch.device(device)
+        super().__init__(
+            device=dev,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch_image,
+            iteration_update=iteration_update,
+            handlers=train_handlers,
+            amp=amp,
+            decollate=False,
+        )
+        self.network = network
+        self.optimizer = optimizer
+        self.mask_generator = mask_generator
+        self.momentum_schedule = momentum_schedule
+        self.lr_scheduler = lr_scheduler
+        self.wd_scheduler = wd_scheduler
+        self.image_key = image_key
+        self.grad_accumulation = int(grad_accumulation)
+        self.tokens_per_step = int(tokens_per_step) if tokens_per_step else None
+        self.resize_schedule = dict(resize_schedule) if resize_schedule else None
+        self.mask_seed = int(mask_seed)
+        self.clip_grad = clip_grad
+        self.distributed = bool(distributed)
+        self.ddp_kwargs = dict(ddp_kwargs or {})
+        # fp16 needs loss scaling; bf16 has the fp32 range and does not. Created here (not in run()) so that the
+        # checkpoint dict can reference it before training starts.
+        use_scaler = amp and self.amp_dtype == torch.float16 and dev.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self._objective = _JEPAObjective(network)
+        self._ddp = None
+        self._ddp_signature: tuple | None = None
+        self._acc_tokens = 0
+        self._acc_micro = 0
+        from ignite.engine import Events
+
+        self.add_event_handler(Events.EPOCH_STARTED, self._reset_accumulation)
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def run(self) -> None:  # type: ignore[override]
+        """Train (continues from the current state when called again or after a checkpoint load)."""
+        # Trainer.run() would replace the scaler by a fp16 CUDA one; keep ours (None for bf16 / CPU).
+        super(Trainer, self).run()
+
+    def checkpoint_objects(self) -> dict:
+        """Everything needed to resume: network (encoder, target encoder, predictor), optimizer, schedulers,
+        trainer state and the grad scaler when there is one."""
+        objs = {"network": self.network, "optimizer": self.optimizer, "trainer": self}
+        if self.lr_scheduler is not None:
+            objs["lr_scheduler"] = self.lr_scheduler
+        if self.wd_scheduler is not None:
+            objs["wd_scheduler"] = self.wd_scheduler
+        if self.scaler is not None:
+            objs["scaler"] = self.scaler
+        return objs
+
+    def momentum(self, iteration: int) -> float:
+        """EMA momentum for the 0-based ``iteration``."""
+        m = self.momentum_schedule
+        return float(m(iteration)) if callable(m) else float(m)
+
+    def current_lr(self) -> float:
+        """LR of the first parameter group (the reference group)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _reset_accumulation(self, engine=None) -> None:
+        self._acc_tokens = 0
+        self._acc_micro = 0
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _forward_module(self) -> torch.nn.Module:
+        if not self.distributed:
+            return self._objective
+        signature = tuple(p.requires_grad for p in self.network.parameters())
+        if self._ddp is None or signature != self._ddp_signature:
+            from torch.nn.parallel import DistributedDataParallel
+
+            kwargs = dict(self.ddp_kwargs)
+            if self.state.device.type == "cuda" and "device_ids" not in kwargs:
+                kwargs["device_ids"] = [self.state.device]
+            self._ddp = DistributedDataParallel(self._objective, **kwargs)
+            self._ddp_signature = signature
+        return self._ddp
+
+    def _resize(self, x: torch.Tensor, epoch0: int) -> torch.Tensor:
+        size = size_for_epoch(self.resize_schedule, epoch0)
+        if size is None or tuple(x.shape[-2:]) == size:
+            return x
+        return F.interpolate(x, size=(x.shape[2], *size), mode="trilinear", align_corners=False)
+
+    def _should_step(self, engine, tokens: int) -> bool:
+        epoch_length = engine.state.epoch_length
+        last_in_epoch = epoch_length is not None and engine.state.iteration % epoch_length == 0
+        self._acc_micro += 1
+        self._acc_tokens += tokens
+        if self.tokens_per_step:
+            return self._acc_tokens >= self.tokens_per_step or last_in_epoch
+        return self._acc_micro >= self.grad_accumulation or last_in_epoch
+
+    # -- one iteration -------------------------------------------------------------------------------------------
+    def _iteration(self, engine: "JEPATrainer", batchdata) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        device = engine.state.device
+        x = prepare_batch_image(batchdata, device, engine.non_blocking, engine.image_key)
+        x = engine._resize(x, engine.state.epoch - 1)
+        b = x.shape[0]
+        grid = tuple(int(g) for g in engine.network.encoder.grid_size(*x.shape[2:]))
+        n_tokens = grid[0] * grid[1] * grid[2]
+        rank = engine.state.rank or 0
+        gen = _seeded_generator(engine.mask_seed + engine.state.iteration + 1_000_003 * rank)
+        ctx_idx, tgt_idx = draw_masks(engine.mask_generator, b, grid, gen, device)
+
+        tokens = b * n_tokens
+        should_step = engine._should_step(engine, tokens)
+        scale = tokens / engine.tokens_per_step if engine.tokens_per_step else 1.0 / engine.grad_accumulation
+
+        engine.network.train()
+        module = engine._forward_module()
+        sync = contextlib.nullcontext() if (should_step or not hasattr(module, "no_sync")) else module.no_sync()
+        autocast = (torch.autocast(device_type=device.type, dtype=engine.amp_dtype) if engine.amp
+                    else contextlib.nullcontext())
+        engine.state.output = {Keys.IMAGE: x}
+        with sync:
+            with autocast:
+                pred, target = module(x, ctx_idx, tgt_idx)
+                engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+                loss = engine.network.jepa_loss(_float(pred), _float(target))
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            scaled = loss * scale
+            if engine.scaler is not None:
+                engine.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+
+        momentum = engine.momentum(engine.state.iteration - 1)
+        lr = engine.current_lr()
+        stepped = False
+        if should_step:
+            if engine.scaler is not None:
+                engine.scaler.unscale_(engine.optimizer)
+            if engine.clip_grad:
+                params = [p for g in engine.optimizer.param_groups for p in g["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, float(engine.clip_grad))
+            if engine.scaler is not None:
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+            else:
+                engine.optimizer.step()
+            engine.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                engine.network.ema_update(momentum)
+            engine._acc_tokens = 0
+            engine._acc_micro = 0
+            stepped = True
+        if engine.lr_scheduler is not None:
+            engine.lr_scheduler.step()
+        if engine.wd_scheduler is not None:
+            engine.wd_scheduler.step()
+
+        engine.state.output.update({
+            Keys.LOSS: loss.detach().float(),
+            "lr": lr,
+            "ema_momentum": momentum,
+            "tokens": tokens,
+            "context_tokens": _numel(ctx_idx),
+            "target_tokens": _numel(tgt_idx),
+            "grid": grid,
+            "optimizer_step": stepped,
+        })
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class JEPAEvaluator(Evaluator):
+    """Validation JEPA loss: the same masks on every validation run (seeded from ``mask_seed`` and the batch
+    number), no gradients. Key metric ``val_jepa_loss`` (lower is better) unless ``key_val_metric`` is given.
+
+    Args:
+        device: device.
+        val_data_loader: loader of dict batches ``{"image": [B, C, D, H, W]}``.
+        network: the ``VJEPA3D``.
+        mask_generator: as for :class:`JEPATrainer`.
+        mask_seed: base seed of the validation masks.
+        amp, amp_dtype: autocast as for :class:`JEPATrainer`.
+        key_val_metric: optional ``{name: ignite Metric}``; default averages the loss.
+        val_handlers: handlers attached to the evaluator.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader: Iterable,
+        network: torch.nn.Module,
+        mask_generator: Callable,
+        mask_seed: int = 12345,
+        image_key: str = "image",
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        amp: bool = False,
+        amp_dtype: str | torch.dtype = "bfloat16",
+        key_val_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        val_handlers: Sequence | None = None,
+    ) -> None:
+        from ignite.metrics import Average
+
+        if key_val_metric is None:
+            key_val_metric = {"val_jepa_loss": Average(output_transform=_loss_of)}
+        super().__init__(
+            device=torch.device(device),
+            val_data_loader=val_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch_image,
+            key_val_metric=key_val_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=_lower_is_better,
+            val_handlers=val_handlers,
+            amp=amp,
+            decollate=False,
+        )
+        self.network = network
+        self.mask_generator = mask_generator
+        self.mask_seed = int(mask_seed)
+        self.image_key = image_key
+        self.amp_dtype = _dtype(amp_dtype)
+
+    def _iteration(self, engine: "JEPAEvaluator", batchdata) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        device = engine.state.device
+        x = prepare_batch_image(batchdata, device, engine.non_blocking, engine.image_key)
+        grid = tuple(int(g) for g in engine.network.encoder.grid_size(*x.shape[2:]))
+        epoch_length = engine.state.epoch_length or 1
+        it = (engine.state.iteration - 1) % epoch_length
+        gen = _seeded_generator(engine.mask_seed + it)
+        ctx_idx, tgt_idx = draw_masks(engine.mask_generator, x.shape[0], grid, gen, device)
+        autocast = (torch.autocast(device_type=device.type, dtype=engine.amp_dtype) if engine.amp
+                    else contextlib.nullcontext())
+        engine.network.eval()
+        with torch.no_grad(), autocast:
+            pred, target = engine.network.jepa_forward(x, ctx_idx, tgt_idx)
+            loss = engine.network.jepa_loss(_float(pred), _float(target))
+        engine.state.output = {Keys.IMAGE: x, Keys.LOSS: loss.detach().float()}
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+def _float(x):
+    return [t.float() for t in x] if isinstance(x, (list, tuple)) else x.float()
+
+
+def _loss_of(output) -> float:
+    return float(output[Keys.LOSS])
+
+
+def _lower_is_better(current, best) -> bool:
+    return current < best
+
+
+# -- network preparation -----------------------------------------------------------------------------------------
+def encoder_units(encoder: torch.nn.Module) -> list[tuple[str, list[torch.nn.Parameter]]]:
+    """Freezable units of a ``VisionTransformer3D`` from the input side: ``patch_embed`` (with a learned
+    ``pos_embed`` if any), then ``blocks.0`` ... ``blocks.{depth-1}``."""
+    first = list(encoder.patch_embed.parameters())
+    pos = getattr(encoder, "pos_embed", None)
+    if isinstance(pos, torch.nn.Parameter):
+        first.append(pos)
+    units = [("patch_embed", first)]
+    for i, blk in enumerate(encoder.blocks):
+        units.append((f"blocks.{i}", list(blk.parameters())))
+    return units
+
+
+def freeze_encoder(encoder: torch.nn.Module, freeze_first_n: int, freeze_patch_embed: bool | None = None) -> list[str]:
+    """Freeze the patch embedding and the first ``freeze_first_n`` blocks (``requires_grad=False``).
+
+    ``freeze_patch_embed`` defaults to ``freeze_first_n > 0``. Returns the frozen unit names; every other
+    unit is made trainable.
+    """
+    n = int(freeze_first_n or 0)
+    depth = len(encoder.blocks)
+    if n < 0 or n > depth:
+        raise ValueError(f"freeze_first_n must be in [0, {depth}], got {n}")
+    pe = (n > 0) if freeze_patch_embed is None else bool(freeze_patch_embed)
+    frozen = []
+    for name, params in encoder_units(encoder):
+        freeze = (name == "patch_embed" and pe) or (name.startswith("blocks.") and int(name.split(".")[1]) < n)
+        for p in params:
+            p.requires_grad_(not freeze)
+        if freeze:
+            frozen.append(name)
+    return frozen
+
+
+def prepare_network(
+    network: torch.nn.Module,
+    pretrained_path: str | None = None,
+    freeze_first_n: int = 0,
+    freeze_patch_embed: bool | None = None,
+    pretrained_kwargs: dict | None = None,
+) -> torch.nn.Module:
+    """Initialise a ``VJEPA3D`` for pretraining and return it.
+
+    * ``pretrained_path`` (empty = random init): loaded with
+      ``oct_foundation.networks.pretrained.load_pretrained(network, path, **pretrained_kwargs)`` (which prints its
+      load table and fills the target encoder too); the names of the parameters filled from the file (loaded as
+      is or adapted) are stored as ``network.pretrained_param_names`` for the pretrained LR multiplier of
+      ``build_param_groups``. Video checkpoints usually have no OCT predictor: allow it with
+      ``pretrained_kwargs={"allow_missing": ["predictor.*"]}``.
+    * ``freeze_first_n`` / ``freeze_patch_embed``: see :func:`freeze_encoder`.
+    """
+    names: list[str] = []
+    if pretrained_path:
+        from oct_foundation.networks.pretrained import load_pretrained
+
+        report = load_pretrained(network, pretrained_path, **(pretrained_kwargs or {}))
+        names = _loaded_names(report, network)
+    network.pretrained_param_names = names
+    freeze_encoder(network.encoder, freeze_first_n, freeze_patch_embed)
+    return network
+
+
+def _loaded_names(report, network: torch.nn.Module) -> list[str]:
+    """Parameter names of ``network`` that a ``LoadReport`` says were filled from the file (loaded or adapted)."""
+    params = {n for n, _ in network.named_parameters()}
+    got = set(getattr(report, "loaded", ()) or ()) | set((getattr(report, "adapted", None) or {}).keys())
+    return sorted(params & {str(k) for k in got})
+
+
+def mask_generator_for_depth(mask_generator, d_full: int | None, d_target: int | None, rescale: bool = True):
+    """Mask generator(s) for volumes subsampled from ``d_full`` to ``d_target`` slices.
+
+    With ``rescale`` and both depths set, each generator is replaced by ``rescale_for_d_target(d_full, d_target)``
+    (block depths keep the fraction they have at full depth); otherwise the input is returned unchanged. Accepts
+    one generator or a list (V-JEPA's short- and long-range pair).
+    """
+    if not rescale or not d_target or not d_full:
+        return mask_generator
+    if isinstance(mask_generator, (list, tuple)):
+        return [m.rescale_for_d_target(int(d_full), int(d_target)) for m in mask_generator]
+    return mask_generator.rescale_for_d_target(int(d_full), int(d_target))
