@@ -1,0 +1,765 @@
+"""Load V-JEPA 2 / V-JEPA 1 / Hugging Face ``VJEPA2Model`` weights into the package's 3D networks.
+
+Supported files (local paths or fsspec URLs, always read with ``weights_only=True``):
+
+* ``official``: the training checkpoints of facebookresearch/vjepa2 (and jepa): a dict with ``encoder``,
+  ``target_encoder`` and ``predictor`` state dicts whose keys carry the ``module.`` (DDP) and ``backbone.``
+  (multi-sequence wrapper) prefixes; V-JEPA 2 uses RoPE so there is no position table.
+* ``vjepa1``: the same layout with an additive 3D sin-cos ``pos_embed`` ``[1, N, E]`` (and
+  ``predictor_pos_embed``).
+* ``hf``: a Hugging Face transformers ``VJEPA2Model`` state dict (``encoder.embeddings.patch_embeddings.proj``,
+  ``encoder.layer.i.attention.query/key/value/proj``, ``encoder.layernorm``, ``predictor.*``), optionally
+  prefixed ``vjepa2.`` as saved from the classification model.
+* ``state_dict``: a bare state dict, either of an encoder (``patch_embed.proj.weight``, ``blocks.i...``) or of a
+  whole :class:`~oct_foundation.networks.VJEPA3D` (``encoder.``/``target_encoder.``/``predictor.`` prefixes).
+
+Every file is first converted to canonical parts named as the package's networks (the V-JEPA 2 names,
+see :data:`KEY_MAPPING`), then adapted to the receiving model's shapes:
+
+* RGB -> one channel: ``sum`` over the colour axis (exact for a gray image copied to three channels) or ``mean``;
+  one channel -> C channels divides by C (exact for a gray image copied to C channels);
+* tubelet (temporal kernel) and patch (spatial kernel) size changes redistribute the kernel by overlap of the
+  old and new cells, so the sum over every new cell's kernel equals the old sum: a volume that is constant over
+  the kernel keeps its embedding (tubelet 2 -> 1 sums the two taps; 2 -> 4 splits each tap in two halves);
+* additive position tables are resampled trilinearly on their ``[T, H, W]`` grid (never 1D over the sequence);
+* Hugging Face's separate query/key/value projections are fused into ``qkv``.
+
+A shape that cannot be adapted never keeps random weights silently: loading raises :class:`CheckpointError`
+with the report table. Missing or unexpected keys raise too, unless they match an explicit allow-list.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oct_foundation import io as oio
+from oct_foundation.errors import CheckpointError
+
+__all__ = [
+    "KEY_MAPPING",
+    "LoadReport",
+    "ConvertedCheckpoint",
+    "load_pretrained",
+    "convert_checkpoint",
+    "adapt_state_dict",
+    "detect_format",
+    "sincos_table_3d",
+    "infer_sincos_grid",
+    "interpolate_pos_table",
+    "resample_kernel_axis",
+    "adapt_patch_weight",
+]
+
+SOURCES = ("auto", "official", "hf", "vjepa1", "state_dict")
+PARTS = ("encoder", "target_encoder", "predictor")
+
+#: Documented key mapping, file name -> canonical (package) name; ``{i}`` is a block index.
+KEY_MAPPING: dict[str, dict[str, str]] = {
+    "official / vjepa1 (prefixes module., backbone., _orig_mod. stripped)": {
+        "encoder: patch_embed.proj.{weight,bias}": "patch_embed.proj.{weight,bias}",
+        "encoder: pos_embed [1, N, E] (V-JEPA 1 only)": "pos_embed (resampled on the [T, H, W] grid)",
+        "encoder: blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*": "same names",
+        "encoder: norm.*": "norm.*",
+        "predictor: predictor_embed.*": "predictor_embed.*",
+        "predictor: mask_tokens.{i} [1, 1, P]": "mask_tokens.{i}",
+        "predictor: predictor_pos_embed [1, N, P] (V-JEPA 1 only)": "predictor_pos_embed",
+        "predictor: predictor_blocks.{i}.*": "predictor_blocks.{i}.*",
+        "predictor: predictor_norm.*, predictor_proj.*": "predictor_norm.*, predictor_proj.*",
+    },
+    "hf (VJEPA2Model; optional prefix vjepa2.)": {
+        "encoder.embeddings.patch_embeddings.proj.*": "encoder: patch_embed.proj.*",
+        "encoder.embeddings.position_embeddings": "encoder: pos_embed",
+        "encoder.layer.{i}.attention.{query,key,value}.*": "encoder: blocks.{i}.attn.qkv.* (fused q;k;v)",
+        "encoder.layer.{i}.attention.proj.*": "encoder: blocks.{i}.attn.proj.*",
+        "encoder.layer.{i}.{norm1,norm2,mlp.fc1,mlp.fc2}.*": "encoder: blocks.{i}.{same}.*",
+        "encoder.layernorm.*": "encoder: norm.*",
+        "predictor.embeddings.predictor_embeddings.*": "predictor: predictor_embed.*",
+        "predictor.embeddings.mask_tokens [n, 1, 1, P]": "predictor: mask_tokens.{i} [1, 1, P]",
+        "predictor.embeddings.position_embeddings": "predictor: predictor_pos_embed",
+        "predictor.layer.{i}.attention.{query,key,value}.*": "predictor: predictor_blocks.{i}.attn.qkv.*",
+        "predictor.layer.{i}.{attention.proj,norm1,norm2,mlp.fc1,mlp.fc2}.*": "predictor: predictor_blocks.{i}.*",
+        "predictor.layernorm.*": "predictor: predictor_norm.*",
+        "predictor.proj.*": "predictor: predictor_proj.*",
+        "(older files) ...attention.attention.*": "treated as ...attention.*",
+    },
+    "state_dict": {
+        "patch_embed.*, blocks.*, norm.*, pos_embed": "encoder: same names",
+        "encoder.*, target_encoder.*, predictor.* (a VJEPA3D state dict)": "the three parts, prefix removed",
+    },
+}
+
+_STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+
+
+# ----------------------------------------------------------------------------------------------------- report
+@dataclass
+class LoadReport:
+    """What happened to every weight: loaded as is, adapted (how), missing, unexpected.
+
+    Key names are the receiving model's state-dict names (``encoder.``/``target_encoder.``/``predictor.``
+    prefixed for a ``VJEPA3D``); unexpected keys are the converted file names, prefixed by their part.
+    """
+
+    path: str
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: dict[str, str] = field(default_factory=dict)
+    allowed_missing: list[str] = field(default_factory=list)
+    allowed_unexpected: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatched
+
+    def table(self) -> str:
+        """One table: status | key(s) | detail. Keys differing only by block index share a row."""
+        rows: list[tuple[str, str, str]] = []
+        rows += [("loaded", k, d) for k, d in _compact([(k, "as is") for k in self.loaded])]
+        rows += [("adapted", k, d) for k, d in _compact(list(self.adapted.items()))]
+        rows += [("MISMATCH", k, d) for k, d in _compact(list(self.mismatched.items()))]
+        am, au = set(self.allowed_missing), set(self.allowed_unexpected)
+        rows += [
+            ("missing", k, d)
+            for k, d in _compact([(k, "kept at init (allowed)" if k in am else "NOT IN FILE") for k in self.missing])
+        ]
+        rows += [
+            ("unexpected", k, d)
+            for k, d in _compact([(k, "ignored (allowed)" if k in au else "NOT IN MODEL") for k in self.unexpected])
+        ]
+        w0 = max([len("status")] + [len(r[0]) for r in rows])
+        w1 = max([len("key")] + [len(r[1]) for r in rows])
+        head = (
+            f"Pretrained weights {self.path} (format: {self.source}): {len(self.loaded)} loaded, "
+            f"{len(self.adapted)} adapted, {len(self.missing)} missing, {len(self.unexpected)} unexpected"
+            + (f", {len(self.mismatched)} shape mismatches" if self.mismatched else "")
+        )
+        lines = [head]
+        lines += [f"  note: {n}" for n in self.notes]
+        sep = f"  {'-' * w0}-+-{'-' * w1}-+-{'-' * 20}"
+        lines += [f"  {'status':<{w0}} | {'key':<{w1}} | detail", sep]
+        lines += [f"  {s:<{w0}} | {k:<{w1}} | {d}" for s, k, d in rows]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _compact(items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Merge keys that differ only in their numeric path components into ``blocks.{0-11}.x`` rows."""
+    groups: "OrderedDict[tuple[str, str], list[list[int]]]" = OrderedDict()
+    for key, detail in items:
+        parts = key.split(".")
+        nums = [int(p) for p in parts if p.isdigit()]
+        pattern = ".".join("{}" if p.isdigit() else p for p in parts)
+        groups.setdefault((pattern, detail), []).append(nums)
+    out = []
+    for (pattern, detail), idx in groups.items():
+        if not idx[0]:
+            out.append((pattern, detail))
+            continue
+        fills = []
+        for pos in range(len(idx[0])):
+            vals = sorted({v[pos] for v in idx})
+            if len(vals) == 1:
+                fills.append(str(vals[0]))
+            elif vals == list(range(vals[0], vals[-1] + 1)):
+                fills.append(f"{{{vals[0]}-{vals[-1]}}}")
+            else:
+                fills.append("{" + ",".join(map(str, vals)) + "}")
+        out.append((pattern.format(*fills), detail))
+    # second pass: siblings with the same detail share a row, e.g. ``norm.{weight,bias}``
+    merged: "OrderedDict[tuple[str, str], list[str]]" = OrderedDict()
+    for key, detail in out:
+        head, _, leaf = key.rpartition(".")
+        merged.setdefault((head, detail), []).append(leaf)
+    rows = []
+    for (head, detail), leaves in merged.items():
+        if not head:
+            rows += [(leaf, detail) for leaf in leaves]
+        elif len(leaves) == 1:
+            rows.append((f"{head}.{leaves[0]}", detail))
+        else:
+            rows.append((f"{head}.{{{','.join(leaves)}}}", detail))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ format conversion
+@dataclass
+class ConvertedCheckpoint:
+    """A file converted to canonical part state dicts (package names) plus how each key was converted."""
+
+    source: str
+    parts: dict[str, dict[str, torch.Tensor]]
+    notes: dict[str, str] = field(default_factory=dict)  # "part:key" -> how it was converted (beyond renaming)
+    other: dict[str, Any] = field(default_factory=dict)  # keys the format does not know, as found
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _STRIP_PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def _is_tensor_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def detect_format(obj: Any) -> str:
+    """``official``, ``vjepa1``, ``hf`` or ``state_dict`` for a loaded checkpoint object."""
+    if isinstance(obj, Mapping) and any(isinstance(obj.get(p), Mapping) for p in PARTS):
+        enc = obj.get("encoder") if isinstance(obj.get("encoder"), Mapping) else obj.get("target_encoder")
+        if isinstance(enc, Mapping) and any(_strip(k) == "pos_embed" for k in enc):
+            return "vjepa1"
+        return "official"
+    if isinstance(obj, Mapping):
+        keys = [_strip(k) for k in obj]
+        keys = [k[len("vjepa2."):] if k.startswith("vjepa2.") else k for k in keys]
+        if any(k.startswith(("encoder.embeddings.", "encoder.layer.", "predictor.embeddings.")) for k in keys):
+            return "hf"
+        return "state_dict"
+    raise ValueError(f"not a checkpoint dictionary (got {type(obj).__name__})")
+
+
+def _unwrap(obj: Any) -> Any:
+    """Plain dicts that wrap a state dict under one well-known key (``state_dict``, ``model``, ``network``)."""
+    if isinstance(obj, Mapping) and not any(k in obj for k in PARTS) and not _is_tensor_dict(obj):
+        for k in ("state_dict", "model", "network", "net"):
+            if isinstance(obj.get(k), Mapping):
+                return obj[k]
+    return obj
+
+
+def _fuse_qkv(block: dict, prefix: str, out: dict, part: str, out_prefix: str, notes: dict) -> None:
+    for suffix in ("weight", "bias"):
+        names = [f"{prefix}{n}.{suffix}" for n in ("query", "key", "value")]
+        present = [n in block for n in names]
+        if all(present):
+            key = f"{out_prefix}qkv.{suffix}"
+            out[key] = torch.cat([block.pop(n) for n in names], dim=0)
+            notes[f"{part}:{key}"] = "fused from separate query/key/value"
+        elif any(present):
+            # keep the partial set under its own names: it will show up as unexpected
+            for n in names:
+                if n in block:
+                    out[f"{out_prefix}{n.rsplit('.', 2)[-2]}.{suffix}"] = block.pop(n)
+
+
+def _convert_hf(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
+    flat = {}
+    for k, v in sd.items():
+        k = _strip(k)
+        k = k[len("vjepa2."):] if k.startswith("vjepa2.") else k
+        flat[k.replace("attention.attention.", "attention.")] = v
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    notes: dict[str, str] = {}
+    other: dict[str, Any] = {}
+    layer_re = re.compile(r"^(encoder|predictor)\.layer\.(\d+)\.(.+)$")
+    blocks: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    for k, v in flat.items():
+        m = layer_re.match(k)
+        if m:
+            blocks.setdefault((m.group(1), int(m.group(2))), {})[m.group(3)] = v
+            continue
+        if k.startswith("encoder."):
+            rest = k[len("encoder."):]
+            enc = parts.setdefault("encoder", {})
+            if rest.startswith("embeddings.patch_embeddings."):
+                enc["patch_embed." + rest[len("embeddings.patch_embeddings."):]] = v
+            elif rest == "embeddings.position_embeddings":
+                enc["pos_embed"] = v
+            elif rest.startswith("layernorm."):
+                enc["norm." + rest[len("layernorm."):]] = v
+            else:
+                other[k] = v
+        elif k.startswith("predictor."):
+            rest = k[len("predictor."):]
+            pred = parts.setdefault("predictor", {})
+            if rest.startswith("embeddings.predictor_embeddings."):
+                pred["predictor_embed." + rest[len("embeddings.predictor_embeddings."):]] = v
+            elif rest == "embeddings.mask_tokens":
+                for i in range(v.shape[0]):
+                    key = f"mask_tokens.{i}"
+                    pred[key] = v[i].reshape(1, 1, -1).clone()
+                    notes[f"predictor:{key}"] = f"split from mask_tokens {list(v.shape)}"
+            elif rest == "embeddings.position_embeddings":
+                pred["predictor_pos_embed"] = v
+            elif rest.startswith("layernorm."):
+                pred["predictor_norm." + rest[len("layernorm."):]] = v
+            elif rest.startswith("proj."):
+                pred["predictor_proj." + rest[len("proj."):]] = v
+            else:
+                other[k] = v
+        else:
+            other[k] = v
+    for (part, i), block in sorted(blocks.items()):
+        dst = parts.setdefault(part, {})
+        base = f"blocks.{i}." if part == "encoder" else f"predictor_blocks.{i}."
+        block = dict(block)
+        _fuse_qkv(block, "attention.", dst, part, base + "attn.", notes)
+        for k, v in block.items():
+            dst[base + (("attn." + k[len("attention."):]) if k.startswith("attention.") else k)] = v
+    return ConvertedCheckpoint("hf", parts, notes, other)
+
+
+def convert_checkpoint(checkpoint: Any, source: str = "auto") -> ConvertedCheckpoint:
+    """Convert a loaded checkpoint object (or a path / URL) to canonical part state dicts.
+
+    Returns a :class:`ConvertedCheckpoint` whose ``parts`` has some of ``encoder``, ``target_encoder`` and
+    ``predictor`` with package names (see :data:`KEY_MAPPING`). Non-tensor entries (epoch, optimiser state)
+    are ignored.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, "__fspath__"):
+        checkpoint = oio.torch_load(checkpoint)
+    checkpoint = _unwrap(checkpoint)
+    detected = detect_format(checkpoint)
+    src = detected if source == "auto" else source
+    if src in ("official", "vjepa1"):
+        if detected not in ("official", "vjepa1"):
+            raise ValueError(f"source {src!r} expects a dict with encoder/target_encoder/predictor entries, "
+                             f"the file looks like {detected!r}")
+        parts = {}
+        for p in PARTS:
+            if isinstance(checkpoint.get(p), Mapping):
+                parts[p] = {_strip(k): v for k, v in checkpoint[p].items() if isinstance(v, torch.Tensor)}
+        return ConvertedCheckpoint(src, parts)
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"not a state dict (got {type(checkpoint).__name__})")
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if src == "hf":
+        return _convert_hf(tensors)
+    # bare state dict: a whole VJEPA3D or a single encoder
+    stripped = {_strip(k): v for k, v in tensors.items()}
+    if any(k.split(".", 1)[0] in PARTS for k in stripped):
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        other = {}
+        for k, v in stripped.items():
+            head, _, rest = k.partition(".")
+            if head in PARTS and rest:
+                parts.setdefault(head, {})[rest] = v
+            else:
+                other[k] = v
+        return ConvertedCheckpoint("state_dict", parts, other=other)
+    return ConvertedCheckpoint("state_dict", {"encoder": stripped})
+
+
+# ----------------------------------------------------------------------------------------------- adaptations
+def resample_kernel_axis(w: torch.Tensor, dim: int, new_size: int) -> torch.Tensor:
+    """Redistribute a kernel along ``dim`` to ``new_size`` taps, preserving the sum over that axis.
+
+    The old taps are cells of width ``1/old`` on ``[0, 1]``, the new taps cells of width ``1/new``; each old
+    tap's weight is shared among the new cells in proportion to their overlap with it. The sum over the axis is
+    kept exactly, so an input that is constant along the axis gives the same response (2 -> 1 sums the taps,
+    2 -> 4 splits each tap in two halves, 4 -> 2 sums pairs). Written by hand because this conservative
+    remapping is not ``F.interpolate`` (which averages, and so does not keep the sum).
+    """
+    old = w.shape[dim]
+    if old == new_size:
+        return w
+    if new_size < 1:
+        raise ValueError(f"kernel size must be >= 1, got {new_size}")
+    # overlap matrix M[new, old] = |new cell j ∩ old cell i| / |old cell i|; every column sums to one
+    edges_o = torch.linspace(0, 1, old + 1, dtype=torch.float64)
+    edges_n = torch.linspace(0, 1, new_size + 1, dtype=torch.float64)
+    lo = torch.maximum(edges_n[:-1, None], edges_o[None, :-1])
+    hi = torch.minimum(edges_n[1:, None], edges_o[None, 1:])
+    m = (hi - lo).clamp(min=0) * old
+    moved = w.movedim(dim, -1).to(torch.float64)
+    out = moved @ m.T
+    return out.movedim(-1, dim).to(w.dtype)
+
+
+def adapt_patch_weight(
+    w: torch.Tensor, shape: Sequence[int], channel_adapt: str = "sum"
+) -> tuple[torch.Tensor, list[str]]:
+    """Adapt a Conv3d patch weight ``[E, C, t, p, p]`` to ``shape`` ``[E, C', t', p', p']``.
+
+    Returns the new weight and a list of what was done. Raises ``ValueError`` when the embedding width differs
+    or the channel change is not RGB -> 1 / 1 -> C.
+    """
+    if channel_adapt not in ("sum", "mean"):
+        raise ValueError(f"channel_adapt must be 'sum' or 'mean', got {channel_adapt!r}")
+    if w.ndim == 4:  # an image (Conv2d) patch embedding: one temporal tap
+        w = w.unsqueeze(2)
+    if w.ndim != 5 or len(shape) != 5:
+        raise ValueError(f"expected a 5D Conv3d weight, got {list(w.shape)} -> {list(shape)}")
+    how = []
+    if w.shape[0] != shape[0]:
+        raise ValueError(f"embedding width {w.shape[0]} != {shape[0]} cannot be adapted")
+    c_old, c_new = w.shape[1], shape[1]
+    if c_old != c_new:
+        if c_new == 1:
+            w = w.sum(1, keepdim=True) if channel_adapt == "sum" else w.mean(1, keepdim=True)
+            how.append(f"{c_old}->1 channel ({channel_adapt})")
+        elif c_old == 1:
+            w = w.repeat(1, c_new, 1, 1, 1) / c_new
+            how.append(f"1->{c_new} channels (repeated / {c_new})")
+        else:
+            raise ValueError(f"input channels {c_old} -> {c_new} cannot be adapted (only C->1 and 1->C)")
+    for dim, name in ((2, "tubelet"), (3, "patch height"), (4, "patch width")):
+        if w.shape[dim] != shape[dim]:
+            how.append(f"{name} {w.shape[dim]}->{shape[dim]} (sum-preserving)")
+            w = resample_kernel_axis(w, dim, shape[dim])
+    return w.contiguous(), how
+
+
+def sincos_table_3d(embed_dim: int, grid: Sequence[float], uniform_power: bool = False,
+                    positions: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """The V-JEPA 3D sin-cos position table ``[T*H*W, E]`` on ``grid = (T, H, W)`` in (t, h, w) raster order.
+
+    Channel layout as V-JEPA 1: ``[emb_t | emb_h | emb_w]`` with E/2, E/4, E/4 channels (or equal thirds, each
+    ``ceil(E/6)*2``, with ``uniform_power``), each ``[sin | cos]`` of position * 10000^(-k/(n/2)).
+    ``positions`` optionally replaces ``arange`` along each axis (fractional positions).
+    """
+    t, h, w = (int(g) for g in grid)
+    if positions is None:
+        positions = [torch.arange(n, dtype=torch.float64) for n in (t, h, w)]
+    pt, ph, pw = (torch.as_tensor(p, dtype=torch.float64) for p in positions)
+    gt, gh, gw = torch.meshgrid(pt, ph, pw, indexing="ij")
+    if uniform_power:
+        dt = dh = dw = int(math.ceil(embed_dim / 6) * 2)
+    else:
+        dt, dh, dw = embed_dim // 2, embed_dim // 4, embed_dim // 4
+
+    def one(d, pos):
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2.0))
+        out = pos.reshape(-1, 1) * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    table = torch.cat([one(dt, gt), one(dh, gh), one(dw, gw)], dim=1)[:, :embed_dim]
+    return table.float()
+
+
+def _factor_grids(n: int) -> list[tuple[int, int, int]]:
+    out = []
+    for t in range(1, n + 1):
+        if n % t:
+            continue
+        rest = n // t
+        for h in range(1, rest + 1):
+            if rest % h == 0:
+                out.append((t, h, rest // h))
+    # square spatial grids first (the usual case), then by fewer frames
+    out.sort(key=lambda g: (g[1] != g[2], g[0]))
+    return out
+
+
+def infer_sincos_grid(table: torch.Tensor, atol: float = 1e-4, max_candidates: int = 400):
+    """Recover ``((T, H, W), uniform_power)`` of a V-JEPA sin-cos table ``[1, N, E]`` or ``[N, E]``.
+
+    A fixed sin-cos table encodes its own grid, so each factorisation of N is tried until the computed table
+    matches. Returns ``None`` for a learned (non sin-cos) table.
+    """
+    tab = table.detach().reshape(-1, table.shape[-1]).float().cpu()
+    n, e = tab.shape
+    for grid in _factor_grids(n)[:max_candidates]:
+        for up in (False, True):
+            ref = sincos_table_3d(e, grid, uniform_power=up)
+            if ref.shape == tab.shape and torch.allclose(ref, tab, atol=atol):
+                return grid, up
+    return None
+
+
+def interpolate_pos_table(table: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]) -> torch.Tensor:
+    """Resample an additive position table ``[1, T*H*W, E]`` (or ``[N, E]``) from ``src_grid`` to ``dst_grid``.
+
+    Trilinear on the ``[T, H, W]`` grid with ``align_corners=True`` (corner tokens keep their embedding and a
+    grid ``n -> 2n-1 -> n`` round-trips exactly); returns ``[1, T'*H'*W', E]``. A size-1 source axis is copied.
+    """
+    e = table.shape[-1]
+    src = tuple(int(g) for g in src_grid)
+    dst = tuple(int(g) for g in dst_grid)
+    if math.prod(src) != table.reshape(-1, e).shape[0]:
+        raise ValueError(f"table with {table.reshape(-1, e).shape[0]} tokens does not fit grid {src}")
+    if src == dst:
+        return table.reshape(1, -1, e).clone()
+    vol = table.reshape(1, *src, e).permute(0, 4, 1, 2, 3).to(torch.float64)
+    out = F.interpolate(vol, size=dst, mode="trilinear", align_corners=True)
+    return out.permute(0, 2, 3, 4, 1).reshape(1, -1, e).to(table.dtype)
+
+
+# ------------------------------------------------------------------------------------------ state dict adapt
+def _model_grid(module: nn.Module, n_tokens: int, table: torch.Tensor | None = None):
+    """Token grid ``(T', H', W')`` of a network's position table (``grid_size(*img_size)`` or fingerprint)."""
+    for owner in (module, getattr(module, "patch_embed", None)):
+        gs, img = getattr(owner, "grid_size", None), getattr(module, "img_size", None)
+        if callable(gs) and img is not None:
+            try:
+                grid = tuple(int(g) for g in gs(*tuple(img)))
+            except TypeError:
+                grid = None
+            if grid is not None and math.prod(grid) == n_tokens:
+                return grid
+    for attr in ("grid", "token_grid"):
+        grid = getattr(module, attr, None)
+        if isinstance(grid, (tuple, list)) and len(grid) == 3 and math.prod(grid) == n_tokens:
+            return tuple(int(g) for g in grid)
+    if table is not None:
+        found = infer_sincos_grid(table)
+        if found is not None:
+            return found[0]
+    return None
+
+
+def adapt_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    channel_adapt: str = "sum",
+    notes: Mapping[str, str] | None = None,
+    src_grids: Mapping[str, Sequence[int]] | None = None,
+    dst_grids: Mapping[str, Sequence[int]] | None = None,
+    mask_token_keys: Iterable[str] = (),
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Adapt canonical ``state_dict`` to the names/shapes of ``target`` (a model's state dict).
+
+    Returns ``(adapted_state_dict, report)`` with ``report.loaded/adapted/missing/unexpected/mismatched`` in
+    ``target``'s names. ``notes`` marks keys the format conversion already changed (e.g. fused qkv). Position
+    tables (keys ending in ``pos_embed``) are resampled from ``src_grids[key]`` (inferred from the sin-cos
+    fingerprint when absent) to ``dst_grids[key]``. Never raises: unadaptable shapes land in ``mismatched``.
+    """
+    notes = dict(notes or {})
+    src_grids, dst_grids = dict(src_grids or {}), dict(dst_grids or {})
+    rep = LoadReport(path="", source="")
+    out: dict[str, torch.Tensor] = {}
+    for key, ref in target.items():
+        if key not in state_dict:
+            rep.missing.append(key)
+            continue
+        val = state_dict[key]
+        if not isinstance(ref, torch.Tensor):
+            continue
+        if tuple(val.shape) == tuple(ref.shape):
+            out[key] = val.to(ref.dtype)
+            if key in notes:
+                rep.adapted[key] = notes[key]
+            else:
+                rep.loaded.append(key)
+            continue
+        try:
+            if key.endswith("patch_embed.proj.weight"):
+                new, how = adapt_patch_weight(val, ref.shape, channel_adapt)
+                desc = "; ".join(how)
+            elif key.endswith("pos_embed"):
+                new, desc = _adapt_pos_table(key, val, ref, src_grids.get(key), dst_grids.get(key))
+            elif key in mask_token_keys and val.numel() == ref.numel():
+                new, desc = val.reshape(ref.shape), f"reshaped {list(val.shape)} -> {list(ref.shape)}"
+            else:
+                raise ValueError("no adaptation for this parameter")
+        except ValueError as e:
+            rep.mismatched[key] = f"file {list(val.shape)} vs model {list(ref.shape)}: {e}"
+            continue
+        out[key] = new.to(ref.dtype)
+        rep.adapted[key] = f"{desc}; {list(val.shape)} -> {list(ref.shape)}"
+    rep.unexpected = [k for k in state_dict if k not in target]
+    return out, rep
+
+
+def _adapt_pos_table(key, val, ref, src_grid, dst_grid):
+    if val.shape[-1] != ref.shape[-1]:
+        raise ValueError(f"table width {val.shape[-1]} != {ref.shape[-1]}")
+    n_src, n_dst = val.reshape(-1, val.shape[-1]).shape[0], ref.reshape(-1, ref.shape[-1]).shape[0]
+    how = ""
+    if src_grid is None:
+        found = infer_sincos_grid(val)
+        if found is None:
+            raise ValueError("source grid unknown (not a sin-cos table); pass source_grid=(T, H, W)")
+        src_grid, how = found[0], " (source grid from its sin-cos pattern)"
+    if dst_grid is None:
+        found = infer_sincos_grid(ref)
+        if found is None:
+            raise ValueError("model token grid unknown")
+        dst_grid = found[0]
+    if math.prod(src_grid) != n_src or math.prod(dst_grid) != n_dst:
+        raise ValueError(f"grids {tuple(src_grid)} / {tuple(dst_grid)} do not match the token counts")
+    new = interpolate_pos_table(val, src_grid, dst_grid).reshape(ref.shape)
+    return new, f"trilinear {tuple(src_grid)} -> {tuple(dst_grid)}{how}"
+
+
+# ---------------------------------------------------------------------------------------------- main loader
+def _is_vjepa(model: nn.Module) -> bool:
+    return all(isinstance(getattr(model, p, None), nn.Module) for p in ("encoder", "target_encoder"))
+
+
+def _match_any(key: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def _grids_for(module: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[str, tuple]:
+    grids = {}
+    for k, v in sd.items():
+        if k.endswith("pos_embed") and isinstance(v, torch.Tensor) and v.ndim >= 2:
+            owner = module
+            for name in k.split(".")[:-1]:
+                owner = getattr(owner, name, owner)
+            g = _model_grid(owner, v.reshape(-1, v.shape[-1]).shape[0], v)
+            if g is not None:
+                grids[k] = g
+    return grids
+
+
+def _recomputed_sincos(module: nn.Module, key: str, table: torch.Tensor) -> bool:
+    """True when a file's position table is a fixed sin-cos table that ``module`` computes itself.
+
+    The package's predictor computes its sin-cos table on the fly instead of storing it, so V-JEPA 1's
+    ``predictor_pos_embed`` carries no information for it, provided the channel layout agrees.
+    """
+    if not key.endswith("pos_embed") or getattr(module, "use_rope", True):
+        return False
+    found = infer_sincos_grid(table)
+    return found is not None and found[1] == bool(getattr(module, "uniform_power", False))
+
+
+def load_pretrained(
+    model: nn.Module,
+    path,
+    source: str = "auto",
+    checkpoint_key: str = "auto",
+    channel_adapt: str = "sum",
+    allow_missing: Sequence[str] = (),
+    allow_unexpected: Sequence[str] = (),
+    strict: bool = True,
+    print_report: bool = True,
+    use_target_encoder: bool = False,
+    source_grid: Sequence[int] | None = None,
+) -> LoadReport:
+    """Load a V-JEPA checkpoint (local path or fsspec URL) into a ``VJEPA3D`` or a ``VisionTransformer3D``.
+
+    Args:
+        model: a ``VJEPA3D`` (encoder, target encoder and, when the file has one, predictor are loaded) or a
+            ``VisionTransformer3D`` (the chosen encoder only).
+        path: checkpoint file; read with ``weights_only=True`` (pickled code is refused).
+        source: ``auto`` (detect), ``official``, ``hf``, ``vjepa1`` or ``state_dict``.
+        checkpoint_key: which file encoder feeds the context encoder: ``auto`` (``encoder``, else
+            ``target_encoder``), ``encoder`` or ``target_encoder``.
+        channel_adapt: RGB -> one channel by ``sum`` (exact for gray copied to RGB) or ``mean``.
+        allow_missing / allow_unexpected: glob patterns of keys that may be missing / ignored (e.g. ``predictor.*``).
+        strict: raise on missing / unexpected keys outside the allow-lists. Shape mismatches always raise.
+        print_report: print the one report table.
+        use_target_encoder: take the file's target encoder as the source of both encoder and target encoder.
+        source_grid: token grid ``(T, H, W)`` of the file's position table when it is not a sin-cos table.
+
+    The target encoder is loaded from the file's target encoder when there is one (and the context encoder is
+    not taken from it), else initialised as a copy of the adapted context encoder.
+
+    Returns the :class:`LoadReport`. Raises :class:`CheckpointError` (message: path, problem, table).
+    """
+    if checkpoint_key not in ("auto", "encoder", "target_encoder"):
+        raise ValueError(f"checkpoint_key must be auto, encoder or target_encoder, got {checkpoint_key!r}")
+    if channel_adapt not in ("sum", "mean"):
+        raise ValueError(f"channel_adapt must be 'sum' or 'mean', got {channel_adapt!r}")
+    raw = oio.torch_load(path)
+    try:
+        conv = convert_checkpoint(raw, source=source)
+    except ValueError as e:
+        raise CheckpointError(path, str(e)) from None
+    parts = conv.parts
+    enc_key = "target_encoder" if use_target_encoder else checkpoint_key
+    if enc_key == "auto":
+        enc_key = "encoder" if "encoder" in parts else "target_encoder"
+    if enc_key not in parts:
+        raise CheckpointError(path, f"no {enc_key!r} weights in the file (found: {sorted(parts) or 'none'})")
+
+    report = LoadReport(path=str(path), source=conv.source)
+    is_vjepa = _is_vjepa(model)
+    plan: list[tuple[str, str, nn.Module]] = []  # (model prefix, file part, module)
+    if is_vjepa:
+        plan.append(("encoder.", enc_key, model.encoder))
+        report.notes.append(f"encoder <- file {enc_key!r}")
+        tgt_key = "target_encoder" if ("target_encoder" in parts and enc_key == "encoder") else enc_key
+        if use_target_encoder or tgt_key != "target_encoder":
+            report.notes.append(
+                "target_encoder <- copy of the adapted encoder"
+                + ("" if use_target_encoder else " (the file has no separate target encoder)")
+            )
+            tgt_key = None
+        else:
+            plan.append(("target_encoder.", "target_encoder", model.target_encoder))
+            report.notes.append("target_encoder <- file 'target_encoder'")
+        if isinstance(getattr(model, "predictor", None), nn.Module):
+            if "predictor" in parts:
+                plan.append(("predictor.", "predictor", model.predictor))
+                report.notes.append("predictor <- file 'predictor'")
+            else:
+                report.missing += [f"predictor.{k}" for k in model.predictor.state_dict()]
+    else:
+        tgt_key = None
+        plan.append(("", enc_key, model))
+        report.notes.append(f"encoder <- file {enc_key!r}")
+        unused = sorted(p for p in parts if p != enc_key)
+        if unused:
+            report.notes.append(f"not used for an encoder: {', '.join(unused)}")
+
+    new_sd: dict[str, torch.Tensor] = {}
+    for prefix, part, module in plan:
+        target = module.state_dict()
+        src = parts[part]
+        notes = {k.split(":", 1)[1]: v for k, v in conv.notes.items() if k.startswith(part + ":")}
+        src_grids = {k: tuple(source_grid) for k in src if k.endswith("pos_embed")} if source_grid else {}
+        sd, rep = adapt_state_dict(
+            src, target, channel_adapt=channel_adapt, notes=notes, src_grids=src_grids,
+            dst_grids=_grids_for(module, target), mask_token_keys=[k for k in target if "mask_token" in k],
+        )
+        new_sd.update({prefix + k: v for k, v in sd.items()})
+        report.loaded += [prefix + k for k in rep.loaded]
+        report.adapted.update({prefix + k: v for k, v in rep.adapted.items()})
+        report.missing += [prefix + k for k in rep.missing]
+        report.mismatched.update({prefix + k: v for k, v in rep.mismatched.items()})
+        file_prefix = (part + ".") if is_vjepa or part != "encoder" else ""
+        for k in rep.unexpected:
+            if _recomputed_sincos(module, k, src[k]):
+                report.notes.append(
+                    f"{file_prefix}{k}: fixed sin-cos table, recomputed identically by the model (not stored)"
+                )
+            else:
+                report.unexpected.append(file_prefix + k)
+    if is_vjepa and tgt_key is None:
+        for k in model.target_encoder.state_dict():
+            if "encoder." + k in new_sd:
+                new_sd["target_encoder." + k] = new_sd["encoder." + k].clone()
+                report.adapted["target_encoder." + k] = "copied from the adapted encoder"
+            else:
+                report.missing.append("target_encoder." + k)
+    report.unexpected += sorted(conv.other)
+
+    report.allowed_missing = [k for k in report.missing if _match_any(k, allow_missing)]
+    report.allowed_unexpected = [k for k in report.unexpected if _match_any(k, allow_unexpected)]
+    problems = []
+    if report.mismatched:
+        problems.append(f"{len(report.mismatched)} shape mismatch(es) that cannot be adapted")
+    if strict:
+        bad_m = [k for k in report.missing if k not in report.allowed_missing]
+        bad_u = [k for k in report.unexpected if k not in report.allowed_unexpected]
+        if bad_m:
+            problems.append(f"{len(bad_m)} missing key(s) not in allow_missing")
+        if bad_u:
+            problems.append(f"{len(bad_u)} unexpected key(s) not in allow_unexpected")
+    if problems:
+        raise CheckpointError(path, "; ".join(problems) + "; nothing was loaded\n" + report.table())
+
+    with torch.no_grad():
+        result = model.load_state_dict(new_sd, strict=False)
+    if result.unexpected_keys:  # internal consistency: every adapted key is a model key
+        raise CheckpointError(path, f"internal key mismatch {result.unexpected_keys}\n" + report.table())
+    if print_report:
+        print(report.table())
+    return report
