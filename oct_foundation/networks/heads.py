@@ -1,0 +1,433 @@
+"""Downstream heads on the 3D ViT encoder: layer segmentation and disease classification.
+
+* :class:`SegmentationNet`: encoder tokens ``[B, N, E]`` -> grid ``[B, E, T', H', W']`` -> a light UNETR-style
+  decoder (transposed-conv upsampling stages with residual conv blocks from MONAI) back to the input grid, where
+  a conv skip from the input image joins before the output conv. Logits ``[B, num_classes, D, H, W]``, the
+  input's size for any D, H, W (padded to the patch grid and cropped back).
+* :class:`ClassificationNet`: linear probe on mean-pooled tokens, attentive probe (a learned query
+  cross-attending to the tokens, as V-JEPA's attentive probe), frozen or fine-tuned encoder. Logits
+  ``[B, num_classes]``.
+* :func:`load_encoder_weights`: put pretrained weights into ``net.encoder`` (pretrain bundle ``model.pt``,
+  an Ignite training checkpoint, a V-JEPA 2 file, or keep the random init), strictly, with a report table.
+
+Both nets are built from flat JSON kwargs (encoder kwargs next to head kwargs) or around a given encoder, expose
+``.encoder`` and return a single tensor.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oct_foundation import io as oio
+from oct_foundation.errors import CheckpointError
+from oct_foundation.networks.vit3d import MLP, VisionTransformer3D
+
+__all__ = [
+    "SegmentationNet",
+    "ClassificationNet",
+    "AttentivePooler",
+    "build_encoder",
+    "set_encoder_trainable",
+    "load_encoder_weights",
+    "ENCODER_SOURCES",
+    "SegmentationHead",
+    "ClassificationProbe",
+]
+
+ENCODER_SOURCES = ("random", "model_pt", "checkpoint", "vjepa2")
+Freeze = Union[str, bool, int]
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def build_encoder(encoder: nn.Module | dict | None = None, **encoder_kwargs) -> nn.Module:
+    """The encoder module: a given ``VisionTransformer3D`` (or a ``VJEPA3D``, whose context ``.encoder`` is
+    taken), a kwargs dict, or ``VisionTransformer3D(**encoder_kwargs)``."""
+    if isinstance(encoder, nn.Module):
+        if encoder_kwargs:
+            raise ValueError(f"pass either an encoder module or encoder kwargs, not both ({sorted(encoder_kwargs)})")
+        inner = getattr(encoder, "encoder", None)
+        return inner if isinstance(inner, nn.Module) and hasattr(encoder, "predictor") else encoder
+    kwargs = dict(encoder or {})
+    kwargs.update(encoder_kwargs)
+    return VisionTransformer3D(**kwargs)
+
+
+def _patch_kernel(encoder: nn.Module) -> tuple[int, int, int]:
+    k = encoder.patch_embed.proj.kernel_size
+    return int(k[0]), int(k[1]), int(k[2])
+
+
+def _normalise_freeze(freeze: Freeze) -> Union[str, int]:
+    if freeze is True or freeze == "all":
+        return "all"
+    if freeze is False or freeze in ("none", None):
+        return "none"
+    if isinstance(freeze, int) or (isinstance(freeze, str) and freeze.isdigit()):
+        n = int(freeze)
+        if n < 0:
+            raise ValueError(f"freeze must be 'all', 'none' or a number of blocks >= 0, got {freeze!r}")
+        return n
+    raise ValueError(f"freeze must be 'all', 'none', True/False or a number of blocks, got {freeze!r}")
+
+
+def set_encoder_trainable(encoder: nn.Module, freeze: Freeze) -> Union[str, int]:
+    """Set ``requires_grad`` on the encoder: ``"all"`` (or True) freezes every parameter, ``"none"`` (False)
+    none, an int N the patch embedding and the first N blocks (the final ``norm`` stays trainable unless N
+    covers every block). Returns the normalised setting."""
+    mode = _normalise_freeze(freeze)
+    for p in encoder.parameters():
+        p.requires_grad_(mode != "all")
+    if isinstance(mode, int):
+        blocks = getattr(encoder, "blocks")
+        if mode > len(blocks):
+            raise ValueError(f"freeze={mode} blocks but the encoder has {len(blocks)}")
+        for p in encoder.patch_embed.parameters():
+            p.requires_grad_(False)
+        for blk in blocks[:mode]:
+            for p in blk.parameters():
+                p.requires_grad_(False)
+        if mode == len(blocks):
+            for p in encoder.norm.parameters():
+                p.requires_grad_(False)
+    return mode
+
+
+def pad_to_patch(x: torch.Tensor, kernel: Sequence[int], mode: str = "constant") -> tuple[torch.Tensor, tuple]:
+    """Pad ``x [B, C, D, H, W]`` at the far end of each axis to multiples of ``kernel`` (kt, kh, kw).
+
+    Returns the padded tensor and the original ``(D, H, W)``.
+    """
+    size = tuple(x.shape[2:])
+    pads = [(-s) % k for s, k in zip(size, kernel)]
+    if any(pads):
+        # F.pad order: last axis first, (before, after) per axis
+        flat = [0, pads[2], 0, pads[1], 0, pads[0]]
+        x = F.pad(x, flat, mode=mode)
+    return x, size
+
+
+class _EncoderMixin:
+    """Runs the encoder under ``no_grad`` and in eval mode when fully frozen (no dropout, no wasted graph)."""
+
+    encoder: nn.Module
+    freeze: Union[str, int]
+
+    def train(self, mode: bool = True):  # type: ignore[override]
+        super().train(mode)  # type: ignore[misc]
+        if self.freeze == "all":
+            self.encoder.eval()
+        return self
+
+    def _encode(self, x: torch.Tensor):
+        if self.freeze == "all":
+            with torch.no_grad():
+                return self.encoder(x)
+        return self.encoder(x)
+
+
+# --------------------------------------------------------------------------------------------- segmentation
+def _upsample_stages(kernel: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Per-stage upsampling factors that multiply to the patch kernel: x2 per axis while divisible by 2, the odd
+    remainder in one step. (2, 16, 16) -> [(2,2,2), (1,2,2), (1,2,2), (1,2,2)]."""
+    rem = [int(k) for k in kernel]
+    stages = []
+    while any(r > 1 for r in rem):
+        step = tuple(2 if r % 2 == 0 else r for r in rem)
+        stages.append(step)
+        rem = [r // s for r, s in zip(rem, step)]
+    return stages or [(1, 1, 1)]
+
+
+class SegmentationNet(_EncoderMixin, nn.Module):
+    """ViT encoder + light UNETR-style decoder with an image skip. ``[B, C, D, H, W] -> [B, K, D, H, W]``.
+
+    Args:
+        encoder: a ``VisionTransformer3D`` / ``VJEPA3D`` module or kwargs dict; else built from ``encoder_kwargs``
+            (flat: ``in_chans, img_size, patch_size, tubelet_size, embed_dim, depth, num_heads, pos_embed, ...``).
+        num_classes: output channels K (layers + background).
+        decoder_channels: channels per upsampling stage (an int for all stages; a shorter list repeats its last).
+        freeze: ``"all"`` | ``"none"`` | N (patch embedding and first N blocks) | True/False.
+        image_skip: concatenate a conv feature of the input image at full resolution before the output block.
+        feature_layers: block indices whose normed outputs are concatenated (channels) as decoder input; None
+            uses the encoder's final output.
+        norm_name: decoder normalisation (MONAI name, e.g. ``"instance"``, ``"batch"``).
+        pad_mode: how inputs are padded up to the patch grid (``F.pad`` mode).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module | dict | None = None,
+        num_classes: int = 2,
+        decoder_channels: Union[int, Sequence[int]] = (64, 32, 32, 16),
+        freeze: Freeze = "none",
+        image_skip: bool = True,
+        feature_layers: Sequence[int] | None = None,
+        norm_name: str = "instance",
+        pad_mode: str = "constant",
+        **encoder_kwargs,
+    ):
+        super().__init__()
+        from monai.networks.blocks import UnetOutBlock, UnetResBlock, UnetrBasicBlock, UnetrUpBlock
+        from monai.networks.blocks.dynunet_block import get_conv_layer
+
+        self.encoder = build_encoder(encoder, **encoder_kwargs)
+        self.num_classes = int(num_classes)
+        self.kernel = _patch_kernel(self.encoder)
+        self.pad_mode = pad_mode
+        self.feature_layers = list(feature_layers) if feature_layers is not None else None
+        if self.feature_layers is not None:
+            depth = len(self.encoder.blocks)
+            bad = [i for i in self.feature_layers if not 0 <= i < depth]
+            if bad:
+                raise ValueError(f"feature_layers {bad} outside the encoder's {depth} blocks")
+            self.encoder.out_layers = self.feature_layers
+        n_feat = len(self.feature_layers) if self.feature_layers else 1
+        embed_dim = int(self.encoder.embed_dim)
+        in_chans = int(self.encoder.patch_embed.proj.in_channels)
+
+        stages = _upsample_stages(self.kernel)
+        chans = [decoder_channels] if isinstance(decoder_channels, int) else list(decoder_channels)
+        if not chans:
+            raise ValueError("decoder_channels must not be empty")
+        chans = [int(chans[min(i, len(chans) - 1)]) for i in range(len(stages))]
+        self.stages = stages
+        self.decoder_channels = chans
+
+        self.proj = nn.Conv3d(embed_dim * n_feat, chans[0], kernel_size=1)
+        ups = []
+        c_in = chans[0]
+        for i, (s, c) in enumerate(zip(stages, chans)):
+            last = i == len(stages) - 1
+            if last and image_skip:
+                ups.append(UnetrUpBlock(3, c_in, c, kernel_size=3, upsample_kernel_size=s, norm_name=norm_name,
+                                        res_block=True))
+            else:
+                ups.append(nn.Sequential(
+                    get_conv_layer(3, c_in, c, kernel_size=s, stride=s, conv_only=True, is_transposed=True),
+                    UnetResBlock(3, c, c, kernel_size=3, stride=1, norm_name=norm_name),
+                ))
+            c_in = c
+        self.up = nn.ModuleList(ups)
+        self.image_skip = (
+            UnetrBasicBlock(3, in_chans, chans[-1], kernel_size=3, stride=1, norm_name=norm_name, res_block=True)
+            if image_skip else None
+        )
+        self.out = UnetOutBlock(3, chans[-1], self.num_classes)
+        self.freeze = set_encoder_trainable(self.encoder, freeze)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, C, D, H, W]`` -> logits ``[B, num_classes, D, H, W]``."""
+        if x.ndim != 5:
+            raise ValueError(f"expected input [B, C, D, H, W], got shape {tuple(x.shape)}")
+        xp, size = pad_to_patch(x, self.kernel, self.pad_mode)
+        grid = self.encoder.grid_size(*xp.shape[2:])
+        tokens = self._encode(xp)
+        if isinstance(tokens, (list, tuple)):
+            tokens = torch.cat(list(tokens), dim=-1)
+        b, n, e = tokens.shape
+        feat = tokens.transpose(1, 2).reshape(b, e, *grid)  # (t, h, w) raster order -> grid
+        h = self.proj(feat)
+        for i, up in enumerate(self.up):
+            if self.image_skip is not None and i == len(self.up) - 1:
+                h = up(h, self.image_skip(xp))
+            else:
+                h = up(h)
+        logits = self.out(h)
+        return logits[:, :, : size[0], : size[1], : size[2]]
+
+
+# ------------------------------------------------------------------------------------------- classification
+class AttentivePooler(nn.Module):
+    """Cross-attention pooling: learned queries attend to the tokens, then a residual MLP.
+
+    ``tokens [B, N, E] -> [B, E]`` (mean over ``num_queries`` query outputs). Pre-norm on the tokens and the
+    queries' MLP input; MLP named as the encoder's.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int = 8, mlp_ratio: float = 4.0, num_queries: int = 1):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, num_queries, embed_dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm1 = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        q = self.query.expand(tokens.shape[0], -1, -1)
+        kv = self.norm1(tokens)
+        q = q + self.attn(q, kv, kv, need_weights=False)[0]
+        q = q + self.mlp(self.norm2(q))
+        return q.mean(1)
+
+
+class ClassificationNet(_EncoderMixin, nn.Module):
+    """ViT encoder + probe. ``[B, C, D, H, W] -> logits [B, num_classes]``.
+
+    Args:
+        encoder: module or kwargs dict; else built from flat ``encoder_kwargs``.
+        num_classes: classes.
+        probe: ``"linear"`` (one linear layer on mean-pooled tokens) or ``"attentive"`` (:class:`AttentivePooler`
+            then a linear layer).
+        freeze: True/``"all"`` (frozen features), False/``"none"`` (full fine-tune), or N first blocks.
+        probe_heads: attention heads of the attentive probe (default: the encoder's).
+        pad_mode: inputs are padded up to the patch grid (``F.pad`` mode); padded tokens are pooled too.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module | dict | None = None,
+        num_classes: int = 2,
+        probe: str = "linear",
+        freeze: Freeze = True,
+        probe_heads: int | None = None,
+        probe_mlp_ratio: float = 4.0,
+        pad_mode: str = "constant",
+        **encoder_kwargs,
+    ):
+        super().__init__()
+        if probe not in ("linear", "attentive"):
+            raise ValueError(f"probe must be 'linear' or 'attentive', got {probe!r}")
+        self.encoder = build_encoder(encoder, **encoder_kwargs)
+        self.num_classes = int(num_classes)
+        self.kernel = _patch_kernel(self.encoder)
+        self.pad_mode = pad_mode
+        self.probe = probe
+        e = int(self.encoder.embed_dim)
+        if probe == "attentive":
+            heads = int(probe_heads or getattr(self.encoder, "num_heads", 1))
+            self.pooler: nn.Module = AttentivePooler(e, heads, probe_mlp_ratio)
+        else:
+            self.pooler = nn.Identity()
+        self.head = nn.Linear(e, self.num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.freeze = set_encoder_trainable(self.encoder, freeze)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, E]`` for ``x [B, C, D, H, W]``."""
+        xp, _ = pad_to_patch(x, self.kernel, self.pad_mode)
+        tokens = self._encode(xp)
+        if isinstance(tokens, (list, tuple)):
+            tokens = tokens[-1]
+        return tokens.mean(1) if self.probe == "linear" else self.pooler(tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"expected input [B, C, D, H, W], got shape {tuple(x.shape)}")
+        return self.head(self.features(x))
+
+
+# other names under which the package exports the two nets
+SegmentationHead = SegmentationNet
+ClassificationProbe = ClassificationNet
+
+
+# ------------------------------------------------------------------------------------------ weight loading
+def _report(path, source: str):
+    from oct_foundation.networks.pretrained import LoadReport
+
+    return LoadReport(path=str(path) if path is not None else "-", source=source)
+
+
+def _encoder_part(sd: dict, path, use_target_encoder: bool) -> dict:
+    """The encoder's tensors from a state dict of a VJEPA3D / a head net (``encoder.*``, ``target_encoder.*``)
+    or of a bare encoder (``patch_embed.*``, ``blocks.*``)."""
+    prefix = "target_encoder." if use_target_encoder else "encoder."
+    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if sub:
+        return sub
+    if use_target_encoder:
+        raise CheckpointError(path, "no 'target_encoder.*' weights in the file")
+    if any(k.startswith("patch_embed.") for k in sd):
+        return dict(sd)
+    sample = ", ".join(sorted(sd)[:5])
+    raise CheckpointError(path, f"no encoder weights ('encoder.*' or 'patch_embed.*') in the file (keys: {sample} ...)")
+
+
+def load_encoder_weights(
+    net: nn.Module,
+    source: str = "random",
+    path=None,
+    checkpoint_key: str = "network",
+    use_target_encoder: bool = False,
+    strict: bool = True,
+    print_report: bool = True,
+    **pretrained_kwargs,
+):
+    """Load pretrained weights into ``net.encoder`` (or into ``net`` when it is itself an encoder).
+
+    Args:
+        source: ``"model_pt"`` (the pretrain bundle's ``models/model.pt``, a ``VJEPA3D`` state dict: its
+            ``encoder.*`` or, with ``use_target_encoder``, ``target_encoder.*`` keys; a bare encoder state dict
+            works too), ``"checkpoint"`` (an Ignite training checkpoint dict holding the network state under
+            ``checkpoint_key``), ``"vjepa2"`` (V-JEPA 2 / Hugging Face files through
+            :func:`oct_foundation.networks.pretrained.load_pretrained`, which adapts shapes), ``"random"`` (keep
+            the initialisation).
+        path: file (local or URL), read with ``weights_only=True``.
+        strict: every encoder key present with the same shape, nothing unexpected; otherwise
+            :class:`CheckpointError` with the report. Non-strict loads the matching keys and reports the rest.
+            The sin-cos position table is a fixed function of the grid, so a different grid's table is
+            recomputed rather than copied (reported as adapted).
+
+    Returns:
+        a :class:`~oct_foundation.networks.pretrained.LoadReport` (printed as one table).
+
+    Frozen / trainable flags of the encoder are kept.
+    """
+    if source not in ENCODER_SOURCES:
+        raise ValueError(f"encoder source must be one of {ENCODER_SOURCES}, got {source!r}")
+    encoder = getattr(net, "encoder", net)
+    if source == "random":
+        report = _report(path, "random")
+        report.notes.append("encoder kept at its random initialisation")
+        if print_report:
+            print(report.table())
+        return report
+    if path is None:
+        raise ValueError(f"encoder source {source!r} needs a path")
+    if source == "vjepa2":
+        from oct_foundation.networks.pretrained import load_pretrained
+
+        return load_pretrained(encoder, path, strict=strict, print_report=print_report,
+                               use_target_encoder=use_target_encoder, **pretrained_kwargs)
+    if pretrained_kwargs:
+        raise ValueError(f"unexpected options for source {source!r}: {sorted(pretrained_kwargs)}")
+    obj = oio.torch_load(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(path, f"expected a state dict, got {type(obj).__name__}")
+    if source == "checkpoint":
+        if checkpoint_key not in obj:
+            raise CheckpointError(path, f"no {checkpoint_key!r} entry in the checkpoint (found: {sorted(obj)})")
+        obj = obj[checkpoint_key]
+        if not isinstance(obj, dict):
+            raise CheckpointError(path, f"checkpoint entry {checkpoint_key!r} is not a state dict")
+    src = _encoder_part(obj, path, use_target_encoder)
+
+    report = _report(path, source)
+    report.notes.append(f"encoder <- {'target_encoder' if use_target_encoder else 'encoder'} weights")
+    target = encoder.state_dict()
+    new_sd: dict[str, Any] = {}
+    for k, ref in target.items():
+        if k not in src:
+            report.missing.append(k)
+            continue
+        val = src[k]
+        if tuple(val.shape) == tuple(ref.shape):
+            new_sd[k] = val
+            report.loaded.append(k)
+        elif k == "pos_embed" and getattr(encoder, "pos_embed_type", None) == "sincos":
+            report.adapted[k] = f"sin-cos table recomputed for this grid {tuple(val.shape)} -> {tuple(ref.shape)}"
+        else:
+            report.mismatched[k] = f"file {tuple(val.shape)} vs model {tuple(ref.shape)}"
+    report.unexpected = sorted(k for k in src if k not in target)
+    problems = bool(report.mismatched) or (strict and (report.missing or report.unexpected))
+    if problems:
+        raise CheckpointError(path, "encoder weights do not match the model\n" + report.table())
+    encoder.load_state_dict(new_sd, strict=False)
+    if print_report:
+        print(report.table())
+    return report
