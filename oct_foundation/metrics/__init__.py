@@ -35,6 +35,7 @@ _EXPORTS = {
     "psnr": "reconstruction",
     "ssim": "reconstruction",
     "reconstruction_metrics": "reconstruction",
+    "summarise_reconstruction": "reconstruction",
 }
 
 __all__ = sorted(_EXPORTS)
