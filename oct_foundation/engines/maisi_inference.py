@@ -1,0 +1,284 @@
+"""MAISI latents of OCT volumes as ``BatchInference`` processors: encode, decode, reconstruction evaluation.
+
+Files written per input (``<out_stem>`` = output folder + anonymised ID), all atomically:
+
+* encode: ``<out_stem>_latent.pt`` (a plain float32 tensor ``[latent_channels, T', H', W']``, loadable with
+  ``torch.load(..., weights_only=True)``) or ``<out_stem>_latent.npy`` (same array), and
+  ``<out_stem>_latent.json`` (sidecar: input shape ``[C, T, H, W]``, latent shape, strategy, window, stride,
+  compression, scale factor, voxel spacing; everything :class:`MaisiDecodeProcessor` needs, nothing that
+  identifies the input);
+* decode: ``<out_stem>_recon.nii.gz`` (``[D, H, W]`` data, affine ``diag(spacing)``, the package's NIfTI
+  convention);
+* evaluate: ``<out_stem>_metrics.json`` (MSE, PSNR, SSIM of the round trip) and ``<out_stem>_grid.png``
+  (input, reconstruction and absolute difference for three B-scans).
+
+The summary CSV of ``BatchInference`` is the manifest: one row per input with the ID, status, shapes, stack
+settings and scale factor (or the metrics), never the input path.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from oct_foundation import io
+from oct_foundation.errors import OCTInputError
+from oct_foundation.networks.maisi import StackedVideoVAE
+
+__all__ = [
+    "default_maisi_transforms",
+    "MaisiEncodeProcessor",
+    "MaisiDecodeProcessor",
+    "MaisiEvaluateProcessor",
+    "latent_files",
+    "latent_id_map",
+    "write_reconstruction_summary",
+]
+
+LATENT_SUFFIXES = ("_latent.pt", "_latent.npy")
+
+
+def default_maisi_transforms(keys: Sequence[str] = ("image",)):
+    """Read with ``LoadOCTd`` and scale intensities of each volume to [0, 1] (MAISI's input range)."""
+    from monai.transforms import Compose, ScaleIntensityd
+
+    from oct_foundation.data import LoadOCTd
+
+    return Compose([LoadOCTd(keys=list(keys)), ScaleIntensityd(keys=list(keys), minv=0.0, maxv=1.0)])
+
+
+class _VolumeProcessor:
+    def __init__(self, network: StackedVideoVAE, device="cpu", transforms: Callable | None = None,
+                 image_key: str = "image", frame_chunk: int = 64):
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.transforms = transforms if transforms is not None else default_maisi_transforms((image_key,))
+        self.image_key = image_key
+        self.frame_chunk = int(frame_chunk)
+
+    def _volume(self, item: Mapping) -> tuple[torch.Tensor, tuple[float, float, float]]:
+        """``[C, D, H, W]`` float32 in [0, 1] and the voxel spacing."""
+        img = item.get(self.image_key)
+        if img is None:
+            raise OCTInputError("<input>", f"item has no '{self.image_key}'")
+        name = img if isinstance(img, (str, os.PathLike)) else "<input>"
+        if isinstance(img, (str, os.PathLike)):
+            img = self.transforms(dict(item))[self.image_key]
+        meta = getattr(img, "meta", {}) or {}
+        x = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(np.asarray(img))
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or min(x.shape) < 1:
+            raise OCTInputError(name, f"expected a volume [C, D, H, W], got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise OCTInputError(name, "volume contains NaN or infinite values")
+        spacing = meta.get("spacing")
+        spacing = tuple(float(s) for s in np.asarray(spacing).reshape(-1)[:3]) if spacing is not None else (1.0,) * 3
+        return x.float(), spacing
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[C, D, H, W] -> [latent_channels, D', H', W']``, fed to the network ``frame_chunk`` B-scans at a time."""
+        chunks = (c.to(self.device) for c in x[None].split(self.frame_chunk, 2))
+        return torch.cat(list(self.network.encode_stream(chunks)), 2)[0].cpu()
+
+    @torch.no_grad()
+    def _decode(self, z: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        return self.network.decode(z[None].to(self.device), *shape[1:])[0].cpu()
+
+
+def _save_array(t: torch.Tensor, path: str) -> None:
+    t = t.detach().float().cpu().contiguous()
+    with io.atomic_output(path) as tmp:
+        if path.endswith(".npy"):
+            with open(tmp, "wb") as f:
+                np.save(f, t.numpy())
+        else:
+            torch.save(t, tmp)
+
+
+def _save_nifti(volume: torch.Tensor, spacing, path: str) -> None:
+    import nibabel as nib
+
+    arr = volume.numpy().astype(np.float32)
+    arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)  # [D, H, W] (or [D, H, W, C])
+    img = nib.Nifti1Image(arr, np.diag([*[float(s) for s in spacing], 1.0]))
+    with io.atomic_output(path) as tmp:
+        nib.save(img, tmp)
+
+
+class MaisiEncodeProcessor(_VolumeProcessor):
+    """Encode one volume to MAISI latents (see the module docstring for the files).
+
+    Args:
+        network: the :class:`StackedVideoVAE` (weights loaded).
+        device: where the autoencoder runs.
+        transforms: item ``{"image": path}`` -> ``{"image": [C, D, H, W] in [0, 1]}``
+            (default :func:`default_maisi_transforms`).
+        fmt: ``"pt"`` or ``"npy"`` for the latent file.
+        frame_chunk: B-scans handed to the network at a time (it streams; memory does not grow with D).
+    """
+
+    def __init__(self, network: StackedVideoVAE, device="cpu", transforms: Callable | None = None,
+                 fmt: str = "pt", image_key: str = "image", frame_chunk: int = 64):
+        super().__init__(network, device, transforms, image_key, frame_chunk)
+        if fmt not in ("pt", "npy"):
+            raise ValueError(f"fmt must be 'pt' or 'npy', got {fmt!r}")
+        self.fmt = fmt
+
+    def outputs(self, out_stem: str) -> list[str]:
+        return [f"{out_stem}_latent.{self.fmt}", f"{out_stem}_latent.json"]
+
+    def __call__(self, item: Mapping, out_stem: str) -> dict:
+        x, spacing = self._volume(item)
+        z = self._encode(x)
+        latent_path, sidecar = self.outputs(out_stem)
+        info = {"input_shape": list(x.shape), "latent_shape": list(z.shape), "spacing": list(spacing),
+                "format": self.fmt, **self.network.settings()}
+        _save_array(z, latent_path)
+        io.save_json(info, sidecar)  # written last: its presence marks a finished latent
+        return {"latent": os.path.basename(latent_path), **{k: info[k] for k in (
+            "input_shape", "latent_shape", "strategy", "window", "stride", "scale_factor")}}
+
+
+def _read_latent(path: str) -> tuple[torch.Tensor, dict]:
+    stem = path[: -len(".pt")] if path.endswith(".pt") else path[: -len(".npy")]
+    sidecar = stem + ".json"
+    if not io.exists(sidecar):
+        raise OCTInputError(path, "latent has no sidecar JSON (written by the encode config)")
+    info = io.load_json(sidecar)
+    if path.endswith(".npy"):
+        with io.open_file(path, "rb") as f:
+            z = torch.from_numpy(np.load(f, allow_pickle=False))
+    else:
+        z = io.torch_load(path)
+    if not isinstance(z, torch.Tensor) or z.ndim != 4:
+        raise OCTInputError(path, "expected a latent tensor [C, T', H', W']")
+    if list(z.shape) != list(info.get("latent_shape", [])):
+        raise OCTInputError(path, f"latent shape {list(z.shape)} differs from its sidecar {info.get('latent_shape')}")
+    return z.float(), info
+
+
+class MaisiDecodeProcessor(_VolumeProcessor):
+    """Decode ``*_latent.pt``/``.npy`` files (with their sidecar JSON) back to NIfTI volumes.
+
+    The stack settings of the sidecar must match the network's (strategy, window, stride, compression);
+    the sidecar's scale factor is used, and the output is cropped to the original input shape.
+    """
+
+    def __init__(self, network: StackedVideoVAE, device="cpu"):
+        super().__init__(network, device, transforms=lambda d: d)
+
+    def outputs(self, out_stem: str) -> list[str]:
+        return [f"{out_stem}_recon.nii.gz"]
+
+    def __call__(self, item: Mapping, out_stem: str) -> dict:
+        path = str(item[self.image_key])
+        z, info = _read_latent(path)
+        mine = self.network.settings()
+        for k in ("strategy", "window", "stride", "compression", "latent_channels"):
+            if k in info and info[k] != mine[k]:
+                raise OCTInputError(path, f"latent was encoded with {k}={info[k]}, the network uses {mine[k]}")
+        saved_scale = self.network.scale_factor
+        self.network.scale_factor = float(info.get("scale_factor", 1.0))
+        try:
+            y = self._decode(z, info["input_shape"])
+        finally:
+            self.network.scale_factor = saved_scale
+        out = self.outputs(out_stem)[0]
+        _save_nifti(y.clamp(0, 1), info.get("spacing", (1.0, 1.0, 1.0)), out)
+        return {"recon": os.path.basename(out), "output_shape": list(y.shape), "latent_shape": list(z.shape)}
+
+
+def _save_grid(x: torch.Tensor, y: torch.Tensor, path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = x.shape[1]
+    idx = sorted({int(round(f * (d - 1))) for f in (0.25, 0.5, 0.75)})
+    fig, axes = plt.subplots(3, len(idx), figsize=(3.2 * len(idx), 8), squeeze=False)
+    for j, s in enumerate(idx):
+        a, b = x[0, s].numpy(), y[0, s].numpy()
+        for i, (img, name, cmap, vmax) in enumerate([(a, "input", "gray", 1), (b, "reconstruction", "gray", 1),
+                                                     (np.abs(a - b), "|difference|", "magma", None)]):
+            axes[i, j].imshow(img, cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+            axes[i, j].set_title(f"{name}, B-scan {s}", fontsize=9)
+            axes[i, j].axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with io.atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+class MaisiEvaluateProcessor(_VolumeProcessor):
+    """Round trip (encode, decode) one volume and measure MSE, PSNR, SSIM against the input (range [0, 1]).
+
+    Writes ``<out_stem>_metrics.json`` and, with ``save_grid``, ``<out_stem>_grid.png``.
+    """
+
+    def __init__(self, network: StackedVideoVAE, device="cpu", transforms: Callable | None = None,
+                 data_range: float = 1.0, save_grid: bool = True, image_key: str = "image", frame_chunk: int = 64):
+        super().__init__(network, device, transforms, image_key, frame_chunk)
+        self.data_range = float(data_range)
+        self.save_grid = bool(save_grid)
+
+    def outputs(self, out_stem: str) -> list[str]:
+        return [f"{out_stem}_metrics.json"] + ([f"{out_stem}_grid.png"] if self.save_grid else [])
+
+    def __call__(self, item: Mapping, out_stem: str) -> dict:
+        from oct_foundation.metrics.reconstruction import reconstruction_metrics
+
+        x, _ = self._volume(item)
+        z = self._encode(x)
+        y = self._decode(z, x.shape).clamp(0, 1)
+        m = reconstruction_metrics(y, x, data_range=self.data_range)
+        row = {**m, "input_shape": list(x.shape), "latent_shape": list(z.shape)}
+        if self.save_grid:
+            _save_grid(x, y, self.outputs(out_stem)[1],
+                       f"{os.path.basename(out_stem)}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
+        io.save_json(row, self.outputs(out_stem)[0])
+        return row
+
+
+def latent_files(folder) -> list[str]:
+    """The ``*_latent.pt`` / ``*_latent.npy`` files of an encode output folder (local or URL), sorted."""
+    if not io.exists(folder):
+        raise OCTInputError(folder, "latent folder not found")
+    return [p for p in io.list_files(folder) if p.endswith(LATENT_SUFFIXES)]
+
+
+def latent_id_map(folder) -> dict[str, str]:
+    """``{latent file name: encode ID}`` so that decoded volumes keep the IDs of their latents."""
+    out = {}
+    for p in latent_files(folder):
+        name = os.path.basename(p)
+        out[name] = next(name[: -len(s)] for s in LATENT_SUFFIXES if name.endswith(s))
+    return out
+
+
+def write_reconstruction_summary(rows: Sequence[Mapping], output_dir, name: str = "metrics_summary") -> dict:
+    """Write ``<name>.json`` (mean/std/median/min/max/n per metric) and ``<name>.csv``; returns the summary."""
+    import csv
+    import io as _pyio
+
+    from oct_foundation.metrics.reconstruction import summarise_reconstruction
+
+    ok = [r for r in rows if r.get("status", "done") in ("done", "skipped")]
+    summary = summarise_reconstruction(ok)
+    summary_doc = {"metrics": summary, "inputs": len(rows), "evaluated": summary["mse"]["n"],
+                   "failed": sum(1 for r in rows if r.get("status") == "error")}
+    io.save_json(summary_doc, io.join(output_dir, f"{name}.json"))
+    buf = _pyio.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["metric", "mean", "std", "median", "min", "max", "n"])
+    for m, s in summary.items():
+        w.writerow([m] + [f"{s[k]:.6g}" for k in ("mean", "std", "median", "min", "max")] + [s["n"]])
+    io.atomic_write(io.join(output_dir, f"{name}.csv"), buf.getvalue())
+    print(json.dumps(summary_doc, indent=1))
+    return summary_doc
