@@ -16,7 +16,7 @@ _EXPORTS = {
     ),
     "transforms": (
         "DEPTH_STRATEGIES", "sample_depth_indices", "DepthSubsampled", "MinDepthd", "CheckFinited",
-        "RecordSpacingd", "time_as_depth", "TimeAsDepth", "TimeAsDepthd", "build_preprocessing",
+        "RecordSpacingd", "input_error_from", "time_as_depth", "TimeAsDepth", "TimeAsDepthd", "build_preprocessing",
     ),
     "datalist": ("load_datalist", "datalist_from_folder"),
 }

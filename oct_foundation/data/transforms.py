@@ -29,6 +29,7 @@ __all__ = [
     "TimeAsDepth",
     "TimeAsDepthd",
     "build_preprocessing",
+    "input_error_from",
 ]
 
 DEPTH_STRATEGIES = ("uniform", "contiguous", "random")
@@ -42,6 +43,21 @@ def _source(d: Mapping, key: Hashable) -> str:
         if name:
             return str(name)
     return f"<{key}>"
+
+
+def input_error_from(exc: BaseException) -> OCTInputError | None:
+    """The :class:`OCTInputError` behind ``exc``, if any.
+
+    MONAI's ``Compose`` re-raises a failing transform's error as ``RuntimeError("applying transform ...")``
+    with the original as ``__cause__``; this walks that chain so callers can report the one-line message.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OCTInputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def sample_depth_indices(
@@ -100,6 +116,11 @@ def sample_depth_indices(
     return idx
 
 
+def _spacing(affine) -> np.ndarray:
+    """``(sd, sh, sw)`` from a 4x4 affine (as MONAI's ``affine_to_spacing``)."""
+    return np.asarray(affine_to_spacing(torch.as_tensor(affine, dtype=torch.float64), r=3), dtype=np.float64)
+
+
 def _select_depth(x, idx: np.ndarray, depth: int):
     """``x [C, D, H, W]`` -> ``[C, len(idx), H, W]``; affine and ``spacing`` follow the kept slices.
 
@@ -121,7 +142,7 @@ def _select_depth(x, idx: np.ndarray, depth: int):
     out = MetaTensor(data, affine=new_affine, meta=meta, applied_operations=list(x.applied_operations))
     out.meta["slice_indices"] = t.clone()
     out.meta["original_depth"] = int(depth)
-    out.meta["spacing"] = np.asarray(affine_to_spacing(new_affine, r=3).numpy(), dtype=np.float64)
+    out.meta["spacing"] = _spacing(new_affine)
     return out
 
 
@@ -245,7 +266,7 @@ class RecordSpacingd(MapTransform):
         d = dict(data)
         for k in self.key_iterator(d):
             if isinstance(d[k], MetaTensor):
-                d[k].meta["spacing"] = np.asarray(affine_to_spacing(d[k].affine, r=3).numpy(), dtype=np.float64)
+                d[k].meta["spacing"] = _spacing(d[k].affine)
         return d
 
 
