@@ -12,13 +12,13 @@ _EXPORTS = {
     ),
     "handlers": (
         "ProgressBarHandler", "JEPAStatsLogger", "TrainingCheckpoint", "latest_checkpoint", "resolve_resume",
-        "ProgressiveUnfreezing", "ModelExport", "peak_memory_mb", "slice_indices_of",
+        "ProgressiveUnfreezing", "ResumeCheckpoint", "TerminateOnNanLoss", "ModelExport", "peak_memory_mb", "slice_indices_of",
     ),
     "schedules": (
         "cosine_value", "linear_value", "warmup_cosine_value", "WarmupCosineLR", "WeightDecaySchedule",
         "MomentumSchedule", "build_param_groups", "tokens_per_sample", "accumulation_for_tokens",
     ),
-    "embedding_inference": ("EmbeddingProcessor", "run_embedding_inference"),
+    "embedding_inference": ("EmbeddingProcessor", "run_embedding_inference", "load_network_weights"),
     "batch_inference": ("BatchInference", "anonymous_id", "list_inputs"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -21,7 +21,24 @@ import torch
 from oct_foundation import io
 from oct_foundation.errors import OCTInputError
 
-__all__ = ["EmbeddingProcessor", "run_embedding_inference"]
+__all__ = ["EmbeddingProcessor", "run_embedding_inference", "load_network_weights"]
+
+
+def load_network_weights(network: torch.nn.Module, path: str | None, strict: bool = True) -> torch.nn.Module:
+    """Load a plain ``state_dict`` (``models/model.pt``, read with ``weights_only=True``) into ``network`` and return
+    it; an empty ``path`` returns the network unchanged. A file that does not fit raises ``CheckpointError``."""
+    if not path:
+        return network
+    from oct_foundation.errors import CheckpointError
+
+    state = io.torch_load(path)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(path, f"expected a state_dict, got {type(state).__name__}")
+    try:
+        network.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(path, f"does not match the network ({str(e).strip().splitlines()[0]})") from None
+    return network
 
 
 class EmbeddingProcessor:
@@ -164,14 +181,7 @@ def run_embedding_inference(
     of every input (folder, datalist JSON or path list) plus the manifest CSV with :class:`BatchInference`."""
     from oct_foundation.engines.batch_inference import BatchInference
 
-    if weights:
-        from oct_foundation.errors import CheckpointError
-
-        state = io.torch_load(weights)
-        try:
-            network.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(weights, f"does not match the network ({str(e).splitlines()[0]})") from None
+    load_network_weights(network, weights)
     proc = EmbeddingProcessor(network, **processor_kwargs)
     return BatchInference(inputs, output_dir, proc, datalist_key=datalist_key, overwrite=overwrite,
                           summary_name=summary_name).run()

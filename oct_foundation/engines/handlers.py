@@ -26,6 +26,8 @@ __all__ = [
     "latest_checkpoint",
     "resolve_resume",
     "ProgressiveUnfreezing",
+    "ResumeCheckpoint",
+    "TerminateOnNanLoss",
     "ModelExport",
     "peak_memory_mb",
     "slice_indices_of",
@@ -34,12 +36,17 @@ __all__ = [
 logger = logging.getLogger("oct_foundation.engines")
 
 
+def _rank() -> int:
+    d = torch.distributed
+    return d.get_rank() if d.is_available() and d.is_initialized() else 0
+
+
 def _scalar(v) -> float:
     return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
 
 
 class ProgressBarHandler:
-    """Ignite ``ProgressBar`` showing the given output keys (e.g. loss) for each iteration."""
+    """Ignite ``ProgressBar`` showing the given output keys (e.g. loss) for each iteration (rank 0 only)."""
 
     def __init__(self, output_keys: Sequence[str] = ("loss",), persist: bool = False) -> None:
         self.output_keys = tuple(output_keys)
@@ -53,6 +60,8 @@ class ProgressBarHandler:
     def attach(self, engine: Engine) -> None:
         from ignite.handlers import ProgressBar
 
+        if _rank() != 0:
+            return
         ProgressBar(persist=self.persist).attach(engine, output_transform=self._transform)
 
 
@@ -100,6 +109,7 @@ class JEPAStatsLogger:
     iteration ended), peak memory (MiB). Per epoch: mean loss and a histogram of the slice indices kept by depth
     subsampling (batch meta ``slice_indices``). The latest values are kept in ``engine.state.metrics`` under
     ``train_<name>`` so that other handlers can read them, and the per-iteration losses in ``self.losses``.
+    Under ``torch.distributed`` only rank 0 logs and writes TensorBoard events.
     """
 
     def __init__(
@@ -129,6 +139,8 @@ class JEPAStatsLogger:
         return self._writer
 
     def attach(self, engine: Engine) -> None:
+        if _rank() != 0:
+            return
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
@@ -225,20 +237,23 @@ class TrainingCheckpoint:
     Saves ``save_dict`` (use ``JEPATrainer.checkpoint_objects()``: network, optimizer, schedulers, trainer state,
     scaler) as ``<save_dir>/<prefix>_<epoch>.pt`` every ``save_interval`` epochs and at the end, keeping the last
     ``n_saved``. Under ``torch.distributed`` only rank 0 writes. Resume with MONAI ``CheckpointLoader`` and the
-    same ``save_dict``.
+    same ``save_dict`` (:class:`ResumeCheckpoint` does that for a ``JEPATrainer``).
+
+    ``save_dict=None`` takes ``engine.checkpoint_objects()`` of the engine it is attached to, so that a bundle
+    config does not need a reference from the handler list back to the trainer (a circular reference).
     """
 
     def __init__(
         self,
         save_dir: str,
-        save_dict: Mapping,
+        save_dict: Mapping | None = None,
         save_interval: int = 1,
         n_saved: int | None = 2,
         prefix: str = "checkpoint",
         save_final: bool = True,
     ) -> None:
         self.save_dir = str(save_dir)
-        self.save_dict = dict(save_dict)
+        self.save_dict = dict(save_dict) if save_dict is not None else None
         self.save_interval = max(1, int(save_interval))
         self.n_saved = n_saved
         self.prefix = prefix
@@ -248,6 +263,8 @@ class TrainingCheckpoint:
     def attach(self, engine: Engine) -> None:
         from ignite.handlers import Checkpoint, DiskSaver
 
+        if self.save_dict is None:
+            self.save_dict = engine.checkpoint_objects()
         saver = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
         self.checkpoint = Checkpoint(
             self.save_dict,
@@ -273,6 +290,43 @@ class TrainingCheckpoint:
         if self.checkpoint is None or self.checkpoint.last_checkpoint is None:
             return None
         return os.path.join(self.save_dir, str(self.checkpoint.last_checkpoint))
+
+
+class ResumeCheckpoint:
+    """Resume training from ``load_path`` (see :func:`resolve_resume`) with MONAI ``CheckpointLoader`` and the
+    engine's ``checkpoint_objects()`` (network, optimizer, schedulers, trainer state, scaler). An empty
+    ``load_path`` does nothing (fresh start)."""
+
+    def __init__(self, load_path: str | None, map_location: Any = "cpu", strict: bool = True) -> None:
+        self.load_path = str(load_path) if load_path else ""
+        self.map_location = map_location
+        self.strict = strict
+
+    def attach(self, engine: Engine) -> None:
+        if not self.load_path:
+            return
+        from monai.handlers import CheckpointLoader
+
+        CheckpointLoader(
+            load_path=self.load_path, load_dict=engine.checkpoint_objects(), map_location=self.map_location,
+            strict=self.strict,
+        ).attach(engine)
+        logger.info("resuming from %s", self.load_path)
+
+
+class TerminateOnNanLoss:
+    """Stops training when the iteration loss is NaN or infinite (Ignite ``TerminateOnNan`` on ``output["loss"]``)."""
+
+    def __init__(self, key: str = "loss") -> None:
+        self.key = key
+
+    def _loss(self, output):
+        return output[self.key] if isinstance(output, Mapping) else output
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.handlers import TerminateOnNan
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=self._loss))
 
 
 class ProgressiveUnfreezing:
@@ -334,6 +388,8 @@ class ProgressiveUnfreezing:
         return sorted(frozen, key=lambda n: -1 if n == "patch_embed" else int(n.split(".")[1]))
 
     def attach(self, engine: Engine) -> None:
+        if _rank() != 0:
+            return
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
 
     def _epoch_started(self, engine: Engine) -> None:
@@ -357,9 +413,8 @@ class ModelExport:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_rank() != 0:
-                return
+        if _rank() != 0:
+            return
         state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
         io.makedirs(io.dirname(self.path))
         io.torch_save(state, self.path)

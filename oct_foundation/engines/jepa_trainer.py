@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -185,7 +186,7 @@ class JEPATrainer(Trainer):
             non_blocking=non_blocking,
             prepare_batch=prepare_batch_image,
             iteration_update=iteration_update,
-            handlers=train_handlers,
+            handlers=None,
             amp=amp,
             decollate=False,
         )
@@ -215,6 +216,8 @@ class JEPATrainer(Trainer):
         from ignite.engine import Events
 
         self.add_event_handler(Events.EPOCH_STARTED, self._reset_accumulation)
+        if train_handlers:  # attached last: handlers may read the trainer's attributes (checkpoint_objects)
+            self._register_handlers(train_handlers)
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def run(self) -> None:  # type: ignore[override]
@@ -335,7 +338,9 @@ class JEPATrainer(Trainer):
             engine._acc_micro = 0
             stepped = True
         if engine.lr_scheduler is not None:
-            engine.lr_scheduler.step()
+            with warnings.catch_warnings():  # per-iteration schedule: the first iterations may accumulate only
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
+                engine.lr_scheduler.step()
         if engine.wd_scheduler is not None:
             engine.wd_scheduler.step()
 

@@ -1,0 +1,400 @@
+"""Pieces of the downstream bundles (layer segmentation, disease classification) that a JSON config cannot hold:
+
+* :class:`PrepareClassBatch`: ``prepare_batch`` for MONAI engines, image plus an integer target from another
+  key (``class``), so the datalist's ``label`` (a layer map path) is left alone;
+* :class:`StackOutputs`: ``output_transform`` that stacks decollated engine outputs into batch tensors (for Ignite
+  metrics such as ``Accuracy``);
+* :class:`ClassificationReportHandler` / :class:`SegmentationReportHandler`: evaluator handlers that collect
+  every prediction and write the full metric report (per device and pooled; per layer and mean) as JSON + CSV;
+* :class:`SegmentationProcessor` / :class:`ClassificationProcessor`: ``BatchInference`` processors, one label
+  map per volume in the input geometry, or class probabilities;
+* :func:`load_network_weights`: strict load of a bundle's ``models/model.pt``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from oct_foundation import io
+from oct_foundation.errors import CheckpointError, OCTInputError
+
+__all__ = [
+    "PrepareClassBatch",
+    "StackOutputs",
+    "ClassificationReportHandler",
+    "SegmentationReportHandler",
+    "SegmentationProcessor",
+    "ClassificationProcessor",
+    "load_network_weights",
+]
+
+logger = logging.getLogger("oct_foundation.engines")
+
+
+def load_network_weights(network: torch.nn.Module, path, strict: bool = True) -> torch.nn.Module:
+    """Load a plain ``state_dict`` file (``weights_only``) into ``network``; a mismatch raises
+    :class:`CheckpointError` naming the file and the first differing keys."""
+    state = io.torch_load(path)
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping) and len(state) == 1:
+        state = state["model"]
+    try:
+        network.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise CheckpointError(path, "does not match the network: " + " ".join(lines[1:3])[:400]) from None
+    return network
+
+
+# ------------------------------------------------------------------------------------------- engine helpers
+class PrepareClassBatch:
+    """``prepare_batch(batchdata, device, non_blocking, **kwargs) -> (image, target)`` for MONAI engines.
+
+    ``image`` = ``batch[image_key]`` ``[B, C, D, H, W]``, ``target`` = ``batch[label_key]`` as long ``[B]``.
+    """
+
+    def __init__(self, image_key: str = "image", label_key: str = "class"):
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
+        if self.label_key not in batchdata:
+            raise KeyError(f"batch has no '{self.label_key}' (keys: {sorted(batchdata)})")
+        image = batchdata[self.image_key]
+        target = torch.as_tensor(batchdata[self.label_key]).long().reshape(-1)
+        return (image.to(device=device, non_blocking=non_blocking),
+                target.to(device=device, non_blocking=non_blocking))
+
+
+def _as_list(x) -> list:
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+class StackOutputs:
+    """Engine output (decollated list of dicts, or one dict) -> tuple of stacked tensors for ``keys``."""
+
+    def __init__(self, keys: Sequence[str] = ("pred", "label")):
+        self.keys = list(keys)
+
+    def __call__(self, output) -> tuple:
+        items = _as_list(output)
+        out = []
+        for k in self.keys:
+            vals = [torch.as_tensor(it[k]) for it in items]
+            out.append(torch.stack(vals) if len(items) > 1 or vals[0].ndim == 0 else vals[0])
+        return tuple(out)
+
+
+def _batch_items(engine) -> list[Mapping]:
+    """The current batch as a list of per-item dicts (MONAI engines decollate ``state.batch``)."""
+    batch = engine.state.batch
+    if isinstance(batch, Mapping):
+        n = None
+        for v in batch.values():
+            if isinstance(v, (list, tuple)) or (isinstance(v, torch.Tensor) and v.ndim > 0):
+                n = len(v)
+                break
+        n = n or 1
+        return [{k: (v[i] if isinstance(v, (list, tuple, torch.Tensor)) and len(v) == n else v)
+                 for k, v in batch.items()} for i in range(n)]
+    return list(batch)
+
+
+def _value(v):
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+class _ReportHandler:
+    """Collects per-item outputs over an evaluator run and writes a report when it completes."""
+
+    def __init__(self, output_dir: str, json_name: str, csv_name: str):
+        self.output_dir = str(output_dir)
+        self.json_path = io.join(self.output_dir, json_name) if json_name else None
+        self.csv_path = io.join(self.output_dir, csv_name) if csv_name else None
+        self.result: dict[str, Any] | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
+
+    def _rank0(self) -> bool:
+        return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+            torch.distributed.get_rank() == 0
+
+    def _collect(self, engine) -> None:
+        outputs = _as_list(engine.state.output)
+        items = _batch_items(engine)
+        if len(items) != len(outputs):
+            items = [{}] * len(outputs)
+        for out, item in zip(outputs, items):
+            self.update(out, item)
+
+    def _complete(self, engine) -> None:
+        self.result = self.compute()
+        if self._rank0():
+            self.save(self.result)
+        for k, v in self.summary(self.result).items():
+            engine.state.metrics[k] = v
+
+
+class ClassificationReportHandler(_ReportHandler):
+    """Accuracy, macro-F1 and AUROC per ``group_key`` (device) and pooled, written as JSON and CSV.
+
+    Reads ``output[pred_key]`` (logits ``[C]``, or probabilities with ``from_logits=False``) and
+    ``output[label_key]`` per item, and the group from the batch item (``device``). Also puts ``accuracy``,
+    ``macro_f1`` and ``auroc`` (pooled) into ``engine.state.metrics``.
+    """
+
+    def __init__(self, output_dir: str, num_classes: int, class_names: Sequence[str] | None = None,
+                 group_key: str = "device", pred_key: str = "pred", label_key: str = "label",
+                 from_logits: bool = True, json_name: str = "classification_metrics.json",
+                 csv_name: str = "classification_metrics.csv"):
+        super().__init__(output_dir, json_name, csv_name)
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.group_key, self.pred_key, self.label_key = group_key, pred_key, label_key
+        self.from_logits = from_logits
+        self._reset()
+
+    def _reset(self, engine=None) -> None:
+        self.scores: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.groups: list[str] = []
+
+    def update(self, out: Mapping, item: Mapping) -> None:
+        pred = torch.as_tensor(out[self.pred_key]).detach().float().cpu().reshape(-1)
+        label = torch.as_tensor(out[self.label_key]).detach().cpu().reshape(-1)
+        if label.numel() > 1:  # one-hot target
+            label = label.argmax()
+        self.scores.append(pred.numpy())
+        self.labels.append(int(label.reshape(-1)[0]))
+        self.groups.append(str(_value(item.get(self.group_key, "all"))))
+
+    def compute(self) -> dict[str, Any]:
+        from oct_foundation.metrics.classification import classification_metrics
+
+        return classification_metrics(np.asarray(self.labels), np.stack(self.scores), groups=self.groups,
+                                      num_classes=self.num_classes, from_logits=self.from_logits,
+                                      class_names=self.class_names)
+
+    def save(self, result) -> None:
+        from oct_foundation.metrics.classification import save_classification_report
+
+        save_classification_report(result, self.json_path, self.csv_path)
+        p = result["pooled"]
+        logger.info("classification: n=%d accuracy=%.4f macro_f1=%.4f auroc=%.4f", p["n"], p["accuracy"],
+                    p["macro_f1"], p["auroc"])
+
+    @staticmethod
+    def summary(result) -> dict[str, float]:
+        p = result["pooled"]
+        return {"accuracy": p["accuracy"], "macro_f1": p["macro_f1"], "auroc": p["auroc"]}
+
+
+def _label_map(x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[K, D, H, W]`` logits / one-hot (K = num_classes) or ``[1, D, H, W]`` labels -> ``[1, D, H, W]`` long."""
+    x = torch.as_tensor(x).detach().cpu()
+    if x.ndim == 3:
+        x = x[None]
+    if x.shape[0] == num_classes and num_classes > 1:
+        return x.argmax(0, keepdim=True).long()
+    if x.shape[0] != 1:
+        raise ValueError(f"expected [{num_classes} or 1, D, H, W], got {tuple(x.shape)}")
+    return x.round().long()
+
+
+class SegmentationReportHandler(_ReportHandler):
+    """Dice and IoU per layer and their mean, from full-size predictions (any depth per item), as JSON + CSV.
+
+    ``output[pred_key]``: logits or one-hot ``[K, D, H, W]`` or a label map ``[1, D, H, W]``;
+    ``output[label_key]``: label map ``[1, D, H, W]`` (or one-hot). Conventions as
+    :class:`oct_foundation.metrics.SegmentationReport`. Also sets ``dice_mean`` / ``iou_mean`` in
+    ``engine.state.metrics``.
+    """
+
+    def __init__(self, output_dir: str, num_classes: int, layer_names: Sequence[str] | None = None,
+                 include_background: bool = False, empty: str = "nan", pred_key: str = "pred",
+                 label_key: str = "label", id_key: str = "case_id",
+                 json_name: str = "segmentation_metrics.json", csv_name: str = "segmentation_metrics.csv",
+                 cases_csv_name: str | None = "segmentation_cases.csv"):
+        super().__init__(output_dir, json_name, csv_name)
+        from oct_foundation.metrics.segmentation import SegmentationReport
+
+        self.num_classes = int(num_classes)
+        self.report = SegmentationReport(self.num_classes, include_background, empty, layer_names)
+        self.pred_key, self.label_key, self.id_key = pred_key, label_key, id_key
+        self.cases_csv_path = io.join(self.output_dir, cases_csv_name) if cases_csv_name else None
+
+    def _reset(self, engine=None) -> None:
+        self.report.reset()
+
+    def update(self, out: Mapping, item: Mapping) -> None:
+        pred = _label_map(out[self.pred_key], self.num_classes)
+        label = _label_map(out[self.label_key], self.num_classes)
+        case = item.get(self.id_key)
+        cid = str(_value(case)) if case is not None else None
+        self.report.update(pred[None], label[None], case_ids=[cid] if cid is not None else None)
+
+    def compute(self) -> dict[str, Any]:
+        return self.report.aggregate()
+
+    def save(self, result) -> None:
+        from oct_foundation.metrics.classification import write_csv_rows
+        from oct_foundation.metrics.segmentation import save_segmentation_report
+
+        save_segmentation_report(result, self.json_path, self.csv_path)
+        if self.cases_csv_path and result["cases"]:
+            write_csv_rows(result["cases"], self.cases_csv_path)
+        logger.info("segmentation: %d cases, mean Dice %.4f, mean IoU %.4f", result["n_cases"],
+                    result["dice_mean"], result["iou_mean"])
+
+    @staticmethod
+    def summary(result) -> dict[str, float]:
+        return {"dice_mean": result["dice_mean"], "iou_mean": result["iou_mean"]}
+
+
+# ------------------------------------------------------------------------------------------- inference
+class _VolumeProcessor:
+    """Shared reading for the processors: load at full depth, remember the input geometry, preprocess."""
+
+    def __init__(self, network: torch.nn.Module, device="cpu", target_spacing=None, image_size=None,
+                 normalize: bool | str = True, transforms: Callable | Sequence | None = None,
+                 inferer: Callable | None = None, amp: bool = False, image_key: str = "image"):
+        from monai.transforms import Compose
+
+        from oct_foundation.data import build_preprocessing
+        from oct_foundation.data.readers import LoadOCTd
+
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.image_key = image_key
+        self.loader = LoadOCTd([image_key])
+        if transforms is None:
+            transforms = build_preprocessing(keys=(image_key,), d_target=None, target_spacing=target_spacing,
+                                             image_size=image_size, normalize=normalize, train=False,
+                                             load=False, eval_full_depth=True)
+        self.transforms = Compose(list(transforms)) if isinstance(transforms, (list, tuple)) else transforms
+        self.inferer = inferer
+        self.amp = bool(amp)
+
+    def _read(self, item: Mapping) -> tuple[torch.Tensor, dict]:
+        if self.image_key not in item:
+            raise OCTInputError("<input>", f"item has no '{self.image_key}'")
+        data = self.loader(dict(item))
+        img = data[self.image_key]
+        meta = dict(getattr(img, "meta", {}) or {})
+        if img.ndim != 4:
+            raise OCTInputError(item[self.image_key], f"expected a volume [C, D, H, W], got {tuple(img.shape)}")
+        geometry = {"shape": tuple(int(s) for s in img.shape[1:]), "spacing": meta.get("spacing"),
+                    "affine": meta.get("original_affine", meta.get("affine"))}
+        x = self.transforms(data)[self.image_key]
+        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+        return x.float(), geometry
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        xb = x[None].to(self.device)
+        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else torch.autocast(
+            self.device.type, enabled=False)
+        with ctx:
+            out = self.inferer(xb, self.network) if self.inferer is not None else self.network(xb)
+        out = out.float()
+        if not torch.isfinite(out).all():
+            raise OCTInputError("<input>", "network produced non-finite values")
+        return out[0]
+
+
+def _affine(geometry: Mapping) -> np.ndarray:
+    aff = geometry.get("affine")
+    if aff is not None:
+        return np.asarray(aff.cpu() if isinstance(aff, torch.Tensor) else aff, dtype=np.float64)
+    sp = geometry.get("spacing")
+    sp = [1.0, 1.0, 1.0] if sp is None else [float(s) for s in np.asarray(sp).reshape(-1)[:3]]
+    return np.diag(sp + [1.0])
+
+
+class SegmentationProcessor(_VolumeProcessor):
+    """``BatchInference`` processor: one uint8 layer label map per volume, in the input geometry.
+
+    The volume is read at full depth, preprocessed (optional spacing, in-plane resize, intensity
+    normalisation), segmented, its class probabilities resampled (trilinear) back to the input's
+    ``(D, H, W)`` and argmax-ed; the map is written as ``<out_stem>_seg.nii.gz`` (array ``[D, H, W]``, the
+    input's affine). The summary row gives the file name, shape and each layer's volume in mm^3.
+    """
+
+    def __init__(self, network: torch.nn.Module, num_classes: int, layer_names: Sequence[str] | None = None,
+                 suffix: str = "_seg.nii.gz", **kwargs):
+        super().__init__(network, **kwargs)
+        self.num_classes = int(num_classes)
+        names = list(layer_names) if layer_names is not None else [f"label_{i}" for i in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise ValueError(f"{len(names)} layer names for {self.num_classes} classes")
+        self.layer_names = names
+        self.suffix = suffix
+
+    def outputs(self, out_stem: str) -> list[str]:
+        return [f"{out_stem}{self.suffix}"]
+
+    def __call__(self, item: Mapping, out_stem: str) -> dict[str, Any]:
+        import nibabel as nib
+
+        x, geometry = self._read(item)
+        logits = self._run(x)  # [K, d, h, w] on the preprocessed grid
+        if logits.shape[0] != self.num_classes:
+            raise OCTInputError("<input>", f"network gave {logits.shape[0]} channels, expected {self.num_classes}")
+        prob = logits.softmax(0)[None]
+        shape = geometry["shape"]
+        if tuple(prob.shape[2:]) != shape:
+            prob = F.interpolate(prob, size=shape, mode="trilinear", align_corners=False)
+        labels = prob[0].argmax(0).to(torch.uint8).cpu().numpy()  # [D, H, W]
+        affine = _affine(geometry)
+        path = self.outputs(out_stem)[0]
+        with io.atomic_output(path) as tmp:
+            nib.save(nib.Nifti1Image(labels, affine), tmp)
+        voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+        counts = np.bincount(labels.reshape(-1), minlength=self.num_classes)
+        row: dict[str, Any] = {"label_map": os.path.basename(path), "shape": "x".join(str(s) for s in shape)}
+        for name, c in zip(self.layer_names, counts):
+            row[f"volume_mm3_{name}"] = round(float(c) * voxel_mm3, 6)
+        return row
+
+
+class ClassificationProcessor(_VolumeProcessor):
+    """``BatchInference`` processor: class probabilities of each volume (full depth).
+
+    Writes ``<out_stem>_probs.json`` (``{"probabilities": {name: p}, "prediction": name}``); the summary row
+    holds the prediction and one ``prob_<name>`` column per class.
+    """
+
+    def __init__(self, network: torch.nn.Module, class_names: Sequence[str], suffix: str = "_probs.json",
+                 **kwargs):
+        super().__init__(network, **kwargs)
+        self.class_names = [str(c) for c in class_names]
+        self.suffix = suffix
+
+    def outputs(self, out_stem: str) -> list[str]:
+        return [f"{out_stem}{self.suffix}"]
+
+    def __call__(self, item: Mapping, out_stem: str) -> dict[str, Any]:
+        x, _ = self._read(item)
+        logits = self._run(x).reshape(-1)
+        if logits.numel() != len(self.class_names):
+            raise OCTInputError("<input>", f"network gave {logits.numel()} scores for {len(self.class_names)} classes")
+        prob = logits.softmax(0).tolist()
+        pred = self.class_names[int(np.argmax(prob))]
+        probs = {n: round(float(p), 6) for n, p in zip(self.class_names, prob)}
+        path = self.outputs(out_stem)[0]
+        io.save_json({"probabilities": probs, "prediction": pred}, path)
+        return {"prediction": pred, **{f"prob_{n}": p for n, p in probs.items()},
+                "probabilities": os.path.basename(path)}
