@@ -1,0 +1,148 @@
+"""V-JEPA predictor: a narrow ViT that predicts target-token features from context tokens.
+
+Context tokens (encoder output) are projected to ``predictor_embed_dim``; one learned mask token per target
+position is appended; both carry their grid positions (RoPE angles from their token indices, or the sincos table
+gathered at their indices, as the encoder); the blocks attend over the joint set and the target outputs are
+projected back to the encoder width. Parameter names follow V-JEPA 2's predictor (``predictor_embed``,
+``mask_tokens.i``, ``predictor_blocks.i.*``, ``predictor_norm``, ``predictor_proj``). V-JEPA 2 sorts the joint
+sequence by position before the blocks; attention without a mask is permutation-equivariant, so keeping
+``[context | targets]`` order gives the same result without the sort.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .vit3d import (
+    POS_EMBED_TYPES,
+    ROPE_VARIANTS,
+    Block,
+    gather_tokens,
+    init_vit_weights,
+    rescale_blocks,
+    rope_tables,
+    sincos_pos_embed_3d,
+    token_positions,
+)
+
+__all__ = ["Predictor3D"]
+
+
+class Predictor3D(nn.Module):
+    """Predict encoder features at target positions.
+
+    Args:
+        embed_dim: encoder width E (input and output).
+        predictor_embed_dim: predictor width.
+        depth, num_heads, mlp_ratio, qkv_bias: predictor transformer shape.
+        pos_embed: ``"rope"`` or ``"sincos"`` (use the encoder's choice).
+        rope_variant: ``"vjepa2"`` or ``"rotary"`` (see :mod:`oct_foundation.networks.vit3d`).
+        use_sdpa: fused attention.
+        num_mask_tokens: learned mask tokens (one per mask configuration, chosen by ``mask_index``).
+        zero_init_mask_tokens: start the mask tokens at zero (V-JEPA default) instead of trunc-normal.
+        init_std, drop_path_rate, use_activation_checkpointing, norm_eps, uniform_power: as the encoder.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        predictor_embed_dim: int = 384,
+        depth: int = 6,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        pos_embed: str = "rope",
+        rope_variant: str = "vjepa2",
+        use_sdpa: bool = True,
+        num_mask_tokens: int = 1,
+        zero_init_mask_tokens: bool = True,
+        init_std: float = 0.02,
+        drop_path_rate: float = 0.0,
+        use_activation_checkpointing: bool = False,
+        norm_eps: float = 1e-6,
+        uniform_power: bool = False,
+    ):
+        super().__init__()
+        if pos_embed not in POS_EMBED_TYPES:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED_TYPES}, got {pos_embed!r}")
+        if rope_variant not in ROPE_VARIANTS:
+            raise ValueError(f"rope_variant must be one of {ROPE_VARIANTS}, got {rope_variant!r}")
+        if num_mask_tokens < 1:
+            raise ValueError(f"num_mask_tokens must be >= 1, got {num_mask_tokens}")
+        self.embed_dim = embed_dim
+        self.predictor_embed_dim = predictor_embed_dim
+        self.num_heads = num_heads
+        self.head_dim = predictor_embed_dim // num_heads
+        self.use_rope = pos_embed == "rope"
+        self.rope_variant = rope_variant
+        self.uniform_power = uniform_power
+        self.use_activation_checkpointing = use_activation_checkpointing
+
+        self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
+        self.mask_tokens = nn.ParameterList(
+            [nn.Parameter(torch.zeros(1, 1, predictor_embed_dim)) for _ in range(num_mask_tokens)]
+        )
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.predictor_blocks = nn.ModuleList(
+            [
+                Block(predictor_embed_dim, num_heads, mlp_ratio, qkv_bias, 0.0, 0.0, dpr[i], use_sdpa, norm_eps)
+                for i in range(depth)
+            ]
+        )
+        self.predictor_norm = nn.LayerNorm(predictor_embed_dim, eps=norm_eps)
+        self.predictor_proj = nn.Linear(predictor_embed_dim, embed_dim)
+
+        self.apply(lambda m: init_vit_weights(m, init_std))
+        rescale_blocks(self.predictor_blocks)
+        if not zero_init_mask_tokens:
+            for token in self.mask_tokens:
+                nn.init.trunc_normal_(token, std=init_std, a=-2 * init_std, b=2 * init_std)
+
+    def forward(
+        self,
+        ctx_tokens: torch.Tensor,
+        ctx_idx: torch.Tensor,
+        tgt_idx: torch.Tensor,
+        grid: Sequence[int],
+        mask_index: int = 0,
+    ) -> torch.Tensor:
+        """Predict ``[B, Nt, E]`` target features.
+
+        Args:
+            ctx_tokens: encoder output at the context positions ``[B, Nc, E]``.
+            ctx_idx: token indices of the context ``[B, Nc]`` (long, raster order of ``grid``).
+            tgt_idx: token indices to predict ``[B, Nt]``.
+            grid: token grid ``(T', H', W')``.
+            mask_index: which learned mask token to use (modulo ``num_mask_tokens``).
+        """
+        b, nc, _ = ctx_tokens.shape
+        if ctx_idx.shape != (b, nc) or tgt_idx.ndim != 2 or tgt_idx.shape[0] != b:
+            raise ValueError(
+                f"ctx_idx must be [B={b}, Nc={nc}] and tgt_idx [B, Nt], got {tuple(ctx_idx.shape)}, "
+                f"{tuple(tgt_idx.shape)}"
+            )
+        nt = tgt_idx.shape[1]
+        x = self.predictor_embed(ctx_tokens)
+        token = self.mask_tokens[mask_index % len(self.mask_tokens)]
+        pred = token.expand(b, nt, -1).to(x.dtype)
+        if not self.use_rope:
+            table = sincos_pos_embed_3d(self.predictor_embed_dim, grid, self.uniform_power)
+            table = table[None].to(device=x.device).expand(b, -1, -1)
+            x = x + gather_tokens(table, ctx_idx)
+            pred = pred + gather_tokens(table, tgt_idx)
+        x = torch.cat([x, pred], dim=1)
+        cos: Optional[torch.Tensor] = None
+        sin: Optional[torch.Tensor] = None
+        if self.use_rope:
+            idx = torch.cat([ctx_idx, tgt_idx], dim=1)
+            cos, sin = rope_tables(token_positions(grid, idx), self.head_dim, self.rope_variant)
+        for blk in self.predictor_blocks:
+            if self.use_activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, cos, sin, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin)
+        x = self.predictor_norm(x[:, nc:])
+        return self.predictor_proj(x)

@@ -1,0 +1,432 @@
+"""3D Vision Transformer for OCT volumes (time-as-depth V-JEPA encoder).
+
+A volume batch ``[B, C, T, H, W]`` (T = slice index D, H = axial, W = lateral) is cut into tubelets of
+``tubelet_size x patch_h x patch_w`` voxels by a strided ``Conv3d``; tokens are ordered in (t, h, w) raster order
+with t slowest, so token ``n`` sits at ``t = n // (H'W')``, ``h = (n // W') % H'``, ``w = n % W'``.
+
+Positional information is either
+
+* ``"sincos"``: a fixed 3D sine-cosine table added to the tokens (V-JEPA 1 layout: half of the channels encode
+  the depth index, a quarter each height and width). The table is a function of the integer grid position, so
+  the table of any other grid is computed exactly rather than resampled; or
+* ``"rope"``: 3D rotary embeddings applied to queries and keys in every attention layer, computed as the public
+  V-JEPA 2 encoder computes them: the head dimension is split into three equal even chunks (depth, height,
+  width; any remainder is left unrotated), and every chunk is rotated with angles ``pos * 10000**(-2i/d)`` at the
+  integer token position along that axis. V-JEPA 2 repeats the ``d/2`` angles as ``[f, f]`` (tiled) instead of
+  ``[f0, f0, f1, f1, ...]`` (interleaved) while rotating adjacent pairs, so its map is not an exact rotation;
+  ``rope_variant="vjepa2"`` (default) reproduces it so that public weights give the public features, and
+  ``rope_variant="rotary"`` gives the exact rotation (norm preserving, purely relative) for training from scratch.
+
+Parameter names follow V-JEPA 2 (``patch_embed.proj``, ``blocks.i.norm1``, ``blocks.i.attn.qkv``,
+``blocks.i.attn.proj``, ``blocks.i.norm2``, ``blocks.i.mlp.fc1``/``fc2``, ``norm``) so its checkpoints map 1:1.
+The transformer pieces are written here rather than taken from MONAI's ``ViT`` because MONAI's blocks use other
+parameter names, have no rotary embeddings and cannot run on a gathered (masked) subset of tokens.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "VisionTransformer3D",
+    "PatchEmbed3D",
+    "Attention",
+    "Block",
+    "MLP",
+    "sincos_pos_embed_3d",
+    "token_positions",
+    "rope_tables",
+    "apply_rope",
+    "rope_axis_dim",
+    "gather_tokens",
+]
+
+Grid = Tuple[int, int, int]
+POS_EMBED_TYPES = ("rope", "sincos")
+ROPE_VARIANTS = ("vjepa2", "rotary")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# positional encodings
+# ----------------------------------------------------------------------------------------------------------------
+def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """``[M] -> [M, dim]``: ``[sin(pos * w_i), cos(pos * w_i)]`` with ``w_i = 10000**(-2i/dim)`` (float64)."""
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = pos.to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_pos_embed_3d(embed_dim: int, grid: Sequence[int], uniform_power: bool = False) -> torch.Tensor:
+    """Fixed 3D sine-cosine table for a token grid ``(T', H', W')`` -> ``[T'*H'*W', embed_dim]`` (float32).
+
+    Channel layout as V-JEPA 1: ``[depth (E/2) | height (E/4) | width (E/4)]``, each ``[sin | cos]``; with
+    ``uniform_power`` every axis gets ``2*ceil(E/6)`` channels and the result is cut to ``E``. Rows follow the
+    token raster order (t, h, w), so the table of any grid is exact, never interpolated.
+    """
+    t, h, w = (int(g) for g in grid)
+    if uniform_power:
+        d_dim = h_dim = w_dim = int(math.ceil(embed_dim / 6) * 2)
+    else:
+        d_dim, h_dim, w_dim = embed_dim // 2, embed_dim // 4, embed_dim // 4
+    if d_dim % 2 or h_dim % 2 or d_dim + h_dim + w_dim < embed_dim:
+        raise ValueError(f"sincos position embedding needs embed_dim divisible by 8, got {embed_dim}")
+    gd, gh, gw = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    table = torch.cat(
+        [_sincos_1d(d_dim, gd.reshape(-1)), _sincos_1d(h_dim, gh.reshape(-1)), _sincos_1d(w_dim, gw.reshape(-1))],
+        dim=1,
+    )
+    return table[:, :embed_dim].float()
+
+
+def token_positions(grid: Sequence[int], idx: Optional[torch.Tensor] = None, device=None) -> torch.Tensor:
+    """Integer (t, h, w) coordinates of tokens as float32.
+
+    ``idx`` None -> all tokens ``[1, N, 3]``; ``idx [B, K]`` (token indices in raster order) -> ``[B, K, 3]``.
+    """
+    _, h, w = (int(g) for g in grid)
+    if idx is None:
+        idx = torch.arange(int(grid[0]) * h * w, device=device)[None]
+    hw = h * w
+    return torch.stack([idx // hw, (idx % hw) // w, idx % w], dim=-1).float()
+
+
+def rope_axis_dim(head_dim: int) -> int:
+    """Channels of one head rotated per axis (V-JEPA 2): ``2 * ((head_dim // 3) // 2)``."""
+    return 2 * ((head_dim // 3) // 2)
+
+
+def rope_tables(
+    pos: torch.Tensor, head_dim: int, variant: str = "vjepa2"
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine tables of 3D RoPE for positions ``pos [B|1, N, 3]`` -> two ``[B|1, 1, N, 3*a]`` tensors.
+
+    ``a = rope_axis_dim(head_dim)``; channels ``[0, a)`` encode depth, ``[a, 2a)`` height, ``[2a, 3a)`` width.
+    Angles per axis: ``pos * omega_j``, ``omega_j = 1 / 10000**(j / (a/2))``, ``j < a/2``; ``"vjepa2"`` lays
+    them out tiled ``[f, f]`` (as the public V-JEPA 2 code), ``"rotary"`` interleaved ``[f0, f0, f1, f1, ...]``.
+    Computed in float32 whatever the autocast dtype.
+    """
+    if variant not in ROPE_VARIANTS:
+        raise ValueError(f"rope_variant must be one of {ROPE_VARIANTS}, got {variant!r}")
+    a = rope_axis_dim(head_dim)
+    omega = torch.arange(a // 2, dtype=torch.float32, device=pos.device) / (a / 2.0)
+    omega = 1.0 / 10000**omega
+    freqs = []
+    for axis in range(3):
+        f = pos[..., axis].float()[..., None] * omega  # [B, N, a/2]
+        f = torch.cat([f, f], dim=-1) if variant == "vjepa2" else f.repeat_interleave(2, dim=-1)
+        freqs.append(f)
+    freq = torch.cat(freqs, dim=-1).unsqueeze(-3)  # [B, 1, N, 3a]
+    return freq.cos(), freq.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, heads, N, head_dim]``: ``x*cos + swap(x)*sin`` on the first ``cos.shape[-1]`` channels.
+
+    ``swap`` maps each adjacent pair ``(x0, x1) -> (-x1, x0)``; remaining channels pass unchanged.
+    """
+    r = cos.shape[-1]
+    if r == 0:
+        return x
+    xr = x[..., :r].float()
+    x1, x2 = xr.unflatten(-1, (-1, 2)).unbind(-1)
+    swapped = torch.stack((-x2, x1), dim=-1).flatten(-2)
+    out = (xr * cos + swapped * sin).to(x.dtype)
+    return torch.cat([out, x[..., r:]], dim=-1)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x [B, N, E]``, ``idx [B, K]`` (long) -> ``[B, K, E]`` (tokens at the given indices)."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# modules
+# ----------------------------------------------------------------------------------------------------------------
+class PatchEmbed3D(nn.Module):
+    """Tubelet embedding: ``[B, C, T, H, W] -> [B, T'*H'*W', E]`` by a strided ``Conv3d`` named ``proj``."""
+
+    def __init__(self, in_chans: int, embed_dim: int, kernel: Tuple[int, int, int]):
+        super().__init__()
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class MLP(nn.Module):
+    """Two-layer GELU MLP named ``fc1``/``fc2`` (V-JEPA names; MONAI's ``MLPBlock`` uses other names)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional 3D RoPE on queries and keys.
+
+    ``use_sdpa=True`` uses ``F.scaled_dot_product_attention``; ``False`` the explicit softmax(QK^T/sqrt(d))V
+    (same result, kept as a reference path).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        use_sdpa: bool = True,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.use_sdpa = use_sdpa
+
+    def forward(
+        self, x: torch.Tensor, rope_cos: Optional[torch.Tensor] = None, rope_sin: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``x [B, N, dim]``; ``rope_cos/sin [B|1, 1, N, r]`` from :func:`rope_tables` or None -> ``[B, N, dim]``."""
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        if rope_cos is not None and rope_sin is not None:
+            q = apply_rope(q, rope_cos, rope_sin)
+            k = apply_rope(k, rope_cos, rope_sin)
+        drop = self.attn_drop if self.training else 0.0
+        if self.use_sdpa:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            x = F.dropout(attn, drop, self.training) @ v
+        x = x.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        use_sdpa: bool = True,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, use_sdpa)
+        if drop_path > 0:
+            # imported here: importing MONAI costs seconds, and stochastic depth is off by default (as V-JEPA 2)
+            from monai.networks.layers import DropPath
+
+            self.drop_path = DropPath(drop_path)
+        else:
+            self.drop_path = nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
+
+    def forward(
+        self, x: torch.Tensor, rope_cos: Optional[torch.Tensor] = None, rope_sin: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), rope_cos, rope_sin))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def init_vit_weights(module: nn.Module, std: float = 0.02) -> None:
+    """V-JEPA initialisation: truncated normal(std) for Linear/Conv weights, zero biases, unit LayerNorms."""
+    if isinstance(module, (nn.Linear, nn.Conv3d, nn.Conv2d)):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def rescale_blocks(blocks: nn.ModuleList) -> None:
+    """Divide each block's residual output projections by ``sqrt(2 * layer)`` (layer counted from 1)."""
+    with torch.no_grad():
+        for layer_id, blk in enumerate(blocks, start=1):
+            blk.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
+            blk.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+
+
+def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _triple(v: Union[int, Sequence[int]]) -> Tuple[int, int, int]:
+    return (int(v),) * 3 if isinstance(v, int) else (int(v[0]), int(v[1]), int(v[2]))
+
+
+class VisionTransformer3D(nn.Module):
+    """3D ViT encoder: tubelet embedding, sincos or RoPE positions, pre-norm blocks, final ``norm``.
+
+    Args:
+        in_chans: input channels C.
+        img_size: nominal volume size ``(T, H, W)`` in voxels (int = cube); sets the stored sincos table; any
+            other size divisible by the patch works at run time.
+        patch_size: spatial patch ``p`` or ``(p_h, p_w)``.
+        tubelet_size: patch extent along T (slices).
+        embed_dim, depth, num_heads, mlp_ratio, qkv_bias: transformer shape.
+        pos_embed: ``"rope"`` (V-JEPA 2) or ``"sincos"`` (V-JEPA 1, buffer ``pos_embed [1, N, E]``).
+        rope_variant: ``"vjepa2"`` (public V-JEPA 2 numerics) or ``"rotary"`` (exact rotation).
+        use_sdpa: fused attention; False uses the explicit reference attention.
+        out_layers: block indices whose (normed) outputs ``forward`` returns as a list instead of one tensor.
+        drop_rate, attn_drop_rate, drop_path_rate: regularisation (0 by default, as V-JEPA 2).
+        init_std: std of the truncated-normal initialisation.
+        use_activation_checkpointing: recompute blocks in backward (training only) to save memory.
+        norm_eps: LayerNorm epsilon (1e-6 as V-JEPA).
+        uniform_power: sincos channel split (see :func:`sincos_pos_embed_3d`).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        img_size: Union[int, Sequence[int]] = (16, 64, 64),
+        patch_size: Union[int, Sequence[int]] = 16,
+        tubelet_size: int = 2,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        pos_embed: str = "rope",
+        rope_variant: str = "vjepa2",
+        use_sdpa: bool = True,
+        out_layers: Optional[Sequence[int]] = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        init_std: float = 0.02,
+        use_activation_checkpointing: bool = False,
+        norm_eps: float = 1e-6,
+        uniform_power: bool = False,
+    ):
+        super().__init__()
+        if pos_embed not in POS_EMBED_TYPES:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED_TYPES}, got {pos_embed!r}")
+        if rope_variant not in ROPE_VARIANTS:
+            raise ValueError(f"rope_variant must be one of {ROPE_VARIANTS}, got {rope_variant!r}")
+        self.in_chans = in_chans
+        self.img_size = _triple(img_size)
+        self.patch_hw = _pair(patch_size)
+        self.patch_size = patch_size if isinstance(patch_size, int) else self.patch_hw
+        self.tubelet_size = int(tubelet_size)
+        self.embed_dim = self.num_features = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.pos_embed_type = pos_embed
+        self.use_rope = pos_embed == "rope"
+        self.rope_variant = rope_variant
+        self.uniform_power = uniform_power
+        self.out_layers = list(out_layers) if out_layers is not None else None
+        self.use_activation_checkpointing = use_activation_checkpointing
+
+        self.patch_embed = PatchEmbed3D(in_chans, embed_dim, (self.tubelet_size, *self.patch_hw))
+        self.native_grid = self.grid_size(*self.img_size)
+        if self.use_rope:
+            self.pos_embed = None
+        else:
+            table = sincos_pos_embed_3d(embed_dim, self.native_grid, uniform_power)
+            self.register_buffer("pos_embed", table[None])
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            [
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], use_sdpa, norm_eps)
+                for i in range(depth)
+            ]
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+
+        self.init_std = init_std
+        self.apply(lambda m: init_vit_weights(m, init_std))
+        rescale_blocks(self.blocks)
+
+    @property
+    def use_sdpa(self) -> bool:
+        return all(blk.attn.use_sdpa for blk in self.blocks)
+
+    @use_sdpa.setter
+    def use_sdpa(self, value: bool) -> None:
+        for blk in self.blocks:
+            blk.attn.use_sdpa = bool(value)
+
+    def grid_size(self, t: int, h: int, w: int) -> Grid:
+        """Token grid ``(T', H', W')`` of a ``(t, h, w)`` volume; sizes must be multiples of the patch."""
+        kt, kh, kw = self.tubelet_size, *self.patch_hw
+        if t % kt or h % kh or w % kw or t < kt or h < kh or w < kw:
+            raise ValueError(
+                f"input size (T={t}, H={h}, W={w}) must be positive multiples of the patch ({kt}, {kh}, {kw})"
+            )
+        return (t // kt, h // kh, w // kw)
+
+    def interpolate_pos_encoding(self, grid: Sequence[int]) -> torch.Tensor:
+        """sincos table for ``grid`` ``[1, N, E]``: the stored buffer at the nominal grid, else the exact table."""
+        if self.pos_embed is None:
+            raise RuntimeError("this encoder uses RoPE and has no additive position embedding")
+        if tuple(int(g) for g in grid) == tuple(self.native_grid):
+            return self.pos_embed
+        table = sincos_pos_embed_3d(self.embed_dim, grid, self.uniform_power)
+        return table[None].to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+
+    def rope(self, grid: Sequence[int], idx: Optional[torch.Tensor], device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables for tokens ``idx [B, K]`` (None: all tokens) of ``grid``."""
+        return rope_tables(token_positions(grid, idx, device), self.head_dim, self.rope_variant)
+
+    def forward(
+        self, x: torch.Tensor, masks: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, List[torch.Tensor]]:
+        """Encode ``x [B, C, T, H, W]`` -> tokens ``[B, N, E]`` (or ``[B, K, E]`` with ``masks``).
+
+        ``masks [B, K]`` (long): indices of the tokens to keep (context); only those pass through the blocks and
+        their positions follow the kept indices. With ``out_layers`` returns the list of normed block outputs.
+        """
+        if x.ndim != 5:
+            raise ValueError(f"expected input [B, C, T, H, W], got shape {tuple(x.shape)}")
+        grid = self.grid_size(x.shape[2], x.shape[3], x.shape[4])
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.interpolate_pos_encoding(grid).to(x.dtype)
+        if masks is not None:
+            if masks.ndim != 2 or masks.shape[0] != x.shape[0]:
+                raise ValueError(f"masks must be [B={x.shape[0]}, K] token indices, got {tuple(masks.shape)}")
+            x = gather_tokens(x, masks)
+        cos: Optional[torch.Tensor] = None
+        sin: Optional[torch.Tensor] = None
+        if self.use_rope:
+            cos, sin = self.rope(grid, masks, x.device)
+        outs: List[torch.Tensor] = []
+        for i, blk in enumerate(self.blocks):
+            if self.use_activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, cos, sin, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin)
+            if self.out_layers is not None and i in self.out_layers:
+                outs.append(self.norm(x))
+        if self.out_layers is not None:
+            return outs
+        return self.norm(x)

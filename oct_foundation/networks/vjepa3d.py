@@ -1,0 +1,169 @@
+"""V-JEPA on 3D OCT volumes: context encoder, EMA target encoder and predictor.
+
+Training step (see :meth:`VJEPA3D.jepa_forward`): the target encoder sees every token of ``x`` (no gradient),
+its output is layer-normed over the feature dimension and gathered at the target indices; the context encoder
+sees only the context tokens; the predictor maps context to predictions at the target positions; the loss is the
+mean absolute error (V-JEPA 2's ``loss_exp = 1``). After each optimiser step call :meth:`ema_update`.
+"""
+from __future__ import annotations
+
+import copy
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .predictor import Predictor3D
+from .vit3d import VisionTransformer3D, gather_tokens
+
+__all__ = ["VJEPA3D"]
+
+TensorOrList = Union[torch.Tensor, List[torch.Tensor]]
+
+
+class VJEPA3D(nn.Module):
+    """Context encoder ``encoder``, EMA copy ``target_encoder`` (frozen) and ``predictor``.
+
+    Encoder arguments are those of :class:`VisionTransformer3D`; ``predictor_*`` those of :class:`Predictor3D`
+    (same ``pos_embed`` and ``rope_variant`` as the encoder). ``num_mask_tokens`` should equal the number of
+    mask configurations used in training (V-JEPA: 2, short and long range).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        img_size: Union[int, Sequence[int]] = (16, 64, 64),
+        patch_size: Union[int, Sequence[int]] = 16,
+        tubelet_size: int = 2,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        pos_embed: str = "rope",
+        predictor_embed_dim: int = 384,
+        predictor_depth: int = 6,
+        predictor_num_heads: int = 12,
+        use_sdpa: bool = True,
+        rope_variant: str = "vjepa2",
+        qkv_bias: bool = True,
+        num_mask_tokens: int = 2,
+        zero_init_mask_tokens: bool = True,
+        drop_path_rate: float = 0.0,
+        init_std: float = 0.02,
+        use_activation_checkpointing: bool = False,
+        uniform_power: bool = False,
+    ):
+        super().__init__()
+        self.encoder = VisionTransformer3D(
+            in_chans=in_chans,
+            img_size=img_size,
+            patch_size=patch_size,
+            tubelet_size=tubelet_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            pos_embed=pos_embed,
+            rope_variant=rope_variant,
+            use_sdpa=use_sdpa,
+            drop_path_rate=drop_path_rate,
+            init_std=init_std,
+            use_activation_checkpointing=use_activation_checkpointing,
+            uniform_power=uniform_power,
+        )
+        self.target_encoder = copy.deepcopy(self.encoder)
+        self.target_encoder.requires_grad_(False)
+        self.predictor = Predictor3D(
+            embed_dim=embed_dim,
+            predictor_embed_dim=predictor_embed_dim,
+            depth=predictor_depth,
+            num_heads=predictor_num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            pos_embed=pos_embed,
+            rope_variant=rope_variant,
+            use_sdpa=use_sdpa,
+            num_mask_tokens=num_mask_tokens,
+            zero_init_mask_tokens=zero_init_mask_tokens,
+            init_std=init_std,
+            use_activation_checkpointing=use_activation_checkpointing,
+            uniform_power=uniform_power,
+        )
+        self.embed_dim = embed_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Context-encoder tokens of ``x [B, C, T, H, W]`` -> ``[B, N, E]``."""
+        return self.encoder(x)
+
+    def grid_size(self, t: int, h: int, w: int) -> Tuple[int, int, int]:
+        """Token grid ``(T', H', W')`` of a ``(t, h, w)`` volume."""
+        return self.encoder.grid_size(t, h, w)
+
+    @torch.no_grad()
+    def target_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Layer-normed target-encoder tokens of all positions ``[B, N, E]`` (no gradient)."""
+        h = self.target_encoder(x)
+        return F.layer_norm(h, (h.shape[-1],))
+
+    def jepa_forward(
+        self, x: torch.Tensor, ctx_idx: TensorOrList, tgt_idx: TensorOrList
+    ) -> Tuple[TensorOrList, TensorOrList]:
+        """Predictions and targets of one V-JEPA step.
+
+        Args:
+            x: volumes ``[B, C, T, H, W]``.
+            ctx_idx: context token indices ``[B, Nc]``, or a list of them (one per mask configuration).
+            tgt_idx: target token indices ``[B, Nt]``, or a list matching ``ctx_idx``.
+
+        Returns:
+            ``(pred [B, Nt, E], target [B, Nt, E])``, or two lists when lists were given; the target encoder runs
+            once for all mask configurations.
+        """
+        grid = self.encoder.grid_size(x.shape[2], x.shape[3], x.shape[4])
+        h = self.target_features(x)
+        single = isinstance(ctx_idx, torch.Tensor)
+        ctx_list = [ctx_idx] if isinstance(ctx_idx, torch.Tensor) else list(ctx_idx)
+        tgt_list = [tgt_idx] if isinstance(tgt_idx, torch.Tensor) else list(tgt_idx)
+        if len(ctx_list) != len(tgt_list):
+            raise ValueError(f"got {len(ctx_list)} context masks but {len(tgt_list)} target masks")
+        preds: List[torch.Tensor] = []
+        targets: List[torch.Tensor] = []
+        for i, (ci, ti) in enumerate(zip(ctx_list, tgt_list)):
+            z = self.encoder(x, masks=ci)
+            preds.append(self.predictor(z, ci, ti, grid, mask_index=i))
+            targets.append(gather_tokens(h, ti))
+        if single:
+            return preds[0], targets[0]
+        return preds, targets
+
+    @staticmethod
+    def jepa_loss(pred: TensorOrList, target: TensorOrList) -> torch.Tensor:
+        """Mean absolute error between predictions and targets (averaged over mask configurations for lists)."""
+        if isinstance(pred, torch.Tensor) and isinstance(target, torch.Tensor):
+            return (pred - target.to(pred.dtype)).abs().mean()
+        losses = [(p - t.to(p.dtype)).abs().mean() for p, t in zip(pred, target)]
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def ema_update(self, momentum: float) -> None:
+        """``target = momentum * target + (1 - momentum) * context`` for every parameter (buffers copied)."""
+        t_params = list(self.target_encoder.parameters())
+        c_params = [p.detach() for p in self.encoder.parameters()]
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, c_params, alpha=1.0 - momentum)
+        for tb, cb in zip(self.target_encoder.buffers(), self.encoder.buffers()):
+            tb.copy_(cb)
+
+    def encode(self, x: torch.Tensor, pool: Optional[str] = "mean", target: bool = False) -> torch.Tensor:
+        """Embeddings of ``x [B, C, T, H, W]``: ``[B, E]`` with ``pool="mean"``, tokens ``[B, N, E]`` with None.
+
+        ``target=True`` uses the EMA target encoder (V-JEPA evaluates with it) instead of the context encoder.
+        """
+        tokens = (self.target_encoder if target else self.encoder)(x)
+        if pool is None:
+            return tokens
+        if pool == "mean":
+            return tokens.mean(dim=1)
+        raise ValueError(f"pool must be 'mean' or None, got {pool!r}")
