@@ -54,6 +54,7 @@ __all__ = [
     "convert_checkpoint",
     "adapt_state_dict",
     "detect_format",
+    "read_checkpoint",
     "sincos_table_3d",
     "infer_sincos_grid",
     "interpolate_pos_table",
@@ -320,6 +321,23 @@ def _convert_hf(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
     return ConvertedCheckpoint("hf", parts, notes, other)
 
 
+def read_checkpoint(path) -> Any:
+    """Read a checkpoint file (local or URL): ``.safetensors`` through safetensors, anything else through
+    :func:`oct_foundation.io.torch_load` (``weights_only=True``: pickled code is refused)."""
+    if str(path).lower().endswith(".safetensors"):
+        try:
+            from safetensors.torch import load as load_safetensors
+        except ImportError:
+            raise CheckpointError(path, "reading .safetensors files needs the 'safetensors' package") from None
+        with oio.open_file(path, "rb") as f:
+            data = f.read()
+        try:
+            return load_safetensors(data)
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(path, f"not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    return oio.torch_load(path)
+
+
 def convert_checkpoint(checkpoint: Any, source: str = "auto") -> ConvertedCheckpoint:
     """Convert a loaded checkpoint object (or a path / URL) to canonical part state dicts.
 
@@ -330,7 +348,7 @@ def convert_checkpoint(checkpoint: Any, source: str = "auto") -> ConvertedCheckp
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, "__fspath__"):
-        checkpoint = oio.torch_load(checkpoint)
+        checkpoint = read_checkpoint(checkpoint)
     checkpoint = _unwrap(checkpoint)
     detected = detect_format(checkpoint)
     src = detected if source == "auto" else source
@@ -423,7 +441,24 @@ def adapt_patch_weight(
     return w.contiguous(), how
 
 
-def sincos_table_3d(embed_dim: int, grid: Sequence[float], uniform_power: bool = False,
+def _sincos_rows(embed_dim: int, pt: torch.Tensor, ph: torch.Tensor, pw: torch.Tensor, uniform_power: bool):
+    """Sin-cos rows ``[M, E]`` for M position triples (float64 in, float32 out)."""
+    if uniform_power:
+        dt = dh = dw = int(math.ceil(embed_dim / 6) * 2)
+    else:
+        dt, dh, dw = embed_dim // 2, embed_dim // 4, embed_dim // 4
+
+    # numpy: small single-threaded work, called many times by infer_sincos_grid
+    def one(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.asarray(pos, dtype=np.float64).reshape(-1, 1) * omega[None]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    rows = np.concatenate([one(dt, pt), one(dh, ph), one(dw, pw)], axis=1)[:, :embed_dim]
+    return torch.from_numpy(rows).float()
+
+
+def sincos_table_3d(embed_dim: int, grid: Sequence[int], uniform_power: bool = False,
                     positions: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """The V-JEPA 3D sin-cos position table ``[T*H*W, E]`` on ``grid = (T, H, W)`` in (t, h, w) raster order.
 
@@ -434,49 +469,39 @@ def sincos_table_3d(embed_dim: int, grid: Sequence[float], uniform_power: bool =
     t, h, w = (int(g) for g in grid)
     if positions is None:
         positions = [torch.arange(n, dtype=torch.float64) for n in (t, h, w)]
-    pt, ph, pw = (torch.as_tensor(p, dtype=torch.float64) for p in positions)
-    gt, gh, gw = torch.meshgrid(pt, ph, pw, indexing="ij")
-    if uniform_power:
-        dt = dh = dw = int(math.ceil(embed_dim / 6) * 2)
-    else:
-        dt, dh, dw = embed_dim // 2, embed_dim // 4, embed_dim // 4
-
-    def one(d, pos):
-        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2.0))
-        out = pos.reshape(-1, 1) * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    table = torch.cat([one(dt, gt), one(dh, gh), one(dw, gw)], dim=1)[:, :embed_dim]
-    return table.float()
+    pt, ph, pw = (torch.as_tensor(p, dtype=torch.float64).numpy() for p in positions)
+    gt, gh, gw = np.meshgrid(pt, ph, pw, indexing="ij")
+    return _sincos_rows(embed_dim, gt, gh, gw, uniform_power)
 
 
 def _factor_grids(n: int) -> list[tuple[int, int, int]]:
-    out = []
-    for t in range(1, n + 1):
-        if n % t:
-            continue
-        rest = n // t
-        for h in range(1, rest + 1):
-            if rest % h == 0:
-                out.append((t, h, rest // h))
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    divisors = sorted(set(small + [n // d for d in small]))
+    out = [(t, h, n // (t * h)) for t in divisors for h in divisors if (n // t) % h == 0]
     # square spatial grids first (the usual case), then by fewer frames
     out.sort(key=lambda g: (g[1] != g[2], g[0]))
     return out
 
 
-def infer_sincos_grid(table: torch.Tensor, atol: float = 1e-4, max_candidates: int = 400):
+def infer_sincos_grid(table: torch.Tensor, atol: float = 1e-4):
     """Recover ``((T, H, W), uniform_power)`` of a V-JEPA sin-cos table ``[1, N, E]`` or ``[N, E]``.
 
-    A fixed sin-cos table encodes its own grid, so each factorisation of N is tried until the computed table
-    matches. Returns ``None`` for a learned (non sin-cos) table.
+    A fixed sin-cos table encodes its own grid, so every factorisation of N is tried (first on a few rows, then
+    on all) until the computed table matches. Returns ``None`` for a learned (non sin-cos) table.
     """
-    tab = table.detach().reshape(-1, table.shape[-1]).float().cpu()
+    tab = table.detach().reshape(-1, table.shape[-1]).float().cpu().numpy()
     n, e = tab.shape
-    for grid in _factor_grids(n)[:max_candidates]:
+    probe = np.unique(np.linspace(0, n - 1, min(n, 64)).round().astype(np.int64))
+    few = probe[1:4] if len(probe) > 4 else probe  # row 0 is the same for every grid
+    for t, h, w in _factor_grids(n):
         for up in (False, True):
-            ref = sincos_table_3d(e, grid, uniform_power=up)
-            if ref.shape == tab.shape and torch.allclose(ref, tab, atol=atol):
-                return grid, up
+            if any(
+                np.abs(_sincos_rows(e, p // (h * w), (p // w) % h, p % w, up).numpy() - tab[p]).max() > atol
+                for p in (few, probe)
+            ):
+                continue
+            if np.abs(sincos_table_3d(e, (t, h, w), uniform_power=up).numpy() - tab).max() <= atol:
+                return (t, h, w), up
     return None
 
 
@@ -617,6 +642,25 @@ def _grids_for(module: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[str, t
     return grids
 
 
+def _hints(report: LoadReport) -> list[str]:
+    """Plain-language hints for the usual causes of missing / unexpected keys."""
+    hints = []
+    extra = [k for k in report.unexpected if re.search(r"(^|\.)mask_tokens\.\d+$", k)]
+    if extra:
+        n_model = len([k for k in report.loaded + list(report.adapted) if re.search(r"mask_tokens\.\d+$", k)])
+        hints.append(
+            f"the file has {n_model + len(extra)} predictor mask tokens, the model {n_model}: build it with "
+            f"num_mask_tokens={n_model + len(extra)} or allow_unexpected=['predictor.mask_tokens.*']"
+        )
+    if any(k.endswith("pos_embed") and not k.endswith("predictor_pos_embed") for k in report.missing):
+        hints.append("the file's encoder has no additive position table (V-JEPA 2 uses RoPE): "
+                     "build the model with pos_embed='rope'")
+    if any(k.endswith("pos_embed") and not k.endswith("predictor_pos_embed") for k in report.unexpected):
+        hints.append("the file's encoder adds a position table (V-JEPA 1): build the model with "
+                     "pos_embed='sincos' to use it")
+    return hints
+
+
 def _recomputed_sincos(module: nn.Module, key: str, table: torch.Tensor) -> bool:
     """True when a file's position table is a fixed sin-cos table that ``module`` computes itself.
 
@@ -667,7 +711,7 @@ def load_pretrained(
         raise ValueError(f"checkpoint_key must be auto, encoder or target_encoder, got {checkpoint_key!r}")
     if channel_adapt not in ("sum", "mean"):
         raise ValueError(f"channel_adapt must be 'sum' or 'mean', got {channel_adapt!r}")
-    raw = oio.torch_load(path)
+    raw = read_checkpoint(path)
     try:
         conv = convert_checkpoint(raw, source=source)
     except ValueError as e:
@@ -741,6 +785,7 @@ def load_pretrained(
                 report.missing.append("target_encoder." + k)
     report.unexpected += sorted(conv.other)
 
+    report.notes += _hints(report)
     report.allowed_missing = [k for k in report.missing if _match_any(k, allow_missing)]
     report.allowed_unexpected = [k for k in report.unexpected if _match_any(k, allow_unexpected)]
     problems = []

@@ -384,3 +384,28 @@ def test_missing_part_and_bad_options(tmp_path):
     with pytest.raises(CheckpointError, match="expects a dict"):
         oio.torch_save(_encoder(in_chans=1).state_dict(), str(tmp_path / "bare.pt"))
         load_pretrained(_encoder(in_chans=1), str(tmp_path / "bare.pt"), source="official")
+
+
+def test_hf_safetensors_from_memory_url(memfs):
+    st = pytest.importorskip("safetensors.torch")
+    src = _randomise(_encoder(in_chans=3))
+    url = "memory://hub/vjepa2/model.safetensors"  # how Hugging Face distributes VJEPA2Model weights
+    with memfs.open("/hub/vjepa2/model.safetensors", "wb") as f:
+        f.write(st.save(_hf_state_dict(src)))
+    model = _encoder(in_chans=1)
+    report = load_pretrained(model, url, print_report=False)
+    assert report.source == "hf" and not report.missing
+    x = _gray()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x.repeat(1, 3, 1, 1, 1)), atol=1e-5, rtol=1e-5)
+
+
+def test_more_mask_tokens_in_file_than_model_is_reported_with_a_hint(tmp_path):
+    enc, pred = _randomise(_encoder(in_chans=1)), _randomise(_predictor(num_mask_tokens=3))
+    path = _official_file(str(tmp_path / "ten_tokens.pt"), enc, predictor=pred)
+    model = VJEPA3D(in_chans=1, **ENC, **PRED, num_mask_tokens=2)
+    with pytest.raises(CheckpointError, match="unexpected") as err:
+        load_pretrained(model, path, print_report=False)
+    assert "predictor.mask_tokens.2" in str(err.value) and "num_mask_tokens=3" in str(err.value)
+    load_pretrained(model, path, allow_unexpected=("predictor.mask_tokens.*",), print_report=False)
+    assert torch.equal(model.predictor.mask_tokens[1], pred.mask_tokens[1])
