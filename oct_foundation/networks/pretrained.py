@@ -29,9 +29,7 @@ with the report table. Missing or unexpected keys raise too, unless they match a
 """
 from __future__ import annotations
 
-import copy
 import fnmatch
-import itertools
 import math
 import re
 from collections import OrderedDict
@@ -101,6 +99,7 @@ KEY_MAPPING: dict[str, dict[str, str]] = {
 }
 
 _STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+_COPIED = "copied from the adapted encoder"
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -121,18 +120,28 @@ class LoadReport:
     mismatched: dict[str, str] = field(default_factory=dict)
     allowed_missing: list[str] = field(default_factory=list)
     allowed_unexpected: list[str] = field(default_factory=list)
+    allowed_mismatched: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """True when every file weight the model has a place for was loaded (no shape mismatch at all)."""
         return not self.mismatched
 
     def table(self) -> str:
         """One table: status | key(s) | detail. Keys differing only by block index share a row."""
         rows: list[tuple[str, str, str]] = []
         rows += [("loaded", k, d) for k, d in _compact([(k, "as is") for k in self.loaded])]
-        rows += [("adapted", k, d) for k, d in _compact(list(self.adapted.items()))]
-        rows += [("MISMATCH", k, d) for k, d in _compact(list(self.mismatched.items()))]
+        copied = [k for k, d in self.adapted.items() if d == _COPIED]
+        rows += [("adapted", k, d) for k, d in _compact([(k, d) for k, d in self.adapted.items() if d != _COPIED])]
+        if copied:
+            rows.append(("adapted", "target_encoder.*", f"{_COPIED} ({len(copied)} tensors)"))
+        al = set(self.allowed_mismatched)
+        rows += [
+            ("MISMATCH", k, d)
+            for k, d in _compact([(k, d + ("; kept at init (allowed)" if k in al else "")) for k, d in
+                                  self.mismatched.items()])
+        ]
         am, au = set(self.allowed_missing), set(self.allowed_unexpected)
         rows += [
             ("missing", k, d)
@@ -697,7 +706,10 @@ def load_pretrained(
             ``target_encoder``), ``encoder`` or ``target_encoder``.
         channel_adapt: RGB -> one channel by ``sum`` (exact for gray copied to RGB) or ``mean``.
         allow_missing / allow_unexpected: glob patterns of keys that may be missing / ignored (e.g. ``predictor.*``).
-        strict: raise on missing / unexpected keys outside the allow-lists. Shape mismatches always raise.
+            A key in ``allow_missing`` whose file shape cannot be adapted also keeps its initial value (reported
+            as MISMATCH ... kept at init).
+        strict: raise on missing / unexpected keys outside the allow-lists. Shape mismatches outside
+            ``allow_missing`` always raise.
         print_report: print the one report table.
         use_target_encoder: take the file's target encoder as the source of both encoder and target encoder.
         source_grid: token grid ``(T, H, W)`` of the file's position table when it is not a sin-cos table.
@@ -780,7 +792,7 @@ def load_pretrained(
         for k in model.target_encoder.state_dict():
             if "encoder." + k in new_sd:
                 new_sd["target_encoder." + k] = new_sd["encoder." + k].clone()
-                report.adapted["target_encoder." + k] = "copied from the adapted encoder"
+                report.adapted["target_encoder." + k] = _COPIED
             else:
                 report.missing.append("target_encoder." + k)
     report.unexpected += sorted(conv.other)
@@ -788,9 +800,13 @@ def load_pretrained(
     report.notes += _hints(report)
     report.allowed_missing = [k for k in report.missing if _match_any(k, allow_missing)]
     report.allowed_unexpected = [k for k in report.unexpected if _match_any(k, allow_unexpected)]
+    report.allowed_mismatched = [k for k in report.mismatched if _match_any(k, allow_missing)]
+    for k in report.allowed_mismatched:  # explicitly allowed to keep its initial value
+        new_sd.pop(k, None)
     problems = []
-    if report.mismatched:
-        problems.append(f"{len(report.mismatched)} shape mismatch(es) that cannot be adapted")
+    bad_shape = [k for k in report.mismatched if k not in report.allowed_mismatched]
+    if bad_shape:
+        problems.append(f"{len(bad_shape)} shape mismatch(es) that cannot be adapted")
     if strict:
         bad_m = [k for k in report.missing if k not in report.allowed_missing]
         bad_u = [k for k in report.unexpected if k not in report.allowed_unexpected]

@@ -409,3 +409,23 @@ def test_more_mask_tokens_in_file_than_model_is_reported_with_a_hint(tmp_path):
     assert "predictor.mask_tokens.2" in str(err.value) and "num_mask_tokens=3" in str(err.value)
     load_pretrained(model, path, allow_unexpected=("predictor.mask_tokens.*",), print_report=False)
     assert torch.equal(model.predictor.mask_tokens[1], pred.mask_tokens[1])
+
+
+def test_incompatible_predictor_kept_at_init_only_when_allowed(tmp_path):
+    enc = _randomise(_encoder(in_chans=1))
+    wide_pred = Predictor3D(E, predictor_embed_dim=24, depth=2, num_heads=2, num_mask_tokens=2)
+    path = _official_file(str(tmp_path / "wide_pred.pt"), enc, predictor=wide_pred)
+    model = VJEPA3D(in_chans=1, **ENC, **PRED)
+    init_pred = {k: v.clone() for k, v in model.predictor.state_dict().items()}
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_pretrained(model, path, allow_unexpected=("predictor.*",), print_report=False)
+    report = load_pretrained(
+        model, path, allow_missing=("predictor.*",), allow_unexpected=("predictor.*",), print_report=False
+    )
+    assert report.mismatched and set(report.allowed_mismatched) == set(report.mismatched)
+    assert "kept at init (allowed)" in report.table() and "MISMATCH" in report.table()
+    assert "predictor.predictor_blocks.1.mlp.fc1.weight" in report.unexpected  # the file's extra block
+    for k, v in model.predictor.state_dict().items():
+        assert torch.equal(v, init_pred[k]), k
+    for k, v in enc.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[k], v), k
