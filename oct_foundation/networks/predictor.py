@@ -6,7 +6,9 @@ gathered at their indices, as the encoder); the blocks attend over the joint set
 projected back to the encoder width. Parameter names follow V-JEPA 2's predictor (``predictor_embed``,
 ``mask_tokens.i``, ``predictor_blocks.i.*``, ``predictor_norm``, ``predictor_proj``). V-JEPA 2 sorts the joint
 sequence by position before the blocks; attention without a mask is permutation-equivariant, so keeping
-``[context | targets]`` order gives the same result without the sort.
+``[context | targets]`` order gives the same result without the sort. V-JEPA 2's predictor splits token indices
+into (t, h, w) with its square training grid (``img_size // patch``) whatever the input; here the actual grid is
+used, which is the same on square inputs of the training size and correct on any other grid.
 """
 from __future__ import annotations
 

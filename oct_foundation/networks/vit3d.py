@@ -16,6 +16,8 @@ Positional information is either
   ``[f0, f0, f1, f1, ...]`` (interleaved) while rotating adjacent pairs, so its map is not an exact rotation;
   ``rope_variant="vjepa2"`` (default) reproduces it so that public weights give the public features, and
   ``rope_variant="rotary"`` gives the exact rotation (norm preserving, purely relative) for training from scratch.
+  Angles are computed in float32 also under autocast (V-JEPA 2 uses the activation dtype); in float32 the two
+  agree exactly.
 
 Parameter names follow V-JEPA 2 (``patch_embed.proj``, ``blocks.i.norm1``, ``blocks.i.attn.qkv``,
 ``blocks.i.attn.proj``, ``blocks.i.norm2``, ``blocks.i.mlp.fc1``/``fc2``, ``norm``) so its checkpoints map 1:1.

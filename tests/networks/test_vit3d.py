@@ -1,5 +1,6 @@
 """3D ViT encoder: shapes, attention paths, RoPE (against a reference of the V-JEPA 2 formula), sincos, masks."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -318,3 +319,19 @@ def test_stochastic_depth_only_in_training():
     torch.manual_seed(0)
     a = model(x)
     assert not torch.allclose(a, model(x))
+
+
+def test_traceable_and_lazy_package_exports():
+    import oct_foundation.networks as networks
+    from oct_foundation.networks import vjepa3d
+
+    assert networks.VJEPA3D is vjepa3d.VJEPA3D and networks.VisionTransformer3D is VisionTransformer3D
+    assert "load_pretrained" in dir(networks) and "SegmentationHead" in dir(networks)
+    with pytest.raises(AttributeError):
+        networks.NotANetwork
+    model = _vit()
+    x = torch.randn(1, 1, 6, 32, 48)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape-dependent Python branches are fixed here
+        traced = torch.jit.trace(model, (x,))
+    torch.testing.assert_close(traced(x), model(x))
