@@ -114,21 +114,21 @@ def test_chunking_bounds_frames_per_call_and_streaming_matches(vae):
     sliding = StackedVideoVAE(vae.autoencoder, strategy="sliding", window=8, stride=4, chunk_size=2)
     seen, restore = _spy_frames(sliding)
     try:
-        short, long = torch.rand(1, 1, 9, 16, 16), torch.rand(1, 1, 61, 16, 16)
+        short, long = torch.rand(1, 1, 9, 16, 16), torch.rand(1, 1, 33, 16, 16)
         sliding.encode(short)
         peak_short = max(n for k, n in seen if k == "encode")
         seen.clear()
         z = sliding.encode(long)
         peak_long = max(n for k, n in seen if k == "encode")
         assert peak_long == peak_short == 2 * 8  # chunk_size x window, whatever T
-        assert sum(1 for k, _ in seen if k == "encode") >= 7
+        assert sum(1 for k, _ in seen if k == "encode") == 4  # 8 windows, 2 per call
         # streaming in uneven pieces gives the same latents, in several yields
-        pieces = [long[:, :, a:b] for a, b in [(0, 3), (3, 20), (20, 21), (21, 61)]]
+        pieces = [long[:, :, a:b] for a, b in [(0, 3), (3, 20), (20, 21), (21, 33)]]
         parts = list(sliding.encode_stream(iter(pieces)))
         assert len(parts) > 1
         torch.testing.assert_close(torch.cat(parts, 2), z, rtol=1e-5, atol=1e-6)
         seen.clear()
-        y = sliding.decode(z, t=61)
+        y = sliding.decode(z, t=33)
         assert y.shape == long.shape
         assert max(n for k, n in seen if k == "decode") <= 2 * 8
     finally:
