@@ -563,14 +563,19 @@ def adapt_state_dict(
     src_grids: Mapping[str, Sequence[int]] | None = None,
     dst_grids: Mapping[str, Sequence[int]] | None = None,
     mask_token_keys: Iterable[str] = (),
+    pos_table: str = "interpolate",
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Adapt canonical ``state_dict`` to the names/shapes of ``target`` (a model's state dict).
 
     Returns ``(adapted_state_dict, report)`` with ``report.loaded/adapted/missing/unexpected/mismatched`` in
     ``target``'s names. ``notes`` marks keys the format conversion already changed (e.g. fused qkv). Position
     tables (keys ending in ``pos_embed``) are resampled from ``src_grids[key]`` (inferred from the sin-cos
-    fingerprint when absent) to ``dst_grids[key]``. Never raises: unadaptable shapes land in ``mismatched``.
+    fingerprint when absent) to ``dst_grids[key]``: ``pos_table="interpolate"`` resamples trilinearly,
+    ``"recompute"`` computes the exact sin-cos table of the new grid (sin-cos tables only). Never raises:
+    unadaptable shapes land in ``mismatched``.
     """
+    if pos_table not in ("interpolate", "recompute"):
+        raise ValueError(f"pos_table must be 'interpolate' or 'recompute', got {pos_table!r}")
     notes = dict(notes or {})
     src_grids, dst_grids = dict(src_grids or {}), dict(dst_grids or {})
     rep = LoadReport(path="", source="")
@@ -594,7 +599,7 @@ def adapt_state_dict(
                 new, how = adapt_patch_weight(val, ref.shape, channel_adapt)
                 desc = "; ".join(how)
             elif key.endswith("pos_embed"):
-                new, desc = _adapt_pos_table(key, val, ref, src_grids.get(key), dst_grids.get(key))
+                new, desc = _adapt_pos_table(val, ref, src_grids.get(key), dst_grids.get(key), pos_table)
             elif key in mask_token_keys and val.numel() == ref.numel():
                 new, desc = val.reshape(ref.shape), f"reshaped {list(val.shape)} -> {list(ref.shape)}"
             else:
@@ -608,23 +613,28 @@ def adapt_state_dict(
     return out, rep
 
 
-def _adapt_pos_table(key, val, ref, src_grid, dst_grid):
+def _adapt_pos_table(val, ref, src_grid, dst_grid, mode="interpolate"):
     if val.shape[-1] != ref.shape[-1]:
         raise ValueError(f"table width {val.shape[-1]} != {ref.shape[-1]}")
     n_src, n_dst = val.reshape(-1, val.shape[-1]).shape[0], ref.reshape(-1, ref.shape[-1]).shape[0]
     how = ""
+    found = infer_sincos_grid(val) if (src_grid is None or mode == "recompute") else None
     if src_grid is None:
-        found = infer_sincos_grid(val)
         if found is None:
             raise ValueError("source grid unknown (not a sin-cos table); pass source_grid=(T, H, W)")
         src_grid, how = found[0], " (source grid from its sin-cos pattern)"
     if dst_grid is None:
-        found = infer_sincos_grid(ref)
-        if found is None:
+        dst_found = infer_sincos_grid(ref)
+        if dst_found is None:
             raise ValueError("model token grid unknown")
-        dst_grid = found[0]
+        dst_grid = dst_found[0]
     if math.prod(src_grid) != n_src or math.prod(dst_grid) != n_dst:
         raise ValueError(f"grids {tuple(src_grid)} / {tuple(dst_grid)} do not match the token counts")
+    if mode == "recompute":
+        if found is None:
+            raise ValueError("pos_table='recompute' needs a sin-cos table; this one is learned")
+        new = sincos_table_3d(val.shape[-1], dst_grid, uniform_power=found[1]).reshape(ref.shape)
+        return new, f"sin-cos recomputed {tuple(src_grid)} -> {tuple(dst_grid)}"
     new = interpolate_pos_table(val, src_grid, dst_grid).reshape(ref.shape)
     return new, f"trilinear {tuple(src_grid)} -> {tuple(dst_grid)}{how}"
 
@@ -694,6 +704,7 @@ def load_pretrained(
     print_report: bool = True,
     use_target_encoder: bool = False,
     source_grid: Sequence[int] | None = None,
+    pos_table: str = "interpolate",
 ) -> LoadReport:
     """Load a V-JEPA checkpoint (local path or fsspec URL) into a ``VJEPA3D`` or a ``VisionTransformer3D``.
 
@@ -713,6 +724,9 @@ def load_pretrained(
         print_report: print the one report table.
         use_target_encoder: take the file's target encoder as the source of both encoder and target encoder.
         source_grid: token grid ``(T, H, W)`` of the file's position table when it is not a sin-cos table.
+        pos_table: a file position table on another grid is resampled trilinearly on ``[T, H, W]``
+            (``"interpolate"``, as V-JEPA does for other input sizes) or, for sin-cos tables, recomputed exactly
+            on the model's grid (``"recompute"``, what the package's ViT does for non-native input sizes).
 
     The target encoder is loaded from the file's target encoder when there is one (and the context encoder is
     not taken from it), else initialised as a copy of the adapted context encoder.
@@ -723,6 +737,8 @@ def load_pretrained(
         raise ValueError(f"checkpoint_key must be auto, encoder or target_encoder, got {checkpoint_key!r}")
     if channel_adapt not in ("sum", "mean"):
         raise ValueError(f"channel_adapt must be 'sum' or 'mean', got {channel_adapt!r}")
+    if pos_table not in ("interpolate", "recompute"):
+        raise ValueError(f"pos_table must be 'interpolate' or 'recompute', got {pos_table!r}")
     raw = read_checkpoint(path)
     try:
         conv = convert_checkpoint(raw, source=source)
@@ -774,7 +790,16 @@ def load_pretrained(
         sd, rep = adapt_state_dict(
             src, target, channel_adapt=channel_adapt, notes=notes, src_grids=src_grids,
             dst_grids=_grids_for(module, target), mask_token_keys=[k for k in target if "mask_token" in k],
+            pos_table=pos_table,
         )
+        for k in ("pos_embed",):
+            if k in src and k in target and hasattr(module, "uniform_power"):
+                found = infer_sincos_grid(src[k])
+                if found is not None and found[1] != bool(module.uniform_power):
+                    report.notes.append(
+                        f"{prefix}{k}: the file's sin-cos table has uniform_power={found[1]}, the model "
+                        f"{bool(module.uniform_power)}; other input sizes would use a different table"
+                    )
         new_sd.update({prefix + k: v for k, v in sd.items()})
         report.loaded += [prefix + k for k in rep.loaded]
         report.adapted.update({prefix + k: v for k, v in rep.adapted.items()})

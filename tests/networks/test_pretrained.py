@@ -309,6 +309,16 @@ def test_vjepa1_file_position_table_resampled_and_rope_model_refuses_it(tmp_path
     expected = interpolate_pos_table(src.state_dict()["pos_embed"], (4, 4, 4), (8, 6, 6))
     torch.testing.assert_close(big.encoder.pos_embed, expected)
     assert any("predictor.predictor_pos_embed" in n and "recomputed" in n for n in report.notes)
+    # recompute: the exact table of the new grid, which is what the model uses at any other input size
+    exact = VisionTransformer3D(in_chans=1, **{**ENC, "img_size": (16, 48, 48)}, pos_embed="sincos")
+    rep = load_pretrained(exact, path, pos_table="recompute", print_report=False)
+    assert "sin-cos recomputed (4, 4, 4) -> (8, 6, 6)" in rep.adapted["pos_embed"]
+    torch.testing.assert_close(exact.pos_embed[0], sincos_pos_embed_3d(E, (8, 6, 6)))
+    # a table with another channel layout is flagged
+    other = VisionTransformer3D(in_chans=1, **ENC, pos_embed="sincos", uniform_power=True)
+    rep = load_pretrained(other, path, print_report=False)
+    assert any("uniform_power=False" in n for n in rep.notes)
+    torch.testing.assert_close(other.pos_embed, src.pos_embed)  # same grid: loaded as is
 
     rope = _encoder(in_chans=1)  # RoPE: an additive table has no place
     with pytest.raises(CheckpointError, match="unexpected") as err:
@@ -390,8 +400,10 @@ def test_hf_safetensors_from_memory_url(memfs):
     st = pytest.importorskip("safetensors.torch")
     src = _randomise(_encoder(in_chans=3))
     url = "memory://hub/vjepa2/model.safetensors"  # how Hugging Face distributes VJEPA2Model weights
+    # early transformers releases named the attention module ``attention.attention``
+    legacy = {k.replace(".attention.", ".attention.attention."): v for k, v in _hf_state_dict(src).items()}
     with memfs.open("/hub/vjepa2/model.safetensors", "wb") as f:
-        f.write(st.save(_hf_state_dict(src)))
+        f.write(st.save(legacy))
     model = _encoder(in_chans=1)
     report = load_pretrained(model, url, print_report=False)
     assert report.source == "hf" and not report.missing
