@@ -100,7 +100,7 @@ _REFLECTIVITY = np.array([r for _, _, r in _RENDER_LAYERS], dtype=np.float32)
 # field of view than in real eyes so that every layer spans at least one voxel even in "tiny" volumes.
 _BASE_THICKNESS = {_L_NFL: 0.05, _L_GCL: 0.08, _L_INL: 0.06, _L_OPL: 0.05, _L_ONL: 0.09, _L_RPE: 0.06}
 _CHOROID_MM = 0.20
-_MAX_SWELLING_MM = 0.16  # cap on the retinal elevation by fluid, so the retina stays inside the window
+_MAX_SWELLING_MM = 0.2  # cap on the retinal elevation by fluid, so the retina stays inside the window
 _MARGIN_MM = 0.04  # vitreous kept above the retina and sclera below the choroid
 
 #: Volume size presets: (H, W) in voxels; slice counts come from the device (``DeviceProfile.slices``).
