@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "scikit-learn==1.9.1",
     "scikit-image==0.26.0",
     "jsonschema==4.26.0",
+    "fire==0.7.1",  # command line of `python -m monai.bundle`
 ]
 
 setup(
