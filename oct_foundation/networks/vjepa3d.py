@@ -140,10 +140,13 @@ class VJEPA3D(nn.Module):
 
     @staticmethod
     def jepa_loss(pred: TensorOrList, target: TensorOrList) -> torch.Tensor:
-        """Mean absolute error between predictions and targets (averaged over mask configurations for lists)."""
+        """Mean absolute error between predictions and targets (averaged over mask configurations for lists).
+
+        Computed in float32 also under autocast.
+        """
         if isinstance(pred, torch.Tensor) and isinstance(target, torch.Tensor):
-            return (pred - target.to(pred.dtype)).abs().mean()
-        losses = [(p - t.to(p.dtype)).abs().mean() for p, t in zip(pred, target)]
+            return (pred.float() - target.float()).abs().mean()
+        losses = [(p.float() - t.float()).abs().mean() for p, t in zip(pred, target)]
         return torch.stack(losses).mean()
 
     @torch.no_grad()
