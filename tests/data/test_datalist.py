@@ -88,3 +88,24 @@ def test_datalist_from_folder(tmp_path, memfs):
         datalist_from_folder(tmp_path / "nowhere")
     with pytest.raises(OCTInputError, match="sub: no files with suffix"):
         datalist_from_folder(tmp_path / "sub")
+
+
+def test_reads_the_synthetic_cohort(tmp_path):
+    """The cohort generator's NIfTI and DICOM output, through datalists, readers and preprocessing."""
+    synthetic = pytest.importorskip("oct_foundation.data.synthetic")
+    from monai.transforms import Compose
+
+    from oct_foundation.data.transforms import build_preprocessing
+
+    path = synthetic.generate_cohort(str(tmp_path / "c"), cases=2, seed=0, size="tiny", dicom=True, progress=False)
+    items = [i for key in ("training", "validation", "test") for i in load_datalist(path, key)]
+    assert len(items) == 2
+    t = Compose(build_preprocessing(label_key="label", d_target=4, image_size=(16, 16)))
+    for item in items:
+        out = t(item)
+        assert out["image"].shape == out["label"].shape == (1, 4, 16, 16)
+        nifti = LoadOCTd("image")({"image": item["image"]})["image"]
+        dcm = item["image"].replace("images/", "dicom/").replace(".nii.gz", ".dcm")
+        dicom = LoadOCTd("image")({"image": dcm})["image"]
+        assert dicom.shape == nifti.shape
+        np.testing.assert_allclose(dicom.meta["spacing"], nifti.meta["spacing"], rtol=1e-5)

@@ -235,3 +235,16 @@ def test_build_preprocessing_from_bundle_config(nifti_pair):
     })
     out = parser.get_parsed_content("pre")(dict(nifti_pair))
     assert out["image"].shape == (1, 4, 16, 16)
+
+
+def test_preprocessed_items_collate_into_batches(nifti_pair):
+    from monai.data import DataLoader, Dataset, decollate_batch
+
+    ds = Dataset([dict(nifti_pair)] * 2, Compose(build_preprocessing(label_key="label", d_target=5, image_size=(16, 16))))
+    ds.transform.set_random_state(seed=1)
+    batch = next(iter(DataLoader(ds, batch_size=2, num_workers=0)))
+    assert batch["image"].shape == (2, 1, 5, 16, 16) and batch["label"].shape == (2, 1, 5, 16, 16)
+    idx = batch["image"].meta["slice_indices"]
+    assert idx.shape == (2, 5) and torch.equal(idx, batch["label"].meta["slice_indices"])
+    assert batch["image"].meta["spacing"].shape == (2, 3)
+    assert torch.equal(decollate_batch(batch)[1]["image"].meta["slice_indices"], idx[1])
