@@ -279,7 +279,7 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
             rd, rw, h = rng.uniform(0.8, 1.6), rng.uniform(0.8, 1.6), rng.uniform(0.07, 0.14)
             dome = np.clip(1 - _rho2(xd, xw, cd, cw, rd, rw, rng.uniform(0, np.pi)), 0, None) ** 1.5
             thick[_L_SRF - _L_NFL] = h * dome
-            lesions.append({"type": "subretinal_fluid", "centre_mm": [cd, cw], "height_mm": h})
+            lesions.append({"type": "subretinal_fluid", "centre_mm": [cd, float(cw)], "height_mm": h})
         for _ in range(n_cysts):
             host = _L_INL if rng.random() < 0.4 else _L_ONL
             cd = _slice_centre(rng, xd[:, 0], fd, 1.5)
@@ -289,11 +289,12 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
             # The cyst swells its host layer so it always lies inside it; cysts that would lift the retina
             # more than _MAX_SWELLING_MM are left out (the first one is always kept).
             swell = 2.0 * ra * np.sqrt(np.clip(1 - rho2, 0, None))
-            if cysts and ((thick[_L_INL - _L_NFL:_L_RPE - _L_NFL] - base_thick).sum(0) + swell).max() > _MAX_SWELLING_MM:
+            lifted = (thick[_L_INL - _L_NFL:_L_RPE - _L_NFL] - base_thick).sum(0)
+            if cysts and (lifted + swell).max() > _MAX_SWELLING_MM:
                 continue
             thick[host - _L_NFL] += swell
             cysts.append((host, rho2, ra))
-            lesions.append({"type": "cyst", "layer": _RENDER_LAYERS[host][0], "centre_mm": [cd, cw],
+            lesions.append({"type": "cyst", "layer": _RENDER_LAYERS[host][0], "centre_mm": [cd, float(cw)],
                             "axial_radius_mm": ra})
     elif class_id == 2:  # drusen: deposits under the RPE lift it; the photoreceptors above are compressed
         dru = np.zeros((D, W))
@@ -304,7 +305,7 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
             rw = rd * rng.uniform(0.8, 1.25)
             h = rng.uniform(0.05, 0.12)
             dru = np.maximum(dru, h * np.clip(1 - _rho2(xd, xw, cd, cw, rd, rw), 0, None) ** 0.7)
-            lesions.append({"type": "druse", "centre_mm": [cd, cw], "height_mm": h})
+            lesions.append({"type": "druse", "centre_mm": [cd, float(cw)], "height_mm": h})
         thick[_L_DRU - _L_NFL] = dru
         onl = thick[_L_ONL - _L_NFL]
         thick[_L_ONL - _L_NFL] = np.maximum(onl - 0.5 * dru, 0.35 * onl)
@@ -335,8 +336,7 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
         r = rho2[:, None, :] + ((z - mid) / ra) ** 2  # [D, H, W]
         inside = (r < 1.0) & (layer == host)
         label[inside] = FLUID_LABEL
-        soft = _sigmoid((1.0 - r) * 6.0)
-        refl = refl * (1 - soft) + 0.0 * soft
+        refl = refl * (1.0 - _sigmoid((1.0 - r) * 6.0))  # fluid reflects nothing; soft edge
     # Superficial vessels in the NFL shadow everything below them.
     shadow = np.zeros((D, W))
     for _ in range(int(rng.integers(2, 4))):
@@ -372,7 +372,7 @@ def _choroid_texture(rng: np.random.Generator, shape, spacing) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- cohort
-def case_design(index: int, devices: Sequence[str]) -> tuple[int, str]:
+def case_design(index: int, devices: Sequence) -> tuple[int, "str | DeviceProfile"]:
     """Class and device of case ``index``: classes cycle fastest, then devices, so any run of
     ``3 * len(devices)`` consecutive cases is balanced."""
     return index % len(CLASS_NAMES), devices[(index // len(CLASS_NAMES)) % len(devices)]
@@ -446,7 +446,7 @@ def generate_cohort(out: str, cases: int = 60, seed: int = 0, devices: Sequence[
         out: output folder; refused if it exists and is not empty, unless ``overwrite``.
         cases: number of cases (classes and devices are balanced, see :func:`case_design`).
         seed: random seed; the same seed gives byte-identical files.
-        devices: device names from ``DEVICES``.
+        devices: device names from ``DEVICES`` (or :class:`DeviceProfile` objects).
         size: ``"tiny"`` (H = W = 32, 8-12 slices), ``"small"`` (64, 24-32 slices) or ``"medium"`` (128, 48-64).
         dicom: also write each image as DICOM Ophthalmic Tomography and a ``datalist_dicom.json``.
         overwrite: write into a non-empty folder, replacing files of the same names.
@@ -463,11 +463,9 @@ def generate_cohort(out: str, cases: int = 60, seed: int = 0, devices: Sequence[
         raise ValueError(f"cases must be at least 1, got {cases}")
     if len(split) != 3:
         raise ValueError(f"split needs three fractions (training, validation, test), got {list(split)}")
-    devices = list(devices)
-    if not devices:
+    profiles = [_device(d) for d in devices]
+    if not profiles:
         raise ValueError("devices must name at least one device")
-    for d in devices:
-        _device(d)
     _size(size)
     out = str(out)
     if _non_empty(out) and not overwrite:
@@ -483,7 +481,7 @@ def generate_cohort(out: str, cases: int = 60, seed: int = 0, devices: Sequence[
 
     items, dicom_items = [], []
     for index in tqdm(range(int(cases)), desc="synthetic OCT cases", unit="case", disable=not progress):
-        cls, dev = case_design(index, devices)
+        cls, dev = case_design(index, profiles)
         vol = synthesize_volume(cls, dev, size, np.random.default_rng([int(seed), index]))
         case_id = f"case_{index:04d}"
         image_rel, label_rel = f"images/{case_id}.nii.gz", f"labels/{case_id}.nii.gz"
@@ -509,8 +507,8 @@ def generate_cohort(out: str, cases: int = 60, seed: int = 0, devices: Sequence[
             "generator": "oct_foundation.data.synthetic",
             "seed": int(seed), "cases": int(cases), "size": size, "split_fractions": [float(s) for s in split],
             "array_order": "[D, H, W] = (slice, axial, lateral); affine diag(sd, sh, sw, 1) in mm",
-            "devices": {d: {"shape": list(_device(d).shape(size)), "spacing_mm": list(_device(d).spacing(size))}
-                        for d in devices},
+            "devices": {p.name: {"shape": list(p.shape(size)), "spacing_mm": list(p.spacing(size))}
+                        for p in profiles},
         },
     }
 

@@ -332,3 +332,16 @@ def test_package_readers_load_the_cohort_including_dicom(tmp_path):
         np.testing.assert_array_equal(b["image"].numpy(), np.round(a["image"].numpy() * 255))
         ds = pydicom.dcmread(str(out / f"dicom/{case_id}.dcm"))
         assert ds.Modality == "OPT" and ds.PatientID == case_id and ds.NumberOfFrames == dev.shape("tiny")[0]
+
+
+def test_custom_device_profile(tmp_path):
+    import dataclasses
+
+    dev_c = dataclasses.replace(syn.DEVICES["A"], name="C", slices={"tiny": 9}, fov_mm=(4.5, 1.0, 5.0), looks=8.0)
+    path = syn.generate_cohort(str(tmp_path / "c"), cases=3, size="tiny", devices=[dev_c], progress=False)
+    datalist = json.loads(Path(path).read_text())
+    assert {it["device"] for it in _items(datalist)} == {"C"}
+    assert datalist["metadata"]["devices"]["C"]["shape"] == [9, 32, 32]
+    image, affine = _load(Path(path).parent / _items(datalist)[0]["image"])
+    assert image.shape == (9, 32, 32)
+    np.testing.assert_allclose(np.diag(affine)[:3], (0.5, 1.0 / 32, 5.0 / 32), rtol=1e-6)
