@@ -1,6 +1,7 @@
 """Load V-JEPA 2 / V-JEPA 1 / Hugging Face ``VJEPA2Model`` weights into the package's 3D networks.
 
-Supported files (local paths or fsspec URLs, always read with ``weights_only=True``):
+Supported files (local paths or fsspec URLs; PyTorch files always read with ``weights_only=True``, so a file
+holding pickled code is refused; ``.safetensors`` files through the safetensors package when it is installed):
 
 * ``official``: the training checkpoints of facebookresearch/vjepa2 (and jepa): a dict with ``encoder``,
   ``target_encoder`` and ``predictor`` state dicts whose keys carry the ``module.`` (DDP) and ``backbone.``
@@ -21,11 +22,19 @@ see :data:`KEY_MAPPING`), then adapted to the receiving model's shapes:
 * tubelet (temporal kernel) and patch (spatial kernel) size changes redistribute the kernel by overlap of the
   old and new cells, so the sum over every new cell's kernel equals the old sum: a volume that is constant over
   the kernel keeps its embedding (tubelet 2 -> 1 sums the two taps; 2 -> 4 splits each tap in two halves);
-* additive position tables are resampled trilinearly on their ``[T, H, W]`` grid (never 1D over the sequence);
+* additive position tables are resampled trilinearly on their ``[T, H, W]`` grid (never 1D over the sequence),
+  or, for sin-cos tables and ``pos_table="recompute"``, recomputed exactly on the model's grid;
 * Hugging Face's separate query/key/value projections are fused into ``qkv``.
 
 A shape that cannot be adapted never keeps random weights silently: loading raises :class:`CheckpointError`
-with the report table. Missing or unexpected keys raise too, unless they match an explicit allow-list.
+with the report table. Missing or unexpected keys raise too, unless they match an explicit allow-list (glob
+patterns; a key in ``allow_missing`` may also keep its initial value when its file shape cannot be adapted,
+which the table shows). The file's target encoder, when there is one, fills the target encoder; otherwise the
+target encoder starts as a copy of the adapted context encoder.
+
+Example (an encoder-only video checkpoint into the OCT V-JEPA model)::
+
+    report = load_pretrained(VJEPA3D(in_chans=1, ...), "gs://bucket/vitl.pt", allow_missing=["predictor.*"])
 """
 from __future__ import annotations
 
