@@ -34,7 +34,7 @@ target encoder starts as a copy of the adapted context encoder.
 
 Example (an encoder-only video checkpoint into the OCT V-JEPA model)::
 
-    report = load_pretrained(VJEPA3D(in_chans=1, ...), "gs://bucket/vitl.pt", allow_missing=["predictor.*"])
+    report = load_pretrained(VJEPA3D(in_chans=1, ...), "gs://bucket/video_encoder.pt", allow_missing=["predictor.*"])
 """
 from __future__ import annotations
 
