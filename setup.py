@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "scikit-learn==1.9.1",
     "scikit-image==0.26.0",
+    "scipy==1.17.1",
     "jsonschema==4.26.0",
     "fire==0.7.1",  # command line of `python -m monai.bundle`
 ]
