@@ -12,7 +12,7 @@ _EXPORTS = {
     "readers": (
         "OCTImage", "NiftiOCTReader", "DicomOCTReader", "HeidelbergVolReader", "NumpyOCTReader",
         "OCTVolumeReader", "LoadOCTd", "load_oct", "write_dicom_oct", "write_heyex_vol", "OPT_SOP_CLASS_UID",
-        "OCT_SUFFIXES",
+        "OCT_SUFFIXES", "dicom_spacing", "spacing_affine", "sniff_format",
     ),
     "transforms": (
         "DEPTH_STRATEGIES", "sample_depth_indices", "DepthSubsampled", "MinDepthd", "CheckFinited",

@@ -42,6 +42,9 @@ __all__ = [
     "write_heyex_vol",
     "OPT_SOP_CLASS_UID",
     "OCT_SUFFIXES",
+    "dicom_spacing",
+    "spacing_affine",
+    "sniff_format",
 ]
 
 #: Ophthalmic Tomography Image Storage.
@@ -91,9 +94,7 @@ class OCTImage:
     extra: dict = field(default_factory=dict)
 
 
-def _finalise(
-    array: np.ndarray, path, *, channel_last: bool, sanitize_nan: bool, dtype, fmt: str
-) -> np.ndarray:
+def _finalise(array: np.ndarray, path, *, channel_last: bool, sanitize_nan: bool, dtype) -> np.ndarray:
     """Check dimensions and finiteness, return ``[C, D, H, W]``.
 
     ``array`` is ``[D, H, W]`` or 4D with channels last (``channel_last``) or first.
@@ -155,9 +156,7 @@ class _OCTReaderBase(ImageReader):
         raise NotImplementedError
 
     def _finalise(self, array, path, channel_last=False) -> np.ndarray:
-        return _finalise(
-            array, path, channel_last=channel_last, sanitize_nan=self.sanitize_nan, dtype=self.dtype, fmt=self.fmt
-        )
+        return _finalise(array, path, channel_last=channel_last, sanitize_nan=self.sanitize_nan, dtype=self.dtype)
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         """``(array [C, D, H, W], meta)``; several images are concatenated along C (same D, H, W needed)."""
@@ -429,10 +428,15 @@ def write_dicom_oct(
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
 
+    from pydicom.valuerep import DSfloat
+
+    def ds_(x: float) -> DSfloat:  # decimal strings are at most 16 characters
+        return DSfloat(float(x), auto_format=True)
+
     pm = Dataset()
-    pm.PixelSpacing = [sh, sw]
-    pm.SpacingBetweenSlices = sd
-    pm.SliceThickness = sd
+    pm.PixelSpacing = [ds_(sh), ds_(sw)]
+    pm.SpacingBetweenSlices = ds_(sd)
+    pm.SliceThickness = ds_(sd)
     po = Dataset()
     po.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     shared = Dataset()
@@ -446,7 +450,7 @@ def write_dicom_oct(
         fc.InStackPositionNumber = i + 1
         fc.DimensionIndexValues = [1, i + 1]
         pp = Dataset()
-        pp.ImagePositionPatient = [0.0, 0.0, round(i * sd, 6)]
+        pp.ImagePositionPatient = [ds_(0.0), ds_(0.0), ds_(i * sd)]
         fg = Dataset()
         fg.FrameContentSequence = DSeq([fc])
         fg.PlanePositionSequence = DSeq([pp])
@@ -693,8 +697,9 @@ def load_oct(path, reader: ImageReader | None = None, dtype=None) -> MetaTensor:
 class LoadOCTd(MapTransform):
     """Load the paths under ``keys`` (local or fsspec URL) into ``MetaTensor [C, D, H, W]``.
 
-    Use instead of ``LoadImaged`` in configs. ``reader`` defaults to :class:`OCTVolumeReader`
-    (with ``sanitize_nan`` and ``dtype``). Values that are already tensors/arrays are left alone.
+    Use instead of ``LoadImaged`` in configs. ``reader`` defaults to :class:`OCTVolumeReader` built with
+    ``sanitize_nan`` and ``dtype`` (a given ``reader`` keeps its own settings). Values that are already
+    tensors/arrays are left alone.
     """
 
     def __init__(

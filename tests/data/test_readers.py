@@ -127,6 +127,17 @@ def test_dicom_patient_tags_and_uint16(tmp_path, vol):
         write_dicom_oct(tmp_path / "c.dcm", vol + 0.5)
 
 
+def test_dicom_decimal_strings_stay_valid(tmp_path, vol):
+    spacing = (1 / 3, 1 / 7, 0.0123456789012345)
+    write_dicom_oct(tmp_path / "s.dcm", vol, spacing=spacing)
+    ds = pydicom.dcmread(str(tmp_path / "s.dcm"))
+    pm = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    ipp = ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence[0].ImagePositionPatient
+    for v in list(pm.PixelSpacing) + [pm.SpacingBetweenSlices, pm.SliceThickness] + list(ipp):
+        assert len(str(v)) <= 16  # DICOM DS limit
+    np.testing.assert_allclose(load_oct(tmp_path / "s.dcm").meta["spacing"], spacing, rtol=1e-12)
+
+
 def test_dicom_spacing_from_per_frame_groups_and_positions(tmp_path, vol):
     """A file edited with pydicom: per-frame PixelMeasures, no SpacingBetweenSlices -> plane positions."""
     p = tmp_path / "a.dcm"
