@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "scikit-image==0.26.0",
     "scipy==1.17.1",
     "jsonschema==4.26.0",
+    "safetensors==0.8.0",  # Hugging Face V-JEPA 2 weights
     "fire==0.7.1",  # command line of `python -m monai.bundle`
 ]
 
