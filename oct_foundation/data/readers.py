@@ -528,7 +528,9 @@ class HeidelbergVolReader(_OCTReaderBase):
             raise
         except Exception as e:  # construct/eyepy raise many types on short or foreign files
             kind = "E2E" if is_e2e else "VOL"
-            raise OCTInputError(path, f"cannot read HEYEX {kind} file, truncated or corrupt ({_first_line(e)})") from None
+            short = type(e).__name__ in ("StreamError", "EOFError") or isinstance(e, EOFError)
+            what = ", file truncated or corrupt" if short else ""
+            raise OCTInputError(path, f"cannot read HEYEX {kind} file{what} ({_first_line(e)})") from None
         finally:
             eyepy_log.setLevel(level)
         spacing = tuple(s if s > 0 else 1.0 for s in spacing)
