@@ -83,12 +83,9 @@ class StackOutputs:
         self.keys = list(keys)
 
     def __call__(self, output) -> tuple:
-        items = _as_list(output)
-        out = []
-        for k in self.keys:
-            vals = [torch.as_tensor(it[k]) for it in items]
-            out.append(torch.stack(vals) if len(items) > 1 or vals[0].ndim == 0 else vals[0])
-        return tuple(out)
+        if isinstance(output, Mapping):  # not decollated: values are batches already
+            return tuple(torch.as_tensor(output[k]) for k in self.keys)
+        return tuple(torch.stack([torch.as_tensor(it[k]) for it in output]) for k in self.keys)
 
 
 def _batch_items(engine) -> list[Mapping]:
@@ -235,9 +232,11 @@ class SegmentationReportHandler(_ReportHandler):
         self.report = SegmentationReport(self.num_classes, include_background, empty, layer_names)
         self.pred_key, self.label_key, self.id_key = pred_key, label_key, id_key
         self.cases_csv_path = io.join(self.output_dir, cases_csv_name) if cases_csv_name else None
+        self.shapes: list[str] = []
 
     def _reset(self, engine=None) -> None:
         self.report.reset()
+        self.shapes: list[str] = []
 
     def update(self, out: Mapping, item: Mapping) -> None:
         pred = _label_map(out[self.pred_key], self.num_classes)
@@ -245,9 +244,13 @@ class SegmentationReportHandler(_ReportHandler):
         case = item.get(self.id_key)
         cid = str(_value(case)) if case is not None else None
         self.report.update(pred[None], label[None], case_ids=[cid] if cid is not None else None)
+        self.shapes.append("x".join(str(int(s)) for s in label.shape[1:]))  # the grid scored, D x H x W
 
     def compute(self) -> dict[str, Any]:
-        return self.report.aggregate()
+        result = self.report.aggregate()
+        for case, shape in zip(result["cases"], self.shapes):
+            case["shape"] = shape
+        return result
 
     def save(self, result) -> None:
         from oct_foundation.metrics.classification import write_csv_rows

@@ -164,3 +164,37 @@ def test_multi_gpu_config_with_torchrun_two_cpu_processes(cohort, tmp_path):
     # 5 training volumes over 2 ranks (DistributedSampler, even) with batch 2 -> 1 iteration per epoch per rank
     assert state["trainer"]["iteration"] == 2
     assert "val_jepa_loss" in proc.stdout + proc.stderr
+
+
+def test_plan_controls_through_config(cohort, tmp_path):
+    """Pretrained init + LR multiplier, frozen blocks with gradual unfreezing, progressive resize, tokens-per-step
+    equalisation and keep-ratio masks, all set from the command line."""
+    from oct_foundation.networks import VJEPA3D
+
+    src = VJEPA3D(img_size=(8, 32, 32), patch_size=8, tubelet_size=2, embed_dim=32, depth=2, num_heads=2,
+                  predictor_embed_dim=32, predictor_depth=1, predictor_num_heads=2)
+    pre = tmp_path / "pretrained.pt"
+    torch.save({"encoder": src.encoder.state_dict(), "target_encoder": src.target_encoder.state_dict()}, pre)
+    root = tmp_path / "plan"
+    overrides = dict(TINY, dataset_dir=str(cohort), bundle_root=str(root), num_epochs=2, val_interval=0,
+                     pretrained_path=str(pre), pretrained_lr_mult=0.1, freeze_first_n=2, unfreeze_start_epoch=1,
+                     unfreeze_every=1, resize_schedule={"0": [16, 16], "1": [32, 32]}, tokens_per_step=256,
+                     mask_keep_ratio=0.5)
+    _run("training", ["train.json"], **overrides)
+    q1 = "encoder.blocks.1.attn.qkv.weight"
+    epoch1 = torch.load(root / "runs" / "checkpoints" / "checkpoint_1.pt", weights_only=True)["network"]
+    sd = torch.load(root / "models" / "model.pt", weights_only=True)
+    # phase 1: patch embedding and both blocks frozen -> the encoder is still the pretrained one after epoch 1
+    torch.testing.assert_close(epoch1[q1], src.encoder.blocks[1].attn.qkv.weight)
+    pk = next(k for k, v in epoch1.items() if k.startswith("predictor.") and v.ndim == 2)
+    epoch2 = torch.load(root / "runs" / "checkpoints" / "checkpoint_2.pt", weights_only=True)["network"]
+    assert not torch.equal(epoch1[pk], epoch2[pk])  # the predictor trains in every phase
+    # epoch 2: the deepest frozen block (blocks.1) is unfrozen and trains; blocks.0 and the patch embedding do not
+    assert not torch.equal(sd[q1], src.encoder.blocks[1].attn.qkv.weight)
+    torch.testing.assert_close(sd["encoder.blocks.0.attn.qkv.weight"], src.encoder.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(sd["encoder.patch_embed.proj.weight"], src.encoder.patch_embed.proj.weight)
+    ck = torch.load(root / "runs" / "checkpoints" / "checkpoint_2.pt", weights_only=True)
+    lrs = sorted({round(g["initial_lr"], 8) for g in ck["optimizer"]["param_groups"]})
+    assert lrs == [0.0002, 0.002]  # pretrained groups at 0.1 x the reference LR
+    tok = _scalars(root / "runs" / "tensorboard", "train/loss")
+    assert len(tok) == 4 and all(torch.isfinite(torch.tensor(tok)))
