@@ -380,6 +380,7 @@ def load_encoder_weights(
     """
     if source not in ENCODER_SOURCES:
         raise ValueError(f"encoder source must be one of {ENCODER_SOURCES}, got {source!r}")
+    net = getattr(net, "module", net)  # DistributedDataParallel / DataParallel wrapper
     encoder = getattr(net, "encoder", net)
     if source == "random":
         report = _report(path, "random")

@@ -66,8 +66,11 @@ def test_segmentation_train_evaluate_infer(cohort, pretrain_model, tmp_path):
     out, models = tmp_path / "runs", tmp_path / "models"
     common = dict(dataset_dir=str(cohort), output_dir=str(out), models_dir=str(models), num_workers=0,
                   decoder_channels=[8], **TINY)
+    # a short run: 4 training volumes (2 steps), 1 validation volume
     _run(SEG, "training", ["train.json"], encoder_source="model_pt", encoder_path=str(pt), freeze="all",
-         num_epochs=1, progress_bar=False, **common)
+         num_epochs=1, progress_bar=False, **common,
+         **{"train#datalist": "$oct_foundation.data.load_datalist(@datalist, 'training')[:4]",
+            "validate#datalist": "$oct_foundation.data.load_datalist(@datalist, 'validation')[:1]"})
     assert (out / "checkpoints" / "checkpoint_1.pt").exists()
     state = torch.load(models / "model.pt", weights_only=True)  # best-by-validation export, plain state dict
     assert any(k.startswith("proj.") for k in state)
@@ -173,3 +176,46 @@ def test_metadata_and_network_io(bundle):
                           config_file="configs/inference.json", n=1, device="cpu", **TINY)
     finally:
         os.chdir(cwd)
+
+
+def test_segmentation_inference_on_mixed_folder(cohort, tmp_path):
+    """A folder of NIfTI, DICOM and HEYEX .vol volumes plus a broken file: one label map per readable volume in
+    its own geometry, the broken one recorded as an error; a rerun skips finished inputs."""
+    from oct_foundation.data.readers import write_dicom_oct, write_heyex_vol
+    from oct_foundation.networks.heads import SegmentationNet
+
+    torch.manual_seed(0)
+    net = SegmentationNet(num_classes=10, decoder_channels=[8], freeze="all", in_chans=1, img_size=(4, 32, 32),
+                          patch_size=16, tubelet_size=2, embed_dim=32, depth=2, num_heads=2, pos_embed="rope")
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(net.state_dict(), models / "model.pt")
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    item = json.loads((cohort / "datalist.json").read_text())["test"][0]
+    nii = nib.load(str(cohort / item["image"]))
+    nib.save(nii, str(src / "scan_nifti.nii.gz"))
+    vol = np.asarray(nii.dataobj)
+    u8 = np.clip(vol / max(float(vol.max()), 1e-6) * 255, 0, 255).astype(np.uint8)
+    write_dicom_oct(str(src / "scan_dicom.dcm"), u8[:6, :, :24], spacing=(0.2, 0.01, 0.05), patient_id="X1")
+    write_heyex_vol(str(src / "scan_heyex.vol"), u8[:5, :20], spacing=(0.1, 0.004, 0.02))
+    (src / "broken.nii.gz").write_bytes(b"not a nifti file")
+
+    out = tmp_path / "seg"
+    kw = dict(dataset_dir=str(src), output_dir=str(out), models_dir=str(models), decoder_channels=[8], **TINY)
+    _run(SEG, "inference", ["inference.json"], **kw)
+    rows = _rows(out / "summary.csv")
+    assert len(rows) == 4
+    status = sorted(r["status"] for r in rows)
+    assert status == ["done", "done", "done", "error"]
+    bad = [r for r in rows if r["status"] == "error"][0]
+    assert bad["reason"] and str(src) not in bad["reason"]  # no input path in the shared summary
+    shapes = sorted(nib.load(str(out / r["label_map"])).shape for r in rows if r["status"] == "done")
+    assert shapes == sorted([vol.shape, (6, vol.shape[1], 24), (5, 20, vol.shape[2])])
+    dcm_out = [nib.load(str(out / r["label_map"])) for r in rows if r["status"] == "done"]
+    dcm_out = [o for o in dcm_out if o.shape == (6, vol.shape[1], 24)][0]
+    assert np.allclose(np.diag(dcm_out.affine)[:3], (0.2, 0.01, 0.05))
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")}
+    _run(SEG, "inference", ["inference.json"], **kw)  # rerun: finished volumes are skipped, not rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")} == before
