@@ -296,7 +296,10 @@ class JEPATrainer(Trainer):
 
         tokens = b * n_tokens
         should_step = engine._should_step(engine, tokens)
-        scale = tokens / engine.tokens_per_step if engine.tokens_per_step else 1.0 / engine.grad_accumulation
+        # token-weighted accumulation: a micro-batch counts for its share of the step's tokens (at most the whole
+        # step when one micro-batch alone holds more than tokens_per_step)
+        scale = (tokens / max(engine.tokens_per_step, tokens) if engine.tokens_per_step
+                 else 1.0 / engine.grad_accumulation)
 
         engine.network.train()
         module = engine._forward_module()

@@ -66,6 +66,20 @@ def trained(cohort, tmp_path_factory):
     return root
 
 
+def test_check_properties(cohort):
+    from monai.bundle import ConfigWorkflow
+
+    w = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
+                       workflow_type="train", logging_file=False, dataset_dir=str(cohort), **TINY)
+    w.initialize()
+    assert w.check_properties() == []
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    for k in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "name", "task",
+              "description", "authors", "copyright", "data_source", "data_type", "network_data_format"):
+        assert meta[k], k
+    assert meta["monai_version"] == "1.6.1" and meta["pytorch_version"] == "2.13.0"
+
+
 def test_train_writes_checkpoint_model_and_loss_falls(trained):
     ckpts = sorted(os.listdir(trained / "runs" / "checkpoints"))
     assert ckpts == ["checkpoint_2.pt", "checkpoint_3.pt"]  # n_saved=2, atomic (no partial files left)
