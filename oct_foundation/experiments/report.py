@@ -1,0 +1,188 @@
+"""Tables and plots for the experiment drivers: CSV / Markdown tables and PNG figures (matplotlib, Agg backend).
+
+Everything here works on plain rows (``list[dict]``) so that a table or figure can be rebuilt from ``results.csv``
+without rerunning anything.
+"""
+from __future__ import annotations
+
+import csv
+import io as _pyio
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from oct_foundation import io
+
+__all__ = [
+    "is_finite",
+    "format_value",
+    "markdown_table",
+    "write_csv",
+    "read_csv",
+    "plot_metric_vs",
+    "plot_curves",
+]
+
+
+def is_finite(value: Any) -> bool:
+    """True for a real number that is neither NaN nor infinite (numbers given as strings count too)."""
+    if value is None or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """A table cell: ints as ints, floats rounded to ``digits``, missing / NaN as an em dash."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10000 else str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "—"
+        if value.is_integer() and abs(value) >= 100:
+            return f"{int(value):,}" if abs(value) >= 10000 else str(int(value))
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]] | Sequence[str],
+                   digits: int = 3) -> str:
+    """GitHub Markdown table. ``columns``: ``(header, key)`` pairs, or keys used as headers.
+
+    Pipes in cell text are escaped so that an error message in a Notes column cannot break the table.
+    """
+    cols = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in columns]
+    lines = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in rows:
+        cells = [format_value(row.get(k), digits).replace("|", "\\|").replace("\n", " ") for _, k in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str, columns: Sequence[str] | None = None) -> None:
+    """Write rows atomically (columns: the given order, then any other keys in first-seen order)."""
+    keys: list[str] = list(columns or [])
+    for row in rows:
+        for k in row:
+            if k not in keys:
+                keys.append(k)
+    buf = _pyio.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    io.atomic_write(path, buf.getvalue())
+
+
+def _parse(value: str) -> Any:
+    if value == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+    """Rows of a CSV written by :func:`write_csv`, numbers parsed back (empty cells -> None)."""
+    with io.open_file(path, "r") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str, dpi: int) -> None:
+    with io.atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+
+
+def plot_metric_vs(rows: Sequence[Mapping[str, Any]], x: str, metrics: Sequence[tuple[str, str]],
+                   group: str, path: str, xlabel: str | None = None, title: str | None = None,
+                   logx: bool = False, dpi: int = 110) -> str:
+    """One panel per metric: ``metric`` against ``x``, one line per value of ``group`` (e.g. strategy).
+
+    Args:
+        rows: result rows; rows whose x or metric value is not finite are left out of that panel.
+        metrics: ``(key, label)`` pairs.
+        path: PNG file, written atomically.
+
+    Returns:
+        ``path``.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    groups = list(dict.fromkeys(str(r.get(group)) for r in rows))
+    for ax, (key, label) in zip(axes[0], metrics):
+        plotted = False
+        for g in groups:
+            pts = sorted((float(r[x]), float(r[key])) for r in rows
+                         if str(r.get(group)) == g and is_finite(r.get(x)) and is_finite(r.get(key)))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=g)
+                plotted = True
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        if logx:
+            ax.set_xscale("log")
+        if plotted:
+            ax.legend(title=group, fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str, xlabel: str, ylabel: str,
+                title: str | None = None, threshold: float | None = None, dpi: int = 110) -> str:
+    """Convergence curves: one line per name from ``(x, y)`` points (non-finite points dropped); an optional
+    horizontal threshold line. Returns ``path`` (PNG, written atomically)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    plotted = False
+    for name, pts in curves.items():
+        pts = sorted((float(a), float(b)) for a, b in pts if is_finite(a) and is_finite(b))
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+            plotted = True
+    if threshold is not None and is_finite(threshold):
+        ax.axhline(float(threshold), color="grey", linestyle="--", linewidth=1, label="threshold")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if plotted:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return path
+
+
+def first(items: Iterable[Any], pred: Callable[[Any], bool]) -> Any:
+    """The first item satisfying ``pred`` or None."""
+    for it in items:
+        if pred(it):
+            return it
+    return None
