@@ -167,7 +167,9 @@ def test_multi_gpu_config_with_torchrun_two_cpu_processes(cohort, tmp_path):
     root = tmp_path / "ddp"
     args = dict(TINY, config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")],
                 logging_file=str(CONFIGS / "logging.conf"), meta_file=str(CONFIGS / "metadata.json"),
-                dataset_dir=str(cohort), bundle_root=str(root), num_epochs=2, val_interval=1)
+                dataset_dir=str(cohort), bundle_root=str(root), num_epochs=2, val_interval=1,
+                finalize=["$torch.save(@network_def.state_dict(), @output_dir + '/rank' + str(dist.get_rank()) + '.pt')",
+                          "$dist.destroy_process_group()"])
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            str(runner), "training", json.dumps(args)]
@@ -178,6 +180,13 @@ def test_multi_gpu_config_with_torchrun_two_cpu_processes(cohort, tmp_path):
     # 5 training volumes over 2 ranks (DistributedSampler, even) with batch 2 -> 1 iteration per epoch per rank
     assert state["trainer"]["iteration"] == 2
     assert "val_jepa_loss" in proc.stdout + proc.stderr
+    # different shards and masks per rank, yet identical weights: DDP averaged the gradients
+    r0 = torch.load(root / "runs" / "rank0.pt", weights_only=True)
+    r1 = torch.load(root / "runs" / "rank1.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    exported = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(exported[k], r0[k]) for k in r0)
 
 
 def test_plan_controls_through_config(cohort, tmp_path):
