@@ -146,22 +146,27 @@ def _free_port() -> int:
 
 
 def test_multi_gpu_config_runs_distributed_on_cpu(cohort, tmp_path, monkeypatch):
-    """multi_gpu_train.json with one gloo process on CPU: DDP wrapper, distributed samplers, rank-0 handlers."""
+    """multi_gpu_train.json with the environment torchrun sets, one gloo rank on CPU: DDP wrapper, distributed
+    samplers, rank-0 handlers, process group (and Ignite's distributed state) set up and torn down."""
+    import ignite.distributed as idist
+
     for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                      MASTER_PORT=str(_free_port())).items():
         monkeypatch.setenv(k, v)
     out, models = tmp_path / "runs", tmp_path / "models"
     _run(CLS, "training", ["train.json", "multi_gpu_train.json"], dataset_dir=str(cohort), output_dir=str(out),
          models_dir=str(models), num_workers=0, encoder_source="random", num_epochs=1, progress_bar=False,
-         dist_backend="gloo", device="$torch.device('cpu')", **TINY)
-    assert not torch.distributed.is_initialized()
+         dist_backend="gloo", device="$torch.device('cpu')", **TINY,
+         **{"train#datalist": "$oct_foundation.data.load_datalist(@datalist, 'training')[:4]"})
+    assert not torch.distributed.is_initialized() and idist.get_world_size() == 1
     state = torch.load(models / "model.pt", weights_only=True)
-    assert not any(k.startswith("module.") for k in state)  # the plain network, not the DDP wrapper
+    assert state and not any(k.startswith("module.") for k in state)  # the plain network, not the DDP wrapper
+    assert (out / "checkpoints" / "checkpoint_1.pt").exists()
 
 
 @pytest.mark.parametrize("bundle", [SEG, CLS])
-def test_metadata_and_network_io(bundle):
-    from monai.bundle import verify_net_in_out
+def test_metadata_properties_and_network_io(bundle, cohort, tmp_path):
+    from monai.bundle import ConfigWorkflow, verify_net_in_out
 
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     for key in ("version", "monai_version", "pytorch_version", "network_data_format", "task"):
@@ -174,6 +179,11 @@ def test_metadata_and_network_io(bundle):
     try:
         verify_net_in_out(net_id="network_def", meta_file="configs/metadata.json",
                           config_file="configs/inference.json", n=1, device="cpu", **TINY)
+        wf = ConfigWorkflow(config_file="configs/train.json", workflow_type="train", meta_file="configs/metadata.json",
+                            logging_file="configs/logging.conf", encoder_source="random", dataset_dir=str(cohort),
+                            output_dir=str(tmp_path), models_dir=str(tmp_path / "models"), **TINY)
+        wf.initialize()
+        assert wf.check_properties() == []  # MONAI's train-workflow properties, references included
     finally:
         os.chdir(cwd)
 
