@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
 from monai.engines import Evaluator, Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
@@ -213,8 +214,6 @@ class JEPATrainer(Trainer):
         self._ddp_signature: tuple | None = None
         self._acc_tokens = 0
         self._acc_micro = 0
-        from ignite.engine import Events
-
         self.add_event_handler(Events.EPOCH_STARTED, self._reset_accumulation)
         if train_handlers:  # attached last: handlers may read the trainer's attributes (checkpoint_objects)
             self._register_handlers(train_handlers)
