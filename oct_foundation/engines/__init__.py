@@ -4,6 +4,7 @@ Names are resolved lazily (module ``__getattr__``) so that ``import oct_foundati
 bundle configs can use ``_target_: oct_foundation.engines.JEPATrainer``.
 """
 import importlib
+import os
 
 _EXPORTS = {
     "jepa_trainer": (
@@ -23,6 +24,7 @@ _EXPORTS = {
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 _MODULES = tuple(_EXPORTS)
+_HERE = os.path.dirname(__file__)
 
 __all__ = sorted(_WHERE)
 
@@ -32,7 +34,7 @@ def __getattr__(name):
         value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
         globals()[name] = value
         return value
-    if name in _MODULES:
+    if name in _MODULES or (not name.startswith("_") and os.path.exists(os.path.join(_HERE, f"{name}.py"))):
         module = importlib.import_module(f"{__name__}.{name}")
         globals()[name] = module
         return module
