@@ -31,6 +31,7 @@ __all__ = [
     "SegmentationProcessor",
     "ClassificationProcessor",
     "load_network_weights",
+    "BestModelExport",
 ]
 
 logger = logging.getLogger("oct_foundation.engines")
@@ -48,6 +49,54 @@ def load_network_weights(network: torch.nn.Module, path, strict: bool = True) ->
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise CheckpointError(path, "does not match the network: " + " ".join(lines[1:3])[:400]) from None
     return network
+
+
+class BestModelExport:
+    """Evaluator handler: when ``metric_name`` improves, write the plain ``state_dict`` of ``network`` to
+    ``path`` (``models/model.pt``) atomically (rank 0 only), plus a sidecar ``<path>.json`` with the metric,
+    its value and the trainer epoch. MONAI's ``CheckpointSaver`` writes in place, so a crash during the write
+    could leave a truncated best model; this never does. The weights load with ``weights_only=True``.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str, metric_name: str, mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.network = network
+        self.path = str(path)
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best: float | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _better(self, value: float) -> bool:
+        if value != value:  # NaN never improves
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def __call__(self, engine) -> None:
+        if self.metric_name not in engine.state.metrics:
+            raise KeyError(f"metric '{self.metric_name}' not computed (have: {sorted(engine.state.metrics)})")
+        value = float(engine.state.metrics[self.metric_name])
+        if not self._better(value):
+            return
+        self.best = value
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                torch.distributed.get_rank() != 0:
+            return
+        net = getattr(self.network, "module", self.network)
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        io.makedirs(io.dirname(self.path))
+        io.torch_save(state, self.path)
+        # a MONAI evaluator run by ValidationHandler carries the trainer's epoch
+        info = {"metric": self.metric_name, "value": value, "mode": self.mode, "epoch": int(engine.state.epoch)}
+        io.save_json(info, self.path + ".json")
+        logger.info("best %s %.4f: saved %s", self.metric_name, value, self.path)
 
 
 # ------------------------------------------------------------------------------------------- engine helpers

@@ -74,6 +74,9 @@ def test_segmentation_train_evaluate_infer(cohort, pretrain_model, tmp_path):
     assert (out / "checkpoints" / "checkpoint_1.pt").exists()
     state = torch.load(models / "model.pt", weights_only=True)  # best-by-validation export, plain state dict
     assert any(k.startswith("proj.") for k in state)
+    best = json.loads((models / "model.pt.json").read_text())
+    assert best["metric"] == "val_mean_dice" and best["epoch"] == 1 and 0.0 <= best["value"] <= 1.0
+    assert sorted(p.name for p in models.iterdir()) == ["model.pt", "model.pt.json"]  # no partial files
     # frozen encoder: the exported encoder is exactly the pretrain bundle's target encoder
     for k, v in target_state.items():
         assert torch.equal(state[f"encoder.{k}"], v), k
@@ -117,6 +120,7 @@ def test_classification_train_evaluate_infer(cohort, pretrain_model, tmp_path):
          num_epochs=1, progress_bar=False, **common)
     state = torch.load(models / "model.pt", weights_only=True)
     assert "head.weight" in state and "pooler.query" in state
+    assert json.loads((models / "model.pt.json").read_text())["metric"] == "val_accuracy"
 
     _run(CLS, "evaluating", ["train.json", "evaluate.json"], **common)
     test_items = json.loads((cohort / "datalist.json").read_text())["test"]
@@ -229,3 +233,36 @@ def test_segmentation_inference_on_mixed_folder(cohort, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")}
     _run(SEG, "inference", ["inference.json"], **kw)  # rerun: finished volumes are skipped, not rewritten
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")} == before
+
+
+def test_best_model_export_and_output_helpers(tmp_path):
+    from ignite.engine import Engine, Events
+
+    from oct_foundation.engines.downstream import BestModelExport, PrepareClassBatch, StackOutputs
+
+    net = torch.nn.Linear(2, 2)
+    values = iter([0.5, 0.4, float("nan"), 0.7])
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _metric(e):  # registered before the exporter, as metrics are in a MONAI evaluator
+        e.state.metrics["val_dice"] = next(values)
+        with torch.no_grad():
+            net.weight.add_(1.0)
+
+    path = tmp_path / "models" / "model.pt"
+    BestModelExport(net, str(path), "val_dice", mode="max").attach(engine)
+    saved = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED,
+                             lambda e: saved.append(json.loads(path.with_name("model.pt.json").read_text())["epoch"]))
+    engine.run([0], max_epochs=4)
+    assert saved == [1, 1, 1, 4]  # 0.4 and NaN are not improvements
+    assert torch.equal(torch.load(path, weights_only=True)["weight"], net.weight.detach())
+    with pytest.raises(ValueError):
+        BestModelExport(net, str(path), "val_dice", mode="higher")
+
+    out = [{"pred": torch.tensor([0.1, 0.9]), "label": torch.tensor(1)}]
+    pred, label = StackOutputs(["pred", "label"])(out)
+    assert pred.shape == (1, 2) and label.shape == (1,)
+    x, y = PrepareClassBatch(label_key="class")({"image": torch.zeros(2, 1, 2, 4, 4), "class": [2, 0]}, "cpu")
+    assert x.shape == (2, 1, 2, 4, 4) and y.tolist() == [2, 0] and y.dtype == torch.long
