@@ -112,7 +112,12 @@ def verify_bundle(bundle: Path, export: bool = True) -> BundleCheck:
     train_cfg = _config_files(bundle, "train.json")
     net_cfg = infer_cfg or train_cfg
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = {"bundle_root": str(bundle), "dataset_dir": tmp, "output_dir": tmp}
+        # Properties are resolved, so the configs need a real dataset: a tiny synthetic cohort.
+        from oct_foundation.data.synthetic import generate_cohort
+
+        data_dir = os.path.join(tmp, "cohort")
+        generate_cohort(data_dir, cases=6, seed=0, size="tiny", progress=False)
+        overrides = {"bundle_root": str(bundle), "dataset_dir": data_dir, "output_dir": os.path.join(tmp, "out")}
         try:
             _quiet(verify_net_in_out, net_id="network_def", meta_file=str(meta_file), config_file=net_cfg,
                    device="cpu", n=1, p=1, any=1, **overrides)
@@ -127,8 +132,11 @@ def verify_bundle(bundle: Path, export: bool = True) -> BundleCheck:
             if not cfg:
                 continue
             try:
+                # The bundle's own `initialize` (weight loading, output folders) is not run: only the
+                # properties are resolved, as the model zoo's checks do.
                 wf = _quiet(ConfigWorkflow, config_file=cfg, meta_file=str(meta_file), workflow_type=wtype,
-                            logging_file=str(bundle / "configs" / "logging.conf"), **overrides)
+                            logging_file=str(bundle / "configs" / "logging.conf"), init_id="_no_initialize_",
+                            **overrides)
                 _quiet(wf.initialize)
                 absent = wf.check_properties()
                 chk.results[f"properties_{wtype}"] = "ok" if not absent else f"FAILED: missing {absent}"
