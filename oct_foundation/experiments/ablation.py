@@ -74,18 +74,18 @@ PRETRAIN_VAL_KEY = "val_jepa_loss"  # JEPAEvaluator's key metric (lower is bette
 # bundles' own (paper-size) defaults on real data.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
-        "cohort": {"cases": 24, "size": "small", "seed": 0},
+        "cohort": {"cases": 20, "size": "small", "seed": 0},
         "d_targets": [8, 16],
         "strategies": ["uniform", "contiguous"],
         "d_target": 8,  # compare_init
         "network": {"image_size": [32, 32], "patch_size": 8, "tubelet_size": 2, "embed_dim": 48, "depth": 2,
                     "num_heads": 2},
         "pretrain": {"predictor_embed_dim": 32, "predictor_depth": 1, "predictor_num_heads": 2, "batch_size": 2,
-                     "num_epochs": 4, "warmup_epochs": 1, "learning_rate": 0.002, "num_workers": 0,
+                     "num_epochs": 3, "warmup_epochs": 1, "learning_rate": 0.002, "num_workers": 0,
                      "progress_bar": False, "log_interval": 5},
-        "classification": {"num_epochs": 3, "batch_size": 2, "learning_rate": 0.003, "num_workers": 0,
+        "classification": {"num_epochs": 2, "batch_size": 2, "learning_rate": 0.003, "num_workers": 0,
                            "progress_bar": False},
-        "segmentation": {"num_epochs": 2, "batch_size": 2, "learning_rate": 0.003, "num_workers": 0,
+        "segmentation": {"num_epochs": 1, "batch_size": 2, "learning_rate": 0.003, "num_workers": 0,
                          "progress_bar": False, "decoder_channels": [16, 8]},
     },
     "full": {

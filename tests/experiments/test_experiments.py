@@ -187,3 +187,22 @@ def test_distributed_command_and_markdown_escaping(tmp_path):
     assert "multi_gpu_train.json" in files[1]
     md = markdown_table([{"a": 1.23456, "b": "x|y", "c": float("nan")}], [("A", "a"), ("B", "b"), ("C", "c")])
     assert "| 1.235 | x\\|y | — |" in md
+
+
+def test_cli_arguments_route_overrides(cohort, tmp_path):
+    import argparse
+
+    from oct_foundation.experiments.ablation import add_common_arguments, main, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_common_arguments(p)
+    args = p.parse_args(["--out", str(tmp_path), "--preset", "full", "--dataset-dir", cohort, "--set", "embed_dim=64",
+                         "--set", "device=cpu", "--pretrain-set", "image_size=[48, 48]", "--pretrain-epochs", "3",
+                         "--downstream-epochs", "2", "--tasks", "classification", "--nproc-per-node", "4"])
+    settings, preset, runner = settings_from_args(args, printer=lambda s: None)
+    assert settings.network == {"embed_dim": 64} and settings.common == {"device": "cpu"}
+    assert settings.pretrain == {"image_size": [48, 48], "num_epochs": 3}
+    assert settings.classification["num_epochs"] == 2 and settings.tasks == ("classification",)
+    assert runner.mode == "subprocess" and runner.nproc_per_node == 4
+    with pytest.raises(SystemExit, match="--dataset-dir is required"):
+        main(["--out", str(tmp_path / "x"), "--preset", "full"])
