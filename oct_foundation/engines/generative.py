@@ -297,7 +297,8 @@ class ReconstructionMetric(Metric):
 
 class ValidationHistory:
     """Records the evaluator's metrics after every validation run (with the trainer's epoch), writes them as a CSV
-    (atomically, rewritten each time) and a JSON summary with the epochs to a threshold.
+    (atomically, rewritten each time) and a JSON summary with the epochs to a threshold. A run resumed from a
+    checkpoint continues the CSV: rows of earlier epochs found in it are kept.
 
     Args:
         path: CSV path (``epoch,<metric>,...``), local or URL; None keeps the history in memory only.
@@ -315,6 +316,7 @@ class ValidationHistory:
         self.threshold = threshold
         self.mode = mode
         self.history: list[dict] = []
+        self._continued = False
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -322,6 +324,12 @@ class ValidationHistory:
     def __call__(self, engine) -> None:
         row = {"epoch": int(engine.state.epoch)}
         row.update({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
+        if not self._continued and self.path and io.exists(self.path):
+            # after a resume, keep the earlier epochs of the same run (a fresh run at epoch 1 keeps none)
+            with io.open_file(self.path, "r") as f:
+                old = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+            self.history = [{**r, "epoch": int(r["epoch"])} for r in old if "epoch" in r and r["epoch"] < row["epoch"]]
+        self._continued = True
         self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
         logger.info("validation epoch %d: %s", row["epoch"],
                     ", ".join(f"{k} {v:.5g}" for k, v in row.items() if k != "epoch"))
