@@ -21,6 +21,11 @@ _EXPORTS = {
     ),
     "embedding_inference": ("EmbeddingProcessor", "run_embedding_inference", "load_network_weights"),
     "batch_inference": ("BatchInference", "anonymous_id", "list_inputs"),
+    "downstream": (
+        "PrepareClassBatch", "StackOutputs", "ClassificationReportHandler", "SegmentationReportHandler",
+        "SegmentationProcessor", "ClassificationProcessor", "BestModelExport",
+    ),
+    "maisi_inference": ("MaisiEncodeProcessor", "MaisiDecodeProcessor", "MaisiEvaluateProcessor"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 _MODULES = tuple(_EXPORTS)

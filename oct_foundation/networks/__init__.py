@@ -28,7 +28,17 @@ _EXPORTS = {
     "LoadReport": "pretrained",
     # MAISI autoencoder
     "StackedVideoVAE": "maisi",
+    "load_maisi_weights": "maisi",
+    "maisi_autoencoder_config": "maisi",
+    "check_split_safety": "maisi",
     # downstream heads
+    "SegmentationNet": "heads",
+    "ClassificationNet": "heads",
+    "AttentivePooler": "heads",
+    "load_encoder_weights": "heads",
+    "set_encoder_trainable": "heads",
+    "build_encoder": "heads",
+    "ENCODER_SOURCES": "heads",
     "SegmentationHead": "heads",
     "ClassificationProbe": "heads",
 }
