@@ -1,0 +1,834 @@
+"""Measured performance of the package against named baselines in the same run.
+
+Every figure is a ratio against a baseline measured by the same process on the same input, so a number means
+something on any machine; absolute times are shown next to it for context only. Sections:
+
+* **JEPA step** (:func:`bench_jepa`): one V-JEPA training step of :class:`~oct_foundation.networks.VJEPA3D`
+  (target encoder on all tokens without gradient, context encoder on the kept tokens, predictor, L1 loss,
+  backward, AdamW step, EMA update) against the same step built from Hugging Face transformers' ``VJEPA2Model``
+  (random weights from a ``VJEPA2Config`` of the same width, depth, heads, patch, tubelet and input; never
+  downloaded; a frozen copy of its encoder is the target encoder). The same masks go to both. Also our step at
+  mask ratios 0 / 0.5 / 0.75 / 0.9 (time relative to ratio 0) and float32 against bfloat16 autocast.
+* **MAISI wrapper** (:func:`bench_maisi`): :class:`~oct_foundation.networks.maisi.StackedVideoVAE` ``encode``
+  against one batched ``AutoencoderKlMaisi.encode`` call on the same stacks (overhead ratio, latents compared),
+  and the peak memory of both at T = 16, 64, 256, 512 frames.
+* **Data path** (:func:`bench_data`): the data layer's ``build_preprocessing`` chain (depth subsampling before
+  resampling) per volume against the chain that resamples the full depth first and subsamples afterwards.
+
+Timing: ``warmup`` untimed calls, then the median of ``repeats`` timed calls (``time.perf_counter``, CUDA
+synchronised). Peak memory on CPU: a fresh Python subprocess per measurement builds the case, calls it once,
+resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, Linux) and reports the peak RSS of a second call
+(``VmHWM``, the ``ru_maxrss`` of its own address space) minus the resident size before it; on CUDA
+``torch.cuda.max_memory_allocated`` minus the allocation before.
+
+``python scripts/benchmark.py [--quick] [--device cuda] [--out docs/performance.md]`` is the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Table",
+    "SIZES",
+    "machine_info",
+    "time_call",
+    "peak_memory_mb",
+    "measure_peak_memory",
+    "bench_jepa",
+    "bench_maisi",
+    "bench_data",
+    "run_benchmarks",
+    "render_markdown",
+    "main",
+]
+
+NOT_INSTALLED = "not installed"
+
+# ------------------------------------------------------------------------------------------------ sizes
+#: Problem sizes. ``tiny`` is for the test suite (seconds), ``quick`` for CI, ``default`` for a 2-core CPU
+#: (finishes in a few minutes). Every section reads its own sub-dict.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "jepa": {"embed_dim": 32, "depth": 1, "num_heads": 2, "predictor_embed_dim": 16, "predictor_depth": 1,
+                 "patch_size": 16, "tubelet_size": 2, "frames": 4, "size": 32, "batch": 1},
+        "maisi": {"num_channels": (4, 4, 4), "frames": 8, "size": 16, "batch": 1, "stack_size": 4,
+                  "chunk_size": 2, "memory_frames": (8, 16), "memory_size": 16},
+        "data": {"depth": 8, "size": 16, "d_targets": (2, 4)},
+        "warmup": 0, "repeats": 1,
+    },
+    "quick": {
+        "jepa": {"embed_dim": 64, "depth": 2, "num_heads": 4, "predictor_embed_dim": 32, "predictor_depth": 1,
+                 "patch_size": 16, "tubelet_size": 2, "frames": 8, "size": 64, "batch": 2},
+        "maisi": {"num_channels": (8, 8, 8), "frames": 16, "size": 32, "batch": 2, "stack_size": 4,
+                  "chunk_size": 4, "memory_frames": (16, 64, 256, 512), "memory_size": 32},
+        "data": {"depth": 32, "size": 64, "d_targets": (4, 8, 16)},
+        "warmup": 1, "repeats": 5,
+    },
+    "default": {
+        "jepa": {"embed_dim": 192, "depth": 6, "num_heads": 6, "predictor_embed_dim": 96, "predictor_depth": 2,
+                 "patch_size": 16, "tubelet_size": 2, "frames": 16, "size": 128, "batch": 2},
+        "maisi": {"num_channels": (16, 32, 32), "frames": 32, "size": 64, "batch": 2, "stack_size": 4,
+                  "chunk_size": 8, "memory_frames": (16, 64, 256, 512), "memory_size": 64},
+        "data": {"depth": 128, "size": 256, "d_targets": (8, 16, 32, 64)},
+        "warmup": 1, "repeats": 3,
+    },
+}
+
+#: OCT-like voxel spacing (mm) of the synthetic volumes in the data-path section: slice, axial, lateral.
+DATA_SPACING = (0.12, 0.004, 0.012)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+@dataclass
+class Table:
+    """One Markdown table: ``columns`` names, ``rows`` of cells (numbers or strings), ``notes`` below it."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *cells) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{self.title}: row has {len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append(list(cells))
+
+    def column(self, name: str) -> list[Any]:
+        i = self.columns.index(name)
+        return [r[i] for r in self.rows]
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in self.rows]
+        if self.notes:
+            lines.append("")
+            lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        a = abs(v)
+        if a == 0:
+            return "0"
+        if a >= 1000:
+            return f"{v:,.0f}"
+        if a >= 10:
+            return f"{v:.1f}"
+        if a >= 0.01:
+            return f"{v:.3f}"
+        return f"{v:.2e}"
+    return str(v)
+
+
+# ------------------------------------------------------------------------------------------------ machine
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """CPU count, threads, library versions and the accelerator (if any)."""
+    import monai
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "monai": monai.__version__,
+        "device": device,
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = NOT_INSTALLED
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3, device: str | torch.device = "cpu") -> dict:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls.
+
+    Returns ``{"median_s", "min_s", "max_s", "times_s"}``.
+    """
+    device = torch.device(device)
+    for _ in range(max(0, int(warmup))):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(max(1, int(repeats))):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def _rss_bytes() -> int:
+    """Current resident set size of this process (Linux ``/proc/self/statm``; else the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return _maxrss_bytes()
+
+
+def _maxrss_bytes() -> int:
+    """Peak resident size of this process.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the peak of this address space (reset by :func:`_reset_peak_rss`).
+    ``ru_maxrss`` is the fallback elsewhere; on Linux it also keeps the peak of the parent that was forked
+    before ``exec``, so a subprocess of a large process would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) if sys.platform == "darwin" else int(r) * 1024  # bytes on macOS, KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: str | torch.device = "cpu") -> float:
+    """Peak memory (MiB) that ``fn()`` adds on top of what is held before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before. CPU: peak RSS (``VmHWM`` /
+    ``ru_maxrss``) after minus
+    the resident size before (after resetting the peak mark); meaningful only in a fresh process whose
+    allocator returns freed blocks to the system, see :func:`measure_peak_memory`.
+    """
+    device = torch.device(device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    _reset_peak_rss()
+    before = _rss_bytes()
+    fn()
+    return max(0, _maxrss_bytes() - before) / 2**20
+
+
+def _repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure_peak_memory(case: str, params: dict, device: str = "cpu", threads: int | None = None,
+                        timeout: float = 600) -> float:
+    """Peak memory (MiB) of one benchmark ``case`` measured in a fresh Python subprocess.
+
+    The subprocess builds the case (:data:`_CASES`), calls it once, then measures a second call with
+    :func:`peak_memory_mb`, so imports, model construction, lazy initialisation and earlier measurements do not
+    leak into the number.
+    """
+    spec = json.dumps({"case": case, "params": params, "device": device, "threads": threads})
+    env = dict(os.environ)
+    # glibc serves every block of 4 KiB or more by mmap and unmaps it on free, so the resident size follows
+    # the live tensors instead of the heap's high-water mark (slower allocation, only in this subprocess)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "4096")
+    env["PYTHONPATH"] = _repo_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    code = "import sys; from oct_foundation.benchmarks import _probe_main; _probe_main(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"memory probe {case} {params} failed: {tail[0]}")
+    last = proc.stdout.strip().splitlines()[-1]
+    return float(json.loads(last)["peak_mb"])
+
+
+def _probe_main(spec_json: str) -> None:
+    """Entry point of the memory subprocess: build the case, measure its work, print ``{"peak_mb": x}``."""
+    spec = json.loads(spec_json)
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    device = torch.device(spec["device"])
+    work = _CASES[spec["case"]](spec["params"], device)
+    # one untimed call first: lazy initialisation (kernels paged in, CUDA context, AdamW state) stays out of
+    # the figure, which is the memory a steady-state call adds
+    work()
+    peak = peak_memory_mb(work, device)
+    print(json.dumps({"peak_mb": peak}))
+
+
+# ------------------------------------------------------------------------------------------------ JEPA
+def _jepa_net(p: dict):
+    from oct_foundation.networks import VJEPA3D
+
+    return VJEPA3D(
+        in_chans=1, img_size=(p["frames"], p["size"], p["size"]), patch_size=p["patch_size"],
+        tubelet_size=p["tubelet_size"], embed_dim=p["embed_dim"], depth=p["depth"], num_heads=p["num_heads"],
+        predictor_embed_dim=p["predictor_embed_dim"], predictor_depth=p["predictor_depth"],
+        predictor_num_heads=p["num_heads"], pos_embed="rope", use_sdpa=True,
+    )
+
+
+def _hf_config(p: dict):
+    from transformers import VJEPA2Config
+
+    return VJEPA2Config(
+        patch_size=p["patch_size"], crop_size=p["size"], frames_per_clip=p["frames"],
+        tubelet_size=p["tubelet_size"], hidden_size=p["embed_dim"], in_chans=1, num_attention_heads=p["num_heads"],
+        num_hidden_layers=p["depth"], mlp_ratio=4.0, qkv_bias=True, pred_hidden_size=p["predictor_embed_dim"],
+        pred_num_attention_heads=p["num_heads"], pred_num_hidden_layers=p["predictor_depth"], pred_mlp_ratio=4.0,
+    )
+
+
+def _jepa_input(p: dict, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(p["batch"], 1, p["frames"], p["size"], p["size"], generator=g).to(device)
+
+
+def _grid(p: dict) -> tuple[int, int, int]:
+    return (p["frames"] // p["tubelet_size"], p["size"] // p["patch_size"], p["size"] // p["patch_size"])
+
+
+def _block_masks(p: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """V-JEPA 2's short-range multiblock masks (8 blocks x 0.15 of the plane, full depth), seeded."""
+    from oct_foundation.networks import MultiBlockMask3D
+
+    ctx, tgt = MultiBlockMask3D()(p["batch"], _grid(p), generator=torch.Generator().manual_seed(0))
+    return ctx.to(device), tgt.to(device)
+
+
+def _ratio_masks(p: dict, ratio: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random masks dropping ``round(ratio * N)`` tokens per sample from the context; they are the targets.
+
+    At ratio 0 the context is every token and one token is predicted, so the predictor's load (context +
+    targets) stays about N at every ratio and only the context encoder's share changes.
+    """
+    n = math.prod(_grid(p))
+    n_mask = min(n - 1, int(round(ratio * n)))
+    g = torch.Generator().manual_seed(1)
+    ctx, tgt = [], []
+    for _ in range(p["batch"]):
+        perm = torch.randperm(n, generator=g)
+        ctx.append(perm[n_mask:].sort().values)
+        tgt.append(perm[:n_mask].sort().values if n_mask else perm[:1])
+    return torch.stack(ctx).to(device), torch.stack(tgt).to(device)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    import contextlib
+
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _ours_step(p: dict, device: torch.device, ctx=None, tgt=None, amp: torch.dtype | None = None):
+    """A closure running one training step of our VJEPA3D (see module doc)."""
+    torch.manual_seed(0)
+    net = _jepa_net(p).to(device).train()
+    x = _jepa_input(p, device)
+    if ctx is None:
+        ctx, tgt = _block_masks(p, device)
+    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-4)
+
+    def step():
+        with _autocast(device, amp):
+            pred, target = net.jepa_forward(x, ctx, tgt)
+            loss = net.jepa_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        net.ema_update(0.999)
+        return float(loss.detach())
+
+    return step
+
+
+def _hf_step(p: dict, device: torch.device, ctx=None, tgt=None):
+    """The same step with transformers' ``VJEPA2Model`` (input ``[B, T, C, H, W]``) and a frozen encoder copy.
+
+    ``VJEPA2Model`` has no masked context encoder: its encoder always sees every token and the context mask
+    selects the encoder outputs passed to the predictor, as its ``forward`` documents.
+    """
+    from transformers import VJEPA2Model
+
+    torch.manual_seed(0)
+    model = VJEPA2Model(_hf_config(p)).to(device).train()
+    target_encoder = copy.deepcopy(model.encoder).requires_grad_(False)
+    x = _jepa_input(p, device).permute(0, 2, 1, 3, 4).contiguous()
+    if ctx is None:
+        ctx, tgt = _block_masks(p, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    t_params = list(target_encoder.parameters())
+    c_params = list(model.encoder.parameters())
+
+    def step():
+        with torch.no_grad():
+            h = target_encoder(pixel_values_videos=x).last_hidden_state
+            h = F.layer_norm(h, (h.shape[-1],))
+            target = torch.gather(h, 1, tgt[..., None].expand(-1, -1, h.shape[-1]))
+        out = model(pixel_values_videos=x, context_mask=[ctx], target_mask=[tgt])
+        pred = out.predictor_output.last_hidden_state
+        loss = (pred - target).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_mul_(t_params, 0.999)
+            torch._foreach_add_(t_params, [q.detach() for q in c_params], alpha=0.001)
+        return float(loss.detach())
+
+    return step
+
+
+def _ours_encoder_step(p: dict, device: torch.device):
+    """Forward + backward of our encoder alone on every token (implementation comparison, no masking)."""
+    torch.manual_seed(0)
+    enc = _jepa_net(p).encoder.to(device).train()
+    x = _jepa_input(p, device)
+
+    def step():
+        enc.zero_grad(set_to_none=True)
+        enc(x).square().mean().backward()
+
+    return step
+
+
+def _hf_encoder_step(p: dict, device: torch.device):
+    from transformers import VJEPA2Model
+
+    torch.manual_seed(0)
+    enc = VJEPA2Model(_hf_config(p)).encoder.to(device).train()
+    x = _jepa_input(p, device).permute(0, 2, 1, 3, 4).contiguous()
+
+    def step():
+        enc.zero_grad(set_to_none=True)
+        enc(pixel_values_videos=x).last_hidden_state.square().mean().backward()
+
+    return step
+
+
+def _hf_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+        from transformers import VJEPA2Config, VJEPA2Model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench_jepa(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, memory: bool = True,
+               threads: int | None = None, ratios: Sequence[float] = (0.0, 0.5, 0.75, 0.9)) -> list[Table]:
+    """JEPA step tables: ours against ``VJEPA2Model``, mask-ratio sweep, float32 against bfloat16 autocast."""
+    dev = torch.device(device)
+    grid = _grid(p)
+    n = math.prod(grid)
+    tokens = p["batch"] * n
+    ctx, tgt = _block_masks(p, dev)
+    shape = f"[{p['batch']}, 1, {p['frames']}, {p['size']}, {p['size']}]"
+    hf_ok = _hf_available()
+
+    def mem(case: str, extra: dict | None = None):
+        if not memory:
+            return "not measured"
+        return measure_peak_memory(case, {**p, **(extra or {})}, device=device, threads=threads)
+
+    # ours vs Hugging Face
+    t = Table("JEPA training step: ours vs Hugging Face transformers VJEPA2Model",
+              ["implementation", "step", "context tokens", "median step (s)", "tokens/s", "peak memory (MiB)",
+               "ratio ours/HF (tokens/s)"])
+    ours = time_call(_ours_step(p, dev, ctx, tgt), warmup, repeats, dev)
+    ours_enc = time_call(_ours_encoder_step(p, dev), warmup, repeats, dev)
+    ours_mem, ours_enc_mem = mem("jepa_ours"), mem("jepa_ours_encoder")
+    nc = int(ctx.shape[1])
+    if hf_ok:
+        hf = time_call(_hf_step(p, dev, ctx, tgt), warmup, repeats, dev)
+        hf_enc = time_call(_hf_encoder_step(p, dev), warmup, repeats, dev)
+        hf_mem, hf_enc_mem = mem("jepa_hf"), mem("jepa_hf_encoder")
+        r_step = hf["median_s"] / ours["median_s"]
+        r_enc = hf_enc["median_s"] / ours_enc["median_s"]
+        t.add("HF VJEPA2Model", "JEPA step", n, hf["median_s"], tokens / hf["median_s"], hf_mem, 1.0)
+        t.add("ours VJEPA3D", "JEPA step", nc, ours["median_s"], tokens / ours["median_s"], ours_mem, r_step)
+        t.add("HF VJEPA2Model", "encoder fwd+bwd, all tokens", n, hf_enc["median_s"], tokens / hf_enc["median_s"],
+              hf_enc_mem, 1.0)
+        t.add("ours VJEPA3D", "encoder fwd+bwd, all tokens", n, ours_enc["median_s"],
+              tokens / ours_enc["median_s"], ours_enc_mem, r_enc)
+    else:
+        t.add("HF VJEPA2Model", "JEPA step", n, NOT_INSTALLED, NOT_INSTALLED, NOT_INSTALLED, NOT_INSTALLED)
+        t.add("ours VJEPA3D", "JEPA step", nc, ours["median_s"], tokens / ours["median_s"], ours_mem,
+              NOT_INSTALLED)
+        t.add("HF VJEPA2Model", "encoder fwd+bwd, all tokens", n, NOT_INSTALLED, NOT_INSTALLED, NOT_INSTALLED,
+              NOT_INSTALLED)
+        t.add("ours VJEPA3D", "encoder fwd+bwd, all tokens", n, ours_enc["median_s"],
+              tokens / ours_enc["median_s"], ours_enc_mem, NOT_INSTALLED)
+    t.notes += [
+        f"Input {shape} (B, C, T, H, W), token grid {grid} = {n} tokens per sample; embed {p['embed_dim']}, depth "
+        f"{p['depth']}, heads {p['num_heads']}, patch {p['patch_size']}, tubelet {p['tubelet_size']}; predictor "
+        f"embed {p['predictor_embed_dim']}, depth {p['predictor_depth']}. Both models: random weights, in_chans 1, "
+        "RoPE, SDPA attention, AdamW, EMA target encoder.",
+        f"Same masks for both: V-JEPA 2 short-range multiblock (8 blocks x 0.15), {nc} context and "
+        f"{int(tgt.shape[1])} target tokens per sample. VJEPA2Model's encoder always processes all tokens (its "
+        "context mask only selects encoder outputs for the predictor); ours runs the context encoder on the "
+        "context tokens only.",
+        "tokens/s = B x N input tokens per second; ratio > 1 means ours is faster. The encoder-only rows "
+        "compare the implementations without the masking advantage.",
+    ]
+    tables = [t]
+
+    # mask-ratio sweep
+    s = Table("JEPA step vs mask ratio (ours)",
+              ["mask ratio", "context tokens", "target tokens", "median step (s)", "tokens/s",
+               "time ratio vs mask 0"])
+    base = None
+    for r in ratios:
+        c, tg = _ratio_masks(p, r, dev)
+        res = time_call(_ours_step(p, dev, c, tg), warmup, repeats, dev)
+        base = res["median_s"] if base is None else base
+        s.add(float(r), int(c.shape[1]), int(tg.shape[1]), res["median_s"], tokens / res["median_s"],
+              res["median_s"] / base)
+    s.notes.append("Context = random tokens kept per sample, targets = the dropped ones (one token at ratio 0); "
+                   "the target encoder always sees all tokens. Cost should fall as the context shrinks.")
+    tables.append(s)
+
+    # precision
+    a = Table(f"JEPA step: float32 vs bfloat16 autocast ({dev.type}, ours)",
+              ["precision", "median step (s)", "tokens/s", "time ratio vs float32"])
+    fp32 = time_call(_ours_step(p, dev, ctx, tgt), warmup, repeats, dev)
+    bf16 = time_call(_ours_step(p, dev, ctx, tgt, amp=torch.bfloat16), warmup, repeats, dev)
+    a.add("float32", fp32["median_s"], tokens / fp32["median_s"], 1.0)
+    a.add("bfloat16 autocast", bf16["median_s"], tokens / bf16["median_s"], bf16["median_s"] / fp32["median_s"])
+    a.notes.append("Ratio < 1 means autocast is faster. On CPUs without native bfloat16 units autocast "
+                   "usually costs time (casts) rather than saving it.")
+    tables.append(a)
+    return tables
+
+
+# ------------------------------------------------------------------------------------------------ MAISI
+def _maisi_autoencoder(p: dict):
+    from oct_foundation.networks.maisi import build_maisi_autoencoder, maisi_autoencoder_config
+
+    torch.manual_seed(0)
+    return build_maisi_autoencoder(maisi_autoencoder_config(num_channels=list(p["num_channels"]))).eval()
+
+
+def _maisi_wrapper(p: dict, ae):
+    from oct_foundation.networks.maisi import StackedVideoVAE
+
+    return StackedVideoVAE(autoencoder=ae, strategy="stack", stack_size=p["stack_size"],
+                           chunk_size=p["chunk_size"]).eval()
+
+
+def _maisi_input(p: dict, frames: int, size: int, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(p["batch"], 1, frames, size, size, generator=g).to(device)
+
+
+def _to_stacks(x: torch.Tensor, s: int) -> torch.Tensor:
+    """``[B, C, T, H, W]`` (T a multiple of ``s``) -> ``[B * T/s, C, s, H, W]``, stacks of consecutive frames."""
+    b, c, t, h, w = x.shape
+    return x.reshape(b, c, t // s, s, h, w).permute(0, 2, 1, 3, 4, 5).reshape(b * (t // s), c, s, h, w)
+
+
+def _from_stacks(z: torch.Tensor, b: int) -> torch.Tensor:
+    """Inverse of :func:`_to_stacks` for latents: ``[B * n, L, s', H', W']`` -> ``[B, L, n * s', H', W']``."""
+    n = z.shape[0] // b
+    _, lc, s, h, w = z.shape
+    return z.reshape(b, n, lc, s, h, w).permute(0, 2, 1, 3, 4, 5).reshape(b, lc, n * s, h, w)
+
+
+def _maisi_raw_call(p: dict, device, frames: int, size: int):
+    ae = _maisi_autoencoder(p).to(device)
+    x = _maisi_input(p, frames, size, device)
+
+    def run():
+        with torch.no_grad():
+            return ae.encode(_to_stacks(x, p["stack_size"]))[0]
+
+    return run
+
+
+def _maisi_wrapper_call(p: dict, device, frames: int, size: int):
+    vae = _maisi_wrapper(p, _maisi_autoencoder(p)).to(device)
+    x = _maisi_input(p, frames, size, device)
+
+    def run():
+        with torch.no_grad():
+            return vae.encode(x)
+
+    return run
+
+
+def bench_maisi(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, memory: bool = True,
+                threads: int | None = None) -> list[Table]:
+    """StackedVideoVAE encode overhead over raw batched ``AutoencoderKlMaisi.encode``; peak memory against T."""
+    dev = torch.device(device)
+    frames, size = p["frames"], p["size"]
+    raw_fn = _maisi_raw_call(p, dev, frames, size)
+    wrap_fn = _maisi_wrapper_call(p, dev, frames, size)
+    z_raw = _from_stacks(raw_fn(), p["batch"])
+    z_wrap = wrap_fn()
+    diff = float((z_raw - z_wrap).abs().max()) if z_raw.shape == z_wrap.shape else float("nan")
+    raw = time_call(raw_fn, warmup, repeats, dev)
+    wrap = time_call(wrap_fn, warmup, repeats, dev)
+    vols = p["batch"]
+    t = Table("MAISI encode: StackedVideoVAE vs raw batched AutoencoderKlMaisi.encode",
+              ["implementation", "median (s)", "volumes/s", "frames/s", "overhead vs raw (%)"])
+    t.add("raw AutoencoderKlMaisi.encode (all stacks in one batch)", raw["median_s"], vols / raw["median_s"],
+          vols * frames / raw["median_s"], 0.0)
+    t.add(f"StackedVideoVAE.encode (chunk_size {p['chunk_size']})", wrap["median_s"], vols / wrap["median_s"],
+          vols * frames / wrap["median_s"], 100.0 * (wrap["median_s"] / raw["median_s"] - 1.0))
+    t.notes += [
+        f"Volumes [{p['batch']}, 1, {frames}, {size}, {size}], stacks of {p['stack_size']} frames, autoencoder "
+        f"num_channels {list(p['num_channels'])} (zoo layout otherwise), random weights, no_grad. Target: "
+        "overhead under 5%.",
+        f"Same latents: max |wrapper - raw| = {diff:.2e} (shape {tuple(z_wrap.shape)}).",
+    ]
+    tables = [t]
+
+    m = Table("MAISI encode peak memory vs frames T",
+              ["T (frames)", "StackedVideoVAE peak (MiB)", "raw one-batch peak (MiB)", "wrapper / raw"])
+    msize = p["memory_size"]
+    if memory:
+        peaks = []
+        for tf in p["memory_frames"]:
+            q = {**p, "frames": int(tf), "size": msize, "batch": 1}
+            pw = measure_peak_memory("maisi_wrapper", q, device=device, threads=threads)
+            pr = measure_peak_memory("maisi_raw", q, device=device, threads=threads)
+            peaks.append(pw)
+            m.add(int(tf), pw, pr, pw / pr if pr > 0 else float("nan"))
+        m.notes.append(f"Growth of the wrapper's peak from T={p['memory_frames'][0]} to "
+                       f"T={p['memory_frames'][-1]}: {peaks[-1] / max(peaks[0], 1e-9):.2f}x (target: flat).")
+    else:
+        for tf in p["memory_frames"]:
+            m.add(int(tf), "not measured", "not measured", "not measured")
+    m.notes.append(f"One volume [1, 1, T, {msize}, {msize}] per fresh subprocess; the wrapper encodes "
+                   f"{p['chunk_size']} stacks of {p['stack_size']} frames per call, the raw baseline all "
+                   "T / stack stacks at once. Peak = resident memory added by the encode call.")
+    tables.append(m)
+    return tables
+
+
+# ------------------------------------------------------------------------------------------------ data path
+def _data_volume(p: dict):
+    from monai.data import MetaTensor
+
+    g = torch.Generator().manual_seed(0)
+    d, s = p["depth"], p["size"]
+    x = torch.rand(1, d, s, s, generator=g)
+    affine = torch.diag(torch.tensor([*DATA_SPACING, 1.0], dtype=torch.float64))
+    return MetaTensor(x, affine=affine, meta={"filename_or_obj": "benchmark_volume"})
+
+
+def _data_chains(p: dict, d_target: int):
+    """(ours, baseline) Compose: subsample then resample, and resample full depth then subsample."""
+    from monai.transforms import Compose
+
+    from oct_foundation.data import DepthSubsampled, build_preprocessing
+
+    spacing = (DATA_SPACING[0], DATA_SPACING[1] * 2, DATA_SPACING[2] * 2)  # halve H and W
+    ours = Compose(build_preprocessing(keys=("image",), d_target=d_target, target_spacing=spacing, load=False,
+                                       train=True))
+    full = build_preprocessing(keys=("image",), d_target=None, target_spacing=spacing, load=False, train=True)
+    base = Compose(full[:-1] + [DepthSubsampled(("image",), d_target)] + full[-1:])
+    ours.set_random_state(0)
+    base.set_random_state(0)
+    return ours, base
+
+
+def bench_data(p: dict, warmup: int = 1, repeats: int = 3) -> list[Table]:
+    """Per-volume preprocessing time against ``d_target`` (subsample first) and the resample-first baseline."""
+    vol = _data_volume(p)
+    t = Table("Data path: preprocessing time per volume vs d_target",
+              ["d_target", "subsample then resample (s)", "resample full depth then subsample (s)",
+               "ratio ours/baseline", "output shape"])
+    for d in p["d_targets"]:
+        ours, base = _data_chains(p, int(d))
+        out = ours({"image": vol.clone()})["image"]
+        ref = base({"image": vol.clone()})["image"]
+        if tuple(out.shape) != tuple(ref.shape):
+            raise RuntimeError(f"data chains disagree on the output shape: {tuple(out.shape)} vs {tuple(ref.shape)}")
+        to = time_call(lambda: ours({"image": vol.clone()}), warmup, repeats)
+        tb = time_call(lambda: base({"image": vol.clone()}), warmup, repeats)
+        t.add(int(d), to["median_s"], tb["median_s"], to["median_s"] / tb["median_s"], str(tuple(out.shape)))
+    t.notes.append(f"Volume [1, {p['depth']}, {p['size']}, {p['size']}] in memory (spacing {DATA_SPACING} mm), "
+                   "chain = build_preprocessing(load=False, target_spacing halving H and W, percentile "
+                   "normalisation); ours keeps d_target slices first, the baseline resamples and normalises "
+                   "all slices, then subsamples. Ours should grow with d_target, the baseline stays flat.")
+    return [t]
+
+
+# ------------------------------------------------------------------------------------------------ cases
+def _case_jepa_ours(params, device):
+    return _ours_step(params, device)
+
+
+def _case_jepa_hf(params, device):
+    return _hf_step(params, device)
+
+
+def _case_maisi(kind):
+    def build(params, device):
+        f = _maisi_wrapper_call if kind == "wrapper" else _maisi_raw_call
+        return f(params, device, int(params["frames"]), int(params["size"]))
+
+    return build
+
+
+#: Cases a memory subprocess can build: name -> ``(params, device) -> work`` closure.
+_CASES: dict[str, Callable[[dict, torch.device], Callable[[], Any]]] = {
+    "jepa_ours": _case_jepa_ours,
+    "jepa_hf": _case_jepa_hf,
+    "jepa_ours_encoder": lambda params, device: _ours_encoder_step(params, device),
+    "jepa_hf_encoder": lambda params, device: _hf_encoder_step(params, device),
+    "maisi_wrapper": _case_maisi("wrapper"),
+    "maisi_raw": _case_maisi("raw"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+SECTIONS = ("jepa", "maisi", "data")
+
+
+def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequence[str] = SECTIONS,
+                   memory: bool = True, threads: int | None = None, progress: bool = True) -> dict:
+    """Run the chosen sections at a preset of :data:`SIZES`; returns ``{"machine", "size", "tables", "seconds"}``."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        raise ValueError(f"unknown sections {bad}; choose from {SECTIONS}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    if threads:
+        torch.set_num_threads(int(threads))
+    cfg = SIZES[size]
+    w, r = cfg["warmup"], cfg["repeats"]
+    tables: list[Table] = []
+    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else "n/a"
+    t0 = time.perf_counter()
+    seconds = {}
+    for sec in sections:
+        if progress:
+            print(f"[benchmark] {sec} ({size}, {device}) ...", file=sys.stderr, flush=True)
+        s0 = time.perf_counter()
+        if sec == "jepa":
+            tables += bench_jepa(cfg["jepa"], device, w, r, memory, threads=torch.get_num_threads())
+        elif sec == "maisi":
+            tables += bench_maisi(cfg["maisi"], device, w, r, memory, threads=torch.get_num_threads())
+        else:
+            tables += bench_data(cfg["data"], w, r)
+        seconds[sec] = time.perf_counter() - s0
+    seconds["total"] = time.perf_counter() - t0
+    info = machine_info(device)
+    info["load average (1 min) at start"] = load_start
+    info["load average (1 min) at end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else "n/a"
+    return {"machine": info, "size": size, "tables": tables, "seconds": seconds,
+            "warmup": w, "repeats": r}
+
+
+def render_markdown(report: dict, command: str) -> str:
+    """The report as Markdown: command, machine, method, then every table."""
+    m = report["machine"]
+    lines = [
+        "# Performance",
+        "",
+        "Measured ratios against a named baseline run in the same process on the same input. Absolute times "
+        "depend on the machine (and on anything else it runs at the time); the ratios are the claims.",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "## Machine",
+        "",
+        "| item | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in m.items()]
+    lines += [
+        "",
+        "## Method",
+        "",
+        f"- Timing: {report['warmup']} warm-up call(s), then the median of {report['repeats']} timed calls "
+        "(`time.perf_counter`, CUDA synchronised); `torch.set_num_threads` as in the machine table.",
+        "- Peak memory on CPU: a fresh Python subprocess per measurement builds the case, resets the peak-RSS "
+        "mark (`/proc/self/clear_refs`) and reports the peak RSS (`VmHWM`, the `ru_maxrss` of its own address "
+        "space; plain `ru_maxrss` would also carry the peak of the forked parent) after the work minus the "
+        "resident size before it, on the second call (the first initialises kernels and the AdamW state), with "
+        "glibc told to unmap freed blocks (`MALLOC_MMAP_THRESHOLD_=4096`) so that resident size follows live "
+        "tensors. On CUDA: `torch.cuda.max_memory_allocated` minus the allocation before.",
+        f"- Sizes: preset `{report['size']}` of `oct_foundation.benchmarks.SIZES`; wall time per section (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + ".",
+        "",
+        "## Results",
+        "",
+    ]
+    for t in report["tables"]:
+        lines += [t.to_markdown(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark oct-foundation against named baselines.")
+    parser.add_argument("--quick", action="store_true", help="CI-friendly sizes (about a minute on 2 CPU cores)")
+    parser.add_argument("--size", choices=sorted(SIZES), default=None, help="size preset (overrides --quick)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--out", default=None, help="write the Markdown report here (atomically)")
+    args = parser.parse_args(argv)
+    size = args.size or ("quick" if args.quick else "default")
+    report = run_benchmarks(size, args.device, [s for s in args.sections.split(",") if s], not args.no_memory,
+                            args.threads)
+    command = "python scripts/benchmark.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
+                                               if (argv if argv is not None else sys.argv[1:]) else "")
+    text = render_markdown(report, command.strip())
+    if args.out:
+        from oct_foundation.io import atomic_write
+
+        atomic_write(args.out, text + "\n")
+        print(f"[benchmark] wrote {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
