@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The whole project on a synthetic OCT cohort, through the real bundle command line:
+#   1. generate the cohort (NIfTI + DICOM, datalist)          -> $OUT/cohort
+#   2. V-JEPA pretraining (oct_vjepa_pretrain)                 -> $OUT/pretrain
+#   3. embeddings of every test volume at full depth           -> $OUT/embeddings
+#   4. MAISI stacked encode / decode / reconstruction quality  -> $OUT/maisi
+#   5. disease classification: pretrained vs random encoder    -> $OUT/classification_{pretrained,random}
+#   6. retinal layer segmentation on the pretrained encoder    -> $OUT/segmentation
+# Sizes are set for a 2-core CPU (about 10-15 minutes). Knobs: OUT, CASES, PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
+# Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+OUT="$(realpath -m "${OUT:-demo_output}")"
+CASES="${CASES:-48}"
+PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-12}"
+PROBE_EPOCHS="${PROBE_EPOCHS:-15}"
+SEG_EPOCHS="${SEG_EPOCHS:-6}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
+BUNDLE="python -m monai.bundle run"
+B="$ROOT/bundles"
+# One encoder shape for every step (the downstream bundles must build what pretraining saved).
+NET=(--image_size "[64, 64]" --d_target 16 --patch_size 16 --tubelet_size 2 --embed_dim 96 --depth 4 --num_heads 4)
+PRED=(--predictor_embed_dim 64 --predictor_depth 2 --predictor_num_heads 4)
+COMMON=(--num_workers 0 --device "\$torch.device('cpu')")
+PY="$VPY"
+run() { echo; echo "=== $1"; shift; echo "+ $*" | cut -c1-400; ( cd "$ROOT" && "$@" ); }
+mkdir -p "$OUT"
+
+# 1. Synthetic cohort
+if [ ! -f "$OUT/cohort/datalist.json" ]; then
+  run "1/6 synthetic OCT cohort ($CASES cases, 2 devices, 3 classes)" \
+    "$PY" -m oct_foundation.data.synthetic --out "$OUT/cohort" --cases "$CASES" --seed 0 --size small --dicom
+else echo "=== 1/6 cohort exists: $OUT/cohort"; fi
+
+# 2. Pretraining
+if [ ! -f "$OUT/pretrain/models/model.pt" ]; then
+  run "2/6 V-JEPA pretraining ($PRETRAIN_EPOCHS epochs)" \
+    "$PY" -m monai.bundle run training --config_file "$B/oct_vjepa_pretrain/configs/train.json" \
+      --dataset_dir "$OUT/cohort" --bundle_root "$OUT/pretrain" --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
+      "${NET[@]}" "${PRED[@]}" "${COMMON[@]}" --d_full 32 --num_epochs "$PRETRAIN_EPOCHS" --warmup_epochs 2 \
+      --batch_size 4 --learning_rate 0.001 --log_interval 5
+else echo "=== 2/6 pretrained model exists: $OUT/pretrain/models/model.pt"; fi
+
+# 3. Embeddings (collaborator-style inference on a folder of NIfTI files)
+run "3/6 embeddings at full depth" \
+  "$PY" -m monai.bundle run --config_file "$B/oct_vjepa_pretrain/configs/inference.json" \
+    --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
+    --input_dir "$OUT/cohort/images" --output_dir "$OUT/embeddings" --model_path "$OUT/pretrain/models/model.pt" \
+    "${NET[@]}" "${PRED[@]}" "${COMMON[@]}"
+
+# 4. MAISI stacked video VAE (small random-init autoencoder: the real weights are licensed separately)
+run "4/6 MAISI stacked encode (random-init small autoencoder; see bundles/oct_maisi_vae_encode/docs)" \
+  "$PY" -m monai.bundle run --config_file "$B/oct_maisi_vae_encode/configs/inference.json" \
+    --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
+    --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/latents" --allow_random_init true \
+    --num_channels "[8, 8, 8]" "${COMMON[@]}"
+run "4/6 MAISI reconstruction quality" \
+  "$PY" -m monai.bundle run --config_file "['$B/oct_maisi_vae_encode/configs/inference.json','$B/oct_maisi_vae_encode/configs/evaluate.json']" \
+    --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
+    --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/eval" --allow_random_init true \
+    --num_channels "[8, 8, 8]" "${COMMON[@]}"
+
+# 5. Classification: the same linear probe on the pretrained and on a random encoder of the same shape
+for SRC in pretrained random; do
+  if [ "$SRC" = pretrained ]; then ENC=(--encoder_source model_pt --encoder_path "$OUT/pretrain/models/model.pt");
+  else ENC=(--encoder_source random); fi
+  D="$OUT/classification_$SRC"
+  if [ ! -f "$D/models/model.pt" ]; then
+    run "5/6 classification linear probe, $SRC encoder ($PROBE_EPOCHS epochs)" \
+      "$PY" -m monai.bundle run training --config_file "$B/oct_disease_classification/configs/train.json" \
+        --logging_file "$B/oct_disease_classification/configs/logging.conf" \
+        --dataset_dir "$OUT/cohort" --bundle_root "$D" "${ENC[@]}" "${NET[@]}" "${COMMON[@]}" \
+        --num_epochs "$PROBE_EPOCHS" --learning_rate 0.01 --seed 0
+  fi
+  run "5/6 classification evaluation on the test split, $SRC encoder" \
+    "$PY" -m monai.bundle run evaluating \
+      --config_file "['$B/oct_disease_classification/configs/train.json','$B/oct_disease_classification/configs/evaluate.json']" \
+      --logging_file "$B/oct_disease_classification/configs/logging.conf" \
+      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${NET[@]}" "${COMMON[@]}"
+done
+
+# 6. Segmentation on the pretrained encoder (frozen), evaluated on full depth
+D="$OUT/segmentation"
+if [ ! -f "$D/models/model.pt" ]; then
+  run "6/6 layer segmentation head on the pretrained encoder ($SEG_EPOCHS epochs)" \
+    "$PY" -m monai.bundle run training --config_file "$B/oct_layer_segmentation/configs/train.json" \
+      --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
+      --dataset_dir "$OUT/cohort" --bundle_root "$D" --encoder_source model_pt \
+      --encoder_path "$OUT/pretrain/models/model.pt" "${NET[@]}" "${COMMON[@]}" --num_epochs "$SEG_EPOCHS"
+fi
+run "6/6 segmentation evaluation (Dice, IoU per layer, full depth)" \
+  "$PY" -m monai.bundle run evaluating \
+    --config_file "['$B/oct_layer_segmentation/configs/train.json','$B/oct_layer_segmentation/configs/evaluate.json']" \
+    --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
+    --dataset_dir "$OUT/cohort" --bundle_root "$D" "${NET[@]}" "${COMMON[@]}"
+
+"$PY" -m oct_foundation.demo_summary "$OUT"
