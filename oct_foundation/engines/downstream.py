@@ -341,16 +341,34 @@ class _VolumeProcessor:
         self.amp = bool(amp)
 
     def _read(self, item: Mapping) -> tuple[torch.Tensor, dict]:
+        """``(x [C, d, h, w] preprocessed, geometry of the input as read)``.
+
+        An item holding a path is loaded and preprocessed here; an item already loaded and preprocessed (a
+        MONAI ``Dataset`` given to ``BatchInference``) is used as is, its input geometry read from the meta
+        the reader recorded (``spatial_shape``, ``original_affine``), which resizing keeps.
+        """
         if self.image_key not in item:
             raise OCTInputError("<input>", f"item has no '{self.image_key}'")
-        data = self.loader(dict(item))
-        img = data[self.image_key]
-        meta = dict(getattr(img, "meta", {}) or {})
-        if img.ndim != 4:
-            raise OCTInputError(item[self.image_key], f"expected a volume [C, D, H, W], got {tuple(img.shape)}")
-        geometry = {"shape": tuple(int(s) for s in img.shape[1:]), "spacing": meta.get("spacing"),
-                    "affine": meta.get("original_affine", meta.get("affine"))}
-        x = self.transforms(data)[self.image_key]
+        img = item[self.image_key]
+        if isinstance(img, (str, os.PathLike)):
+            data = self.loader(dict(item))
+            img = data[self.image_key]
+            if img.ndim != 4:
+                raise OCTInputError(item[self.image_key], f"expected a volume [C, D, H, W], got {tuple(img.shape)}")
+            meta = dict(getattr(img, "meta", {}) or {})
+            geometry = {"shape": tuple(int(s) for s in img.shape[1:]), "spacing": meta.get("spacing"),
+                        "affine": meta.get("original_affine", meta.get("affine"))}
+            x = self.transforms(data)[self.image_key]
+        else:
+            x = img
+            if x.ndim != 4:
+                raise OCTInputError("<input>", f"expected a volume [C, D, H, W], got {tuple(x.shape)}")
+            meta = dict(getattr(x, "meta", {}) or {})
+            shape = meta.get("spatial_shape")
+            shape = tuple(int(s) for s in np.asarray(shape).reshape(-1)[:3]) if shape is not None else \
+                tuple(int(s) for s in x.shape[1:])
+            geometry = {"shape": shape, "spacing": meta.get("spacing"),
+                        "affine": meta.get("original_affine", meta.get("affine"))}
         x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
         return x.float(), geometry
 

@@ -21,7 +21,33 @@ import torch
 from oct_foundation import io
 from oct_foundation.errors import OCTInputError
 
-__all__ = ["EmbeddingProcessor", "run_embedding_inference", "load_network_weights"]
+__all__ = ["EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference", "load_network_weights"]
+
+
+def _vjepa_base():
+    from oct_foundation.networks import VJEPA3D
+
+    return VJEPA3D
+
+
+class VJEPAEmbedding(_vjepa_base()):
+    """A :class:`~oct_foundation.networks.VJEPA3D` whose ``forward`` returns pooled embeddings.
+
+    ``forward(x [B, C, T, H, W]) -> [B, E]``: the mean of the tokens of the target encoder (with
+    ``use_target_encoder``, what V-JEPA evaluates) or of the context encoder. The parameters (and so the
+    ``state_dict`` names) are exactly those of ``VJEPA3D``, so the pretraining bundle's ``models/model.pt``
+    loads unchanged; only the output differs, which lets the inference config's ``network_def`` describe
+    what inference writes (one ``[E]`` vector per volume) and export to TorchScript with that output.
+    T, H, W must be multiples of the tubelet and patch sizes (:class:`EmbeddingProcessor` pads by edge
+    replication before calling the encoder).
+    """
+
+    def __init__(self, *args, use_target_encoder: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.use_target_encoder = bool(use_target_encoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.encode(x, pool="mean", target=self.use_target_encoder)
 
 
 def load_network_weights(network: torch.nn.Module, path: str | None, strict: bool = True) -> torch.nn.Module:
@@ -57,6 +83,11 @@ class EmbeddingProcessor:
         use_target_encoder: for a ``VJEPA3D``, use the EMA target encoder (what V-JEPA evaluates) or the context
             encoder.
         amp: bf16 autocast.
+        inferer: a MONAI ``Inferer`` (``inferer(inputs, network)``) that runs the encoder on the
+            ``[1, C, D, H, W]`` batch (default ``SimpleInferer``); the encoder returns tokens ``[1, N, E]``.
+
+    Items given as paths are read and preprocessed with ``transforms``; items already loaded (from a MONAI
+    ``Dataset`` given to ``BatchInference``) hold ``{"image": MetaTensor [C, D, H, W]}`` and are used as is.
     """
 
     def __init__(
@@ -72,6 +103,7 @@ class EmbeddingProcessor:
         normalize: bool | str = True,
         amp: bool = False,
         image_key: str = "image",
+        inferer: Callable | None = None,
     ) -> None:
         if fmt not in ("pt", "npy"):
             raise ValueError(f"fmt must be 'pt' or 'npy', got {fmt!r}")
@@ -95,6 +127,11 @@ class EmbeddingProcessor:
         self.fmt = fmt
         self.amp = bool(amp)
         self.image_key = image_key
+        if inferer is None:
+            from monai.inferers import SimpleInferer
+
+            inferer = SimpleInferer()
+        self.inferer = inferer
         pe = getattr(self.encoder, "patch_embed", None)
         kernel = getattr(getattr(pe, "proj", None), "kernel_size", None)
         self.kernel = tuple(int(k) for k in kernel) if kernel is not None else (1, 1, 1)
@@ -146,7 +183,7 @@ class EmbeddingProcessor:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else torch.autocast(
             self.device.type, enabled=False)
         with autocast:
-            tokens = self.encoder(xb)[0].float()  # [N, E]
+            tokens = self.inferer(xb, self.encoder)[0].float()  # [N, E]
         if not torch.isfinite(tokens).all():
             raise OCTInputError(item.get(self.image_key, "<input>"), "encoder produced non-finite values")
         emb = tokens.mean(dim=0)

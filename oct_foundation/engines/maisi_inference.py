@@ -51,13 +51,23 @@ def default_maisi_transforms(keys: Sequence[str] = ("image",)):
 
 
 class _VolumeProcessor:
+    """Shared reading and encoding. Items given as paths are read with ``transforms``; items already loaded
+    (a MONAI ``Dataset`` given to ``BatchInference``: ``{"image": MetaTensor [C, D, H, W]}``) are used as is.
+    ``inferer`` (a MONAI ``Inferer``, default ``SimpleInferer``) runs the streamed encoder on ``[1, C, D, H, W]``.
+    """
+
     def __init__(self, network: StackedVideoVAE, device="cpu", transforms: Callable | None = None,
-                 image_key: str = "image", frame_chunk: int = 64):
+                 image_key: str = "image", frame_chunk: int = 64, inferer: Callable | None = None):
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.transforms = transforms if transforms is not None else default_maisi_transforms((image_key,))
         self.image_key = image_key
         self.frame_chunk = int(frame_chunk)
+        if inferer is None:
+            from monai.inferers import SimpleInferer
+
+            inferer = SimpleInferer()
+        self.inferer = inferer
 
     def _volume(self, item: Mapping) -> tuple[torch.Tensor, tuple[float, float, float]]:
         """``[C, D, H, W]`` float32 in [0, 1] and the voxel spacing."""
@@ -79,11 +89,16 @@ class _VolumeProcessor:
         spacing = tuple(float(s) for s in np.asarray(spacing).reshape(-1)[:3]) if spacing is not None else (1.0,) * 3
         return x.float(), spacing
 
+    def _stream_encode(self, xb: torch.Tensor) -> torch.Tensor:
+        """``[1, C, D, H, W]`` (any device) -> latents ``[1, latent_channels, D', H', W']``, handed to the
+        network ``frame_chunk`` B-scans at a time (memory does not grow with D)."""
+        chunks = (c.to(self.device) for c in xb.split(self.frame_chunk, 2))
+        return torch.cat(list(self.network.encode_stream(chunks)), 2)
+
     @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``[C, D, H, W] -> [latent_channels, D', H', W']``, fed to the network ``frame_chunk`` B-scans at a time."""
-        chunks = (c.to(self.device) for c in x[None].split(self.frame_chunk, 2))
-        return torch.cat(list(self.network.encode_stream(chunks)), 2)[0].cpu()
+        """``[C, D, H, W] -> [latent_channels, D', H', W']`` through the inferer."""
+        return self.inferer(x[None], self._stream_encode)[0].cpu()
 
     @torch.no_grad()
     def _decode(self, z: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -120,11 +135,12 @@ class MaisiEncodeProcessor(_VolumeProcessor):
             (default :func:`default_maisi_transforms`).
         fmt: ``"pt"`` or ``"npy"`` for the latent file.
         frame_chunk: B-scans handed to the network at a time (it streams; memory does not grow with D).
+        inferer: MONAI inferer that runs the streamed encoder (default ``SimpleInferer``).
     """
 
     def __init__(self, network: StackedVideoVAE, device="cpu", transforms: Callable | None = None,
-                 fmt: str = "pt", image_key: str = "image", frame_chunk: int = 64):
-        super().__init__(network, device, transforms, image_key, frame_chunk)
+                 fmt: str = "pt", image_key: str = "image", frame_chunk: int = 64, inferer: Callable | None = None):
+        super().__init__(network, device, transforms, image_key, frame_chunk, inferer)
         if fmt not in ("pt", "npy"):
             raise ValueError(f"fmt must be 'pt' or 'npy', got {fmt!r}")
         self.fmt = fmt
@@ -223,8 +239,9 @@ class MaisiEvaluateProcessor(_VolumeProcessor):
     """
 
     def __init__(self, network: StackedVideoVAE, device="cpu", transforms: Callable | None = None,
-                 data_range: float = 1.0, save_grid: bool = True, image_key: str = "image", frame_chunk: int = 64):
-        super().__init__(network, device, transforms, image_key, frame_chunk)
+                 data_range: float = 1.0, save_grid: bool = True, image_key: str = "image", frame_chunk: int = 64,
+                 inferer: Callable | None = None):
+        super().__init__(network, device, transforms, image_key, frame_chunk, inferer)
         self.data_range = float(data_range)
         self.save_grid = bool(save_grid)
 

@@ -73,3 +73,33 @@ def test_memory_output_and_weights(tmp_path, memfs):
 
         emb = torch.load(io.BytesIO(f.read()), weights_only=True)
     assert emb.shape == (32,) and torch.isfinite(emb).all()
+
+
+def test_vjepa_embedding_network_matches_processor(tmp_path):
+    """The inference ``network_def`` (VJEPAEmbedding) loads a VJEPA3D state_dict as is and returns the pooled
+    embedding that the processor writes (through a MONAI inferer), for both encoders."""
+    from monai.inferers import SimpleInferer
+
+    from oct_foundation.engines.embedding_inference import VJEPAEmbedding
+
+    net = tiny_net(seed=3)
+    kw = dict(img_size=(8, 32, 32), patch_size=8, tubelet_size=2, embed_dim=32, depth=2, num_heads=2,
+              predictor_embed_dim=32, predictor_depth=1, predictor_num_heads=2)
+    with torch.no_grad():
+        for p in net.target_encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    _write_nifti(tmp_path / "a.nii.gz", 8, seed=4)
+    x = None
+    for target in (True, False):
+        emb_net = VJEPAEmbedding(use_target_encoder=target, **kw)
+        emb_net.load_state_dict(net.state_dict(), strict=True)  # same parameter names as VJEPA3D
+        proc = EmbeddingProcessor(emb_net, image_size=(32, 32), use_target_encoder=target, inferer=SimpleInferer())
+        loaded = proc.transforms({"image": str(tmp_path / "a.nii.gz")})  # what a MONAI Dataset hands over
+        x = loaded["image"].as_tensor()[None]
+        row = proc(loaded, str(tmp_path / f"e{int(target)}"))
+        got = torch.load(tmp_path / row["embedding"], weights_only=True)
+        with torch.no_grad():
+            ref = emb_net.eval()(x)[0]
+        assert ref.shape == (32,)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ref, net.encode(x, pool="mean", target=target)[0].detach(), rtol=1e-4, atol=1e-5)
