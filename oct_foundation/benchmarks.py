@@ -54,6 +54,7 @@ __all__ = [
     "bench_maisi",
     "bench_data",
     "run_benchmarks",
+    "summarize",
     "render_markdown",
     "main",
 ]
@@ -764,6 +765,64 @@ def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequenc
             "warmup": w, "repeats": r}
 
 
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def summarize(tables: Sequence[Table]) -> list[str]:
+    """One line per claim, computed from the tables (nothing is asserted that the tables do not show)."""
+    by = {t.title: t for t in tables}
+    out: list[str] = []
+    for title, t in by.items():
+        if title.startswith("JEPA training step"):
+            rows = {(r[0], r[1]): r for r in t.rows}
+            step = _num(rows.get(("ours VJEPA3D", "JEPA step"), [None] * 7)[6])
+            enc = _num(rows.get(("ours VJEPA3D", "encoder fwd+bwd, all tokens"), [None] * 7)[6])
+            if step is None:
+                out.append("JEPA step vs Hugging Face: not measured (transformers not installed).")
+            else:
+                out.append(f"JEPA step: ours processes {step:.2f}x the tokens/s of the VJEPA2Model step on the same "
+                           f"input and masks; encoder alone on all tokens (no masking advantage): {enc:.2f}x.")
+                mo = _num(rows[("ours VJEPA3D", "JEPA step")][5])
+                mh = _num(rows[("HF VJEPA2Model", "JEPA step")][5])
+                if mo is not None and mh is not None and mh > 0:
+                    out.append(f"JEPA step peak memory: ours {mo:.0f} MiB vs VJEPA2Model {mh:.0f} MiB "
+                               f"({mo / mh:.2f}x).")
+        elif title.startswith("JEPA step vs mask ratio"):
+            ratios = [_num(v) for v in t.column("time ratio vs mask 0")]
+            masks = t.column("mask ratio")
+            falling = all(a is not None and b is not None and b <= a for a, b in zip(ratios, ratios[1:]))
+            out.append("Mask ratio: step time relative to ratio 0 is "
+                       + ", ".join(f"{m:g} -> {r:.2f}" for m, r in zip(masks, ratios))
+                       + (" (falls monotonically as the context shrinks)." if falling
+                          else " (NOT monotonic in this run)."))
+        elif title.startswith("JEPA step: float32 vs bfloat16"):
+            r = _num(t.rows[1][3])
+            out.append(f"bfloat16 autocast step time = {r:.2f}x float32 "
+                       + ("(faster)." if r is not None and r < 1 else "(slower on this device)."))
+        elif title.startswith("MAISI encode: StackedVideoVAE"):
+            ov = _num(t.rows[1][4])
+            out.append(f"MAISI wrapper overhead over raw batched encode: {ov:+.1f}% "
+                       + ("(within the 5% target)." if ov is not None and ov < 5 else "(above the 5% target)."))
+        elif title.startswith("MAISI encode peak memory"):
+            w = [_num(v) for v in t.column("StackedVideoVAE peak (MiB)")]
+            r = [_num(v) for v in t.column("raw one-batch peak (MiB)")]
+            tt = t.column("T (frames)")
+            if all(v is not None for v in w + r) and w and w[0] > 0 and r[0] > 0:
+                out.append(f"MAISI peak memory from T={tt[0]} to T={tt[-1]}: wrapper {w[0]:.0f} -> {w[-1]:.0f} MiB "
+                           f"({w[-1] / w[0]:.2f}x), raw one-batch {r[0]:.0f} -> {r[-1]:.0f} MiB "
+                           f"({r[-1] / r[0]:.2f}x).")
+        elif title.startswith("Data path"):
+            d = t.column("d_target")
+            ours = [_num(v) for v in t.column("subsample then resample (s)")]
+            ratio = [_num(v) for v in t.column("ratio ours/baseline")]
+            if all(v is not None for v in ours + ratio):
+                out.append(f"Data path: from d_target {d[0]} to {d[-1]} the chain takes {ours[0]:.3f} -> "
+                           f"{ours[-1]:.3f} s per volume ({ours[-1] / ours[0]:.1f}x); relative to resampling the "
+                           f"full depth first: {ratio[0]:.2f}x -> {ratio[-1]:.2f}x.")
+    return out
+
+
 def render_markdown(report: dict, command: str) -> str:
     """The report as Markdown: command, machine, method, then every table."""
     m = report["machine"]
@@ -799,6 +858,12 @@ def render_markdown(report: dict, command: str) -> str:
         "tensors. On CUDA: `torch.cuda.max_memory_allocated` minus the allocation before.",
         f"- Sizes: preset `{report['size']}` of `oct_foundation.benchmarks.SIZES`; wall time per section (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + ".",
+        "",
+        "## Summary (computed from the tables below)",
+        "",
+    ]
+    lines += [f"- {line}" for line in summarize(report["tables"])]
+    lines += [
         "",
         "## Results",
         "",

@@ -99,7 +99,7 @@ def test_cli_writes_markdown_with_command_and_machine(tmp_path):
     assert B.main(["--size", "tiny", "--sections", "data", "--no-memory", "--out", str(out)]) == 0
     text = out.read_text()
     assert "python scripts/benchmark.py --size tiny --sections data --no-memory --out" in text
-    for key in ("cpu_count", "torch_threads", "| torch |", "Data path"):
+    for key in ("cpu_count", "torch_threads", "| torch |", "Data path", "## Summary", "- Data path: from d_target"):
         assert key in text
     with pytest.raises(ValueError, match="sections"):
         B.run_benchmarks("tiny", sections=["nope"])
