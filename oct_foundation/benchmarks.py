@@ -82,10 +82,10 @@ SIZES: dict[str, dict[str, Any]] = {
         "warmup": 1, "repeats": 5,
     },
     "default": {
-        "jepa": {"embed_dim": 192, "depth": 6, "num_heads": 6, "predictor_embed_dim": 96, "predictor_depth": 2,
+        "jepa": {"embed_dim": 192, "depth": 4, "num_heads": 6, "predictor_embed_dim": 96, "predictor_depth": 2,
                  "patch_size": 16, "tubelet_size": 2, "frames": 16, "size": 128, "batch": 2},
         "maisi": {"num_channels": (16, 32, 32), "frames": 32, "size": 64, "batch": 2, "stack_size": 4,
-                  "chunk_size": 8, "memory_frames": (16, 64, 256, 512), "memory_size": 64},
+                  "chunk_size": 8, "memory_frames": (16, 64, 256, 512), "memory_size": 32},
         "data": {"depth": 128, "size": 256, "d_targets": (8, 16, 32, 64)},
         "warmup": 1, "repeats": 3,
     },
@@ -635,8 +635,12 @@ def bench_maisi(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3,
             pr = measure_peak_memory("maisi_raw", q, device=device, threads=threads)
             peaks.append(pw)
             m.add(int(tf), pw, pr, pw / pr if pr > 0 else float("nan"))
-        m.notes.append(f"Growth of the wrapper's peak from T={p['memory_frames'][0]} to "
-                       f"T={p['memory_frames'][-1]}: {peaks[-1] / max(peaks[0], 1e-9):.2f}x (target: flat).")
+        chunk_frames = p["chunk_size"] * p["stack_size"]
+        full = [(tf, pk) for tf, pk in zip(p["memory_frames"], peaks) if tf >= chunk_frames] or \
+            list(zip(p["memory_frames"], peaks))
+        m.notes.append(f"Growth of the wrapper's peak from T={full[0][0]} (the first T that fills a chunk of "
+                       f"{chunk_frames} frames) to T={full[-1][0]}: {full[-1][1] / max(full[0][1], 1e-9):.2f}x "
+                       "(target: flat).")
     else:
         for tf in p["memory_frames"]:
             m.add(int(tf), "not measured", "not measured", "not measured")
