@@ -43,7 +43,7 @@ def summarise(out: str) -> str:
     if losses:
         lines.append(f"- V-JEPA pretraining: epoch loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epochs"
                      f" ({out}/pretrain/models/model.pt)")
-    emb = os.path.join(out, "embeddings", "summary.csv")
+    emb = next((p for p in (os.path.join(out, "embeddings", n) for n in ("manifest.csv", "summary.csv")) if os.path.exists(p)), "")
     if os.path.exists(emb):
         rows = list(csv.DictReader(open(emb)))
         ok = sum(r["status"] in ("done", "skipped") for r in rows)

@@ -75,8 +75,21 @@ def _config_files(bundle: Path, name: str) -> list[str]:
     return [str(cfg)] if cfg.exists() else []
 
 
-def verify_bundle(bundle: Path, export: bool = True) -> BundleCheck:
-    """Run every check on one bundle folder; never raises for a failed check, records it instead."""
+def tiny_cohort(folder) -> str:
+    """A tiny synthetic cohort (6 cases) to resolve config properties against; returns its folder."""
+    from oct_foundation.data.synthetic import generate_cohort
+
+    folder = os.path.join(str(folder), "cohort")
+    if not os.path.exists(os.path.join(folder, "datalist.json")):
+        generate_cohort(folder, cases=6, seed=0, size="tiny", progress=False)
+    return folder
+
+
+def verify_bundle(bundle: Path, export: bool = True, dataset_dir: str | None = None) -> BundleCheck:
+    """Run every check on one bundle folder; never raises for a failed check, records it instead.
+
+    ``dataset_dir``: a cohort to resolve the configs against (default: a tiny synthetic one made here).
+    """
     from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
     bundle = Path(bundle)
@@ -113,10 +126,7 @@ def verify_bundle(bundle: Path, export: bool = True) -> BundleCheck:
     net_cfg = infer_cfg or train_cfg
     with tempfile.TemporaryDirectory() as tmp:
         # Properties are resolved, so the configs need a real dataset: a tiny synthetic cohort.
-        from oct_foundation.data.synthetic import generate_cohort
-
-        data_dir = os.path.join(tmp, "cohort")
-        generate_cohort(data_dir, cases=6, seed=0, size="tiny", progress=False)
+        data_dir = dataset_dir or tiny_cohort(tmp)
         overrides = {"bundle_root": str(bundle), "dataset_dir": data_dir, "output_dir": os.path.join(tmp, "out")}
         try:
             _quiet(verify_net_in_out, net_id="network_def", meta_file=str(meta_file), config_file=net_cfg,
@@ -211,7 +221,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-export", action="store_true", help="skip the TorchScript export check")
     args = ap.parse_args(argv)
     names = args.bundles or sorted(p.name for p in (ROOT / "bundles").iterdir() if p.is_dir())
-    checks = [verify_bundle(ROOT / "bundles" / n, export=not args.no_export) for n in names]
+    with tempfile.TemporaryDirectory() as tmp:
+        cohort = tiny_cohort(tmp)
+        checks = [verify_bundle(ROOT / "bundles" / n, export=not args.no_export, dataset_dir=cohort) for n in names]
     checks.append(verify_collection(ROOT))
     width = max(len(c.bundle) for c in checks)
     for c in checks:

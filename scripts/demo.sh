@@ -21,6 +21,7 @@ B="$ROOT/bundles"
 # One encoder shape for every step (the downstream bundles must build what pretraining saved).
 NET=(--image_size "[64, 64]" --d_target 16 --patch_size 16 --tubelet_size 2 --embed_dim 96 --depth 4 --num_heads 4)
 PRED=(--predictor_embed_dim 64 --predictor_depth 2 --predictor_num_heads 4)
+MAISI=(--num_channels "[16, 16, 32]" --num_res_blocks "[1, 1, 1]" --norm_num_groups 8)
 COMMON=(--num_workers 0 --device "\$torch.device('cpu')")
 PY="$VPY"
 run() { echo; echo "=== $1"; shift; echo "+ $*" | cut -c1-400; ( cd "$ROOT" && "$@" ); }
@@ -53,12 +54,12 @@ run "4/6 MAISI stacked encode (random-init small autoencoder; see bundles/oct_ma
   "$PY" -m monai.bundle run --config_file "$B/oct_maisi_vae_encode/configs/inference.json" \
     --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
     --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/latents" --allow_random_init true \
-    --num_channels "[8, 8, 8]" "${COMMON[@]}"
+    "${MAISI[@]}" "${COMMON[@]}"
 run "4/6 MAISI reconstruction quality" \
   "$PY" -m monai.bundle run --config_file "['$B/oct_maisi_vae_encode/configs/inference.json','$B/oct_maisi_vae_encode/configs/evaluate.json']" \
     --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
     --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/eval" --allow_random_init true \
-    --num_channels "[8, 8, 8]" "${COMMON[@]}"
+    "${MAISI[@]}" "${COMMON[@]}"
 
 # 5. Classification: the same linear probe on the pretrained and on a random encoder of the same shape
 for SRC in pretrained random; do

@@ -140,3 +140,16 @@ def test_monai_dataset_inputs_use_its_transform(tmp_path):
     rows = BatchInference(Dataset(items, transform=load), str(out), Doubled(), progress=False).run()
     assert [r["status"] for r in rows] == ["done", "error"]
     assert rows[0]["mean"] == 2.0 and "<input>: expected 3 dimensions" in rows[1]["reason"]
+
+
+def test_command_line_booleans(tmp_path):
+    from oct_foundation.engines.batch_inference import as_bool
+
+    assert as_bool("false") is False and as_bool("True") is True and as_bool(0) is False
+    with pytest.raises(ValueError, match="not a yes/no value"):
+        as_bool("maybe")
+    d, out = _folder(tmp_path), tmp_path / "out"
+    BatchInference(str(d), str(out), MeanProcessor(), progress="false").run()
+    proc = MeanProcessor()
+    BatchInference(str(d), str(out), proc, overwrite="false", progress="false").run()
+    assert proc.calls == 2  # "false" from the command line must not mean "redo everything"

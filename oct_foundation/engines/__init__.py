@@ -19,8 +19,10 @@ _EXPORTS = {
         "cosine_value", "linear_value", "warmup_cosine_value", "WarmupCosineLR", "WeightDecaySchedule",
         "MomentumSchedule", "build_param_groups", "tokens_per_sample", "accumulation_for_tokens",
     ),
-    "embedding_inference": ("EmbeddingProcessor", "run_embedding_inference", "load_network_weights"),
-    "batch_inference": ("BatchInference", "anonymous_id", "list_inputs"),
+    "embedding_inference": (
+        "EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference", "load_network_weights",
+    ),
+    "batch_inference": ("BatchInference", "anonymous_id", "as_bool", "list_inputs"),
     "downstream": (
         "PrepareClassBatch", "StackOutputs", "ClassificationReportHandler", "SegmentationReportHandler",
         "SegmentationProcessor", "ClassificationProcessor", "BestModelExport",

@@ -25,13 +25,25 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from oct_foundation import io
 from oct_foundation.errors import OCTInputError
 
-__all__ = ["BatchInference", "anonymous_id", "list_inputs", "IMAGE_SUFFIXES"]
+__all__ = ["BatchInference", "anonymous_id", "as_bool", "list_inputs", "IMAGE_SUFFIXES"]
 
 logger = logging.getLogger("oct_foundation.inference")
 
 #: File types the readers understand; files without a suffix are included too (DICOM often has none).
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".vol", ".e2e", ".npy")
 _SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md", ".log", ".yml", ".yaml", ".png", ".part")
+
+
+def as_bool(value) -> bool:
+    """``True``/``False`` from a bool or from the strings a command line passes (``--overwrite false``)."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("true", "1", "yes", "y", "on"):
+            return True
+        if v in ("false", "0", "no", "n", "off", ""):
+            return False
+        raise ValueError(f"not a yes/no value: {value!r}")
+    return bool(value)
 
 
 def anonymous_id(path: str, length: int = 16) -> str:
@@ -138,11 +150,11 @@ class BatchInference:
         self.output_dir = str(output_dir)
         self.processor = processor
         self.datalist_key = datalist_key
-        self.overwrite = bool(overwrite)
+        self.overwrite = as_bool(overwrite)
         self.id_map = _load_id_map(id_map)
         self.summary_path = io.join(self.output_dir, summary_name)
         self.index_file = index_file or None
-        self.progress = progress
+        self.progress = as_bool(progress)
 
     def _id_for(self, path: str) -> str:
         for key in (path, os.path.basename(path)):
