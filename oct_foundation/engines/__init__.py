@@ -20,8 +20,9 @@ _EXPORTS = {
         "MomentumSchedule", "build_param_groups", "tokens_per_sample", "accumulation_for_tokens",
     ),
     "embedding_inference": (
-        "EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference", "load_network_weights",
+        "EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference",
     ),
+    "weights": ("load_network_weights",),
     "batch_inference": ("BatchInference", "anonymous_id", "as_bool", "list_inputs"),
     "downstream": (
         "PrepareClassBatch", "StackOutputs", "ClassificationReportHandler", "SegmentationReportHandler",

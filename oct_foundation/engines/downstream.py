@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from oct_foundation import io
-from oct_foundation.errors import CheckpointError, OCTInputError
+from oct_foundation.errors import OCTInputError
+from oct_foundation.engines.weights import load_network_weights  # noqa: F401 (re-exported)
 
 __all__ = [
     "PrepareClassBatch",
@@ -35,20 +36,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("oct_foundation.engines")
-
-
-def load_network_weights(network: torch.nn.Module, path, strict: bool = True) -> torch.nn.Module:
-    """Load a plain ``state_dict`` file (``weights_only``) into ``network``; a mismatch raises
-    :class:`CheckpointError` naming the file and the first differing keys."""
-    state = io.torch_load(path)
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping) and len(state) == 1:
-        state = state["model"]
-    try:
-        network.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise CheckpointError(path, "does not match the network: " + " ".join(lines[1:3])[:400]) from None
-    return network
 
 
 class BestModelExport:

@@ -20,6 +20,7 @@ import torch
 
 from oct_foundation import io
 from oct_foundation.errors import OCTInputError
+from oct_foundation.engines.weights import load_network_weights  # noqa: F401 (re-exported)
 
 __all__ = ["EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference", "load_network_weights"]
 
@@ -48,23 +49,6 @@ class VJEPAEmbedding(_vjepa_base()):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.encode(x, pool="mean", target=self.use_target_encoder)
-
-
-def load_network_weights(network: torch.nn.Module, path: str | None, strict: bool = True) -> torch.nn.Module:
-    """Load a plain ``state_dict`` (``models/model.pt``, read with ``weights_only=True``) into ``network`` and return
-    it; an empty ``path`` returns the network unchanged. A file that does not fit raises ``CheckpointError``."""
-    if not path:
-        return network
-    from oct_foundation.errors import CheckpointError
-
-    state = io.torch_load(path)
-    if not isinstance(state, Mapping):
-        raise CheckpointError(path, f"expected a state_dict, got {type(state).__name__}")
-    try:
-        network.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise CheckpointError(path, f"does not match the network ({str(e).strip().splitlines()[0]})") from None
-    return network
 
 
 class EmbeddingProcessor:

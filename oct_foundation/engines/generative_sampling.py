@@ -17,7 +17,7 @@ import csv
 import io as _pyio
 import logging
 import os
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -427,7 +427,7 @@ class StackedVideoVAE(nn.Module):
         sample = self.sample if sample is None else sample
         win, st = self.window_and_stride
         cf = self.compression
-        lw, ls = win // cf, st // cf
+        lw = win // cf
         scale_value = self.effective_scale if scale else 1.0
         buf: torch.Tensor | None = None  # frames from index buf_start on
         buf_start = total = 0
