@@ -368,10 +368,6 @@ def test_wrong_and_mismatched_checkpoints(tmp_path):
         load_maisi_weights(vae, str(tmp_path / "absent.pt"), verbose=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "oct_foundation.engines.embedding_inference.load_network_weights calls load_state_dict(strict=True) on the "
-    "live network: PyTorch copies every tensor whose shape fits before raising, so a mismatched file leaves "
-    "the network half-loaded; its message keeps only the first line of PyTorch's error, which names no key"))
 def test_mismatched_plain_weights_leave_network_unchanged_and_name_a_key(tmp_path):
     from oct_foundation.engines.embedding_inference import load_network_weights
     from oct_foundation.networks import VJEPA3D

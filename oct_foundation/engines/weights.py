@@ -25,9 +25,19 @@ def load_network_weights(network: torch.nn.Module, path, strict: bool = True) ->
         state = state["model"]
     if not isinstance(state, Mapping):
         raise CheckpointError(path, f"expected a state_dict, got {type(state).__name__}")
-    try:
-        network.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise CheckpointError(path, "does not match the network: " + " ".join(lines[1:3])[:400]) from None
+    # Checked before loading: PyTorch copies every tensor that fits before it raises, which would leave the
+    # network half-loaded.
+    own = network.state_dict()
+    problems = [f"shape of {k}: file {tuple(v.shape)} vs network {tuple(own[k].shape)}"
+                for k, v in state.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if strict:
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing:
+            problems.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
+    if problems:
+        raise CheckpointError(path, f"does not match the network ({'; '.join(problems[:4])})")
+    network.load_state_dict(state, strict=strict)
     return network
