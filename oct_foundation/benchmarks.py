@@ -16,7 +16,7 @@ something on any machine; absolute times are shown next to it for context only. 
   resampling) per volume against the chain that resamples the full depth first and subsamples afterwards.
 
 Timing: ``warmup`` untimed calls, then the median of ``repeats`` timed calls (``time.perf_counter``, CUDA
-synchronised). Peak memory on CPU: a fresh Python subprocess per measurement builds the case, calls it once,
+synchronised); variants that are compared are timed round-robin (:func:`time_interleaved`). Peak memory on CPU: a fresh Python subprocess per measurement builds the case, calls it once,
 resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, Linux) and reports the peak RSS of a second call
 (``VmHWM``, the ``ru_maxrss`` of its own address space) minus the resident size before it; on CUDA
 ``torch.cuda.max_memory_allocated`` minus the allocation before.
@@ -48,6 +48,7 @@ __all__ = [
     "SIZES",
     "machine_info",
     "time_call",
+    "time_interleaved",
     "peak_memory_mb",
     "measure_peak_memory",
     "bench_jepa",
@@ -193,6 +194,30 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3, device: 
         _sync(device)
         times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats: int = 3,
+                     device: str | torch.device = "cpu") -> dict[str, dict]:
+    """:func:`time_call` for several variants at once, timed round-robin (the start rotates every round).
+
+    Variants that are compared share the machine's state (other load, clock, caches) in every round, so their
+    ratio is not skewed by a burst of outside load that hits only one of them.
+    """
+    device = torch.device(device)
+    names = list(fns)
+    for _ in range(max(0, int(warmup))):
+        for n in names:
+            fns[n]()
+    _sync(device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(max(1, int(repeats))):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[n]()
+            _sync(device)
+            times[n].append(time.perf_counter() - t0)
+    return {n: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "times_s": v}
+            for n, v in times.items()}
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -476,13 +501,16 @@ def bench_jepa(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, 
     t = Table("JEPA training step: ours vs Hugging Face transformers VJEPA2Model",
               ["implementation", "step", "context tokens", "median step (s)", "tokens/s", "peak memory (MiB)",
                "ratio ours/HF (tokens/s)"])
-    ours = time_call(_ours_step(p, dev, ctx, tgt), warmup, repeats, dev)
-    ours_enc = time_call(_ours_encoder_step(p, dev), warmup, repeats, dev)
+    variants = {"ours": _ours_step(p, dev, ctx, tgt), "ours_enc": _ours_encoder_step(p, dev)}
+    if hf_ok:
+        variants.update({"hf": _hf_step(p, dev, ctx, tgt), "hf_enc": _hf_encoder_step(p, dev)})
+    timed = time_interleaved(variants, warmup, repeats, dev)
+    del variants
+    ours, ours_enc = timed["ours"], timed["ours_enc"]
     ours_mem, ours_enc_mem = mem("jepa_ours"), mem("jepa_ours_encoder")
     nc = int(ctx.shape[1])
     if hf_ok:
-        hf = time_call(_hf_step(p, dev, ctx, tgt), warmup, repeats, dev)
-        hf_enc = time_call(_hf_encoder_step(p, dev), warmup, repeats, dev)
+        hf, hf_enc = timed["hf"], timed["hf_enc"]
         hf_mem, hf_enc_mem = mem("jepa_hf"), mem("jepa_hf_encoder")
         r_step = hf["median_s"] / ours["median_s"]
         r_enc = hf_enc["median_s"] / ours_enc["median_s"]
@@ -518,12 +546,12 @@ def bench_jepa(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, 
     s = Table("JEPA step vs mask ratio (ours)",
               ["mask ratio", "context tokens", "target tokens", "median step (s)", "tokens/s",
                "time ratio vs mask 0"])
-    base = None
-    for r in ratios:
-        c, tg = _ratio_masks(p, r, dev)
-        res = time_call(_ours_step(p, dev, c, tg), warmup, repeats, dev)
-        base = res["median_s"] if base is None else base
-        s.add(float(r), int(c.shape[1]), int(tg.shape[1]), res["median_s"], tokens / res["median_s"],
+    masks = {float(r): _ratio_masks(p, r, dev) for r in ratios}
+    timed = time_interleaved({r: _ours_step(p, dev, c, tg) for r, (c, tg) in masks.items()}, warmup, repeats, dev)
+    base = timed[float(ratios[0])]["median_s"]
+    for r, (c, tg) in masks.items():
+        res = timed[r]
+        s.add(r, int(c.shape[1]), int(tg.shape[1]), res["median_s"], tokens / res["median_s"],
               res["median_s"] / base)
     s.notes.append("Context = random tokens kept per sample, targets = the dropped ones (one token at ratio 0); "
                    "the target encoder always sees all tokens. Cost should fall as the context shrinks.")
@@ -532,8 +560,9 @@ def bench_jepa(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, 
     # precision
     a = Table(f"JEPA step: float32 vs bfloat16 autocast ({dev.type}, ours)",
               ["precision", "median step (s)", "tokens/s", "time ratio vs float32"])
-    fp32 = time_call(_ours_step(p, dev, ctx, tgt), warmup, repeats, dev)
-    bf16 = time_call(_ours_step(p, dev, ctx, tgt, amp=torch.bfloat16), warmup, repeats, dev)
+    timed = time_interleaved({"fp32": _ours_step(p, dev, ctx, tgt),
+                              "bf16": _ours_step(p, dev, ctx, tgt, amp=torch.bfloat16)}, warmup, repeats, dev)
+    fp32, bf16 = timed["fp32"], timed["bf16"]
     a.add("float32", fp32["median_s"], tokens / fp32["median_s"], 1.0)
     a.add("bfloat16 autocast", bf16["median_s"], tokens / bf16["median_s"], bf16["median_s"] / fp32["median_s"])
     a.notes.append("Ratio < 1 means autocast is faster. On CPUs without native bfloat16 units autocast "
@@ -607,8 +636,8 @@ def bench_maisi(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3,
     z_raw = _from_stacks(raw_fn(), p["batch"])
     z_wrap = wrap_fn()
     diff = float((z_raw - z_wrap).abs().max()) if z_raw.shape == z_wrap.shape else float("nan")
-    raw = time_call(raw_fn, warmup, repeats, dev)
-    wrap = time_call(wrap_fn, warmup, repeats, dev)
+    timed = time_interleaved({"raw": raw_fn, "wrap": wrap_fn}, warmup, repeats, dev)
+    raw, wrap = timed["raw"], timed["wrap"]
     vols = p["batch"]
     t = Table("MAISI encode: StackedVideoVAE vs raw batched AutoencoderKlMaisi.encode",
               ["implementation", "median (s)", "volumes/s", "frames/s", "overhead vs raw (%)"])
@@ -690,8 +719,9 @@ def bench_data(p: dict, warmup: int = 1, repeats: int = 3) -> list[Table]:
         ref = base({"image": vol.clone()})["image"]
         if tuple(out.shape) != tuple(ref.shape):
             raise RuntimeError(f"data chains disagree on the output shape: {tuple(out.shape)} vs {tuple(ref.shape)}")
-        to = time_call(lambda: ours({"image": vol.clone()}), warmup, repeats)
-        tb = time_call(lambda: base({"image": vol.clone()}), warmup, repeats)
+        timed = time_interleaved({"ours": lambda: ours({"image": vol.clone()}),
+                                  "base": lambda: base({"image": vol.clone()})}, warmup, repeats)
+        to, tb = timed["ours"], timed["base"]
         t.add(int(d), to["median_s"], tb["median_s"], to["median_s"] / tb["median_s"], str(tuple(out.shape)))
     t.notes.append(f"Volume [1, {p['depth']}, {p['size']}, {p['size']}] in memory (spacing {DATA_SPACING} mm), "
                    "chain = build_preprocessing(load=False, target_spacing halving H and W, percentile "
@@ -853,7 +883,8 @@ def render_markdown(report: dict, command: str) -> str:
         "## Method",
         "",
         f"- Timing: {report['warmup']} warm-up call(s), then the median of {report['repeats']} timed calls "
-        "(`time.perf_counter`, CUDA synchronised); `torch.set_num_threads` as in the machine table.",
+        "(`time.perf_counter`, CUDA synchronised); the variants of one table are timed round-robin, so outside "
+        "load hits them alike; `torch.set_num_threads` as in the machine table.",
         "- Peak memory on CPU: a fresh Python subprocess per measurement builds the case, resets the peak-RSS "
         "mark (`/proc/self/clear_refs`) and reports the peak RSS (`VmHWM`, the `ru_maxrss` of its own address "
         "space; plain `ru_maxrss` would also carry the peak of the forked parent) after the work minus the "
