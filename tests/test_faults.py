@@ -158,11 +158,6 @@ def test_sigkill_mid_epoch_leaves_loadable_checkpoints_and_resume_completes(kill
                 and not p.name.startswith("tmp")]  # at most an abandoned temporary of the killed write
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bundle resume does not restore the data pipeline's randomness: the shuffle order (RandomSampler seeded from "
-    "the global torch RNG at each epoch) and the DepthSubsampled random phase (transform RNG set once when the "
-    "DataLoader is built) restart from the seed, so epochs after a resume see other batches than the "
-    "uninterrupted run (model, optimizer, schedules and masks are restored)"))
 def test_resumed_losses_equal_uninterrupted_run(killed_and_resumed):
     r = killed_and_resumed
     ref, resumed = r["ref_losses"], r["resumed_losses"]
