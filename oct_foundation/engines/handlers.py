@@ -314,6 +314,35 @@ class ResumeCheckpoint:
         logger.info("resuming from %s", self.load_path)
 
 
+class EpochSeed:
+    """Seed every random source at the start of each epoch from ``seed + epoch``.
+
+    The data order (``RandomSampler`` draws its seed from the global torch RNG when the epoch's iterator is
+    made, after ``EPOCH_STARTED``), the worker seeds, and the random transforms (``DepthSubsampled`` phase,
+    crops) then depend only on the epoch number, so a run resumed from an epoch checkpoint sees exactly the
+    batches the uninterrupted run saw. ``transform``: the dataset's transform (``set_random_state`` is called).
+    """
+
+    def __init__(self, seed: int = 0, transform: Any = None) -> None:
+        self.seed = int(seed)
+        self.transform = transform
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import random
+
+        import numpy as np
+
+        s = (self.seed + int(engine.state.epoch)) % (2**32)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=s)
+
+
 class TerminateOnNanLoss:
     """Stops training when the iteration loss is NaN or infinite (Ignite ``TerminateOnNan`` on ``output["loss"]``)."""
 
