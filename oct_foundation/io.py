@@ -202,8 +202,13 @@ def torch_load(path, map_location="cpu"):
     try:
         return torch.load(buf, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(path, f"refused: not a plain weights file ({first})") from None
+        import re
+
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:  # the file names code to run: refused, never unpickled
+            raise CheckpointError(path, f"refused: the file would run code ({found.group(1)}); only plain weights "
+                                        "(tensors, numbers, strings, containers) are loaded") from None
+        raise CheckpointError(path, "not a readable PyTorch checkpoint (corrupt, or not a checkpoint)") from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
 

@@ -50,3 +50,15 @@ def test_pickled_callable_refused(tmp_path):
     torch.save({"x": _Evil()}, p)
     with pytest.raises(CheckpointError, match="evil.pt: refused"):
         io.torch_load(p)
+
+
+def test_corrupt_checkpoint_is_not_called_unsafe(tmp_path):
+    p = tmp_path / "noise.pt"
+    p.write_bytes(os.urandom(300))
+    with pytest.raises(CheckpointError, match="noise.pt: not a readable PyTorch checkpoint") as e:
+        io.torch_load(p)
+    assert "weights_only" not in str(e.value)
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": _Evil()}, evil)
+    with pytest.raises(CheckpointError, match=r"refused: the file would run code \(posix.system\)"):
+        io.torch_load(evil)

@@ -321,7 +321,8 @@ def build_preprocessing(
     """The standard OCT preprocessing chain, as a list of dictionary transforms (``Compose`` it).
 
     Order (cheap first, so cost grows with ``d_target``, not D):
-    ``LoadOCTd`` -> ``EnsureTyped`` -> ``CheckFinited`` -> ``MinDepthd`` -> ``DepthSubsampled`` ->
+    ``LoadOCTd`` (refuses NaN/Inf) -> ``EnsureTyped`` -> ``MinDepthd`` -> ``DepthSubsampled`` ->
+    ``CheckFinited`` (only when ``load=False``) ->
     ``Spacingd`` (``target_spacing`` ``(sd, sh, sw)``; labels nearest) -> ``Resized`` (``image_size``
     ``(D, H, W)`` or ``(H, W)``; images ``area``, labels nearest) -> intensity normalisation (images only)
     -> ``RecordSpacingd`` (meta ``spacing``).
@@ -358,7 +359,6 @@ def build_preprocessing(
     out.append(EnsureTyped(image_keys, dtype=torch.float32, track_meta=True, allow_missing_keys=amk))
     if label_key:
         out.append(EnsureTyped([label_key], track_meta=True, allow_missing_keys=True))
-    out.append(CheckFinited(image_keys, sanitize=sanitize_nan, allow_missing_keys=amk))
     if min_depth:
         out.append(MinDepthd(all_keys, min_depth, allow_missing_keys=amk))
     if d_target:
@@ -375,6 +375,10 @@ def build_preprocessing(
                 allow_missing_keys=amk,
             )
         )
+    if not load:
+        # The readers already refuse (or sanitise) non-finite voxels; tensors given directly are checked
+        # here, after depth subsampling, so the check costs d_target slices, not D.
+        out.append(CheckFinited(image_keys, sanitize=sanitize_nan, allow_missing_keys=amk))
     if target_spacing is not None:
         pix = [float(s) for s in ensure_tuple(target_spacing)]
         if len(pix) != 3:
