@@ -39,8 +39,9 @@ setup(
     packages=find_packages(include=["oct_foundation", "oct_foundation.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0"],
-        # peer implementation for scripts/benchmark.py (built from a config with random weights, never downloaded)
+        # transformers: the peer implementation scripts/benchmark.py compares against (VJEPA2Model built from a
+        # config with random weights, never downloaded); the tests run that comparison too.
+        "test": ["pytest==9.2.0", "transformers==5.23.0"],
         "bench": ["transformers==5.23.0"],
     },
     include_package_data=True,
