@@ -62,7 +62,7 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(cohort, tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle_root")
-    _run("training", ["train.json"], dataset_dir=str(cohort), bundle_root=str(root), num_epochs=3, **TINY)
+    _run("training", ["train.json"], dataset_dir=str(cohort), bundle_root=str(root), num_epochs=3, cache_rate=1.0, **TINY)
     return root
 
 
