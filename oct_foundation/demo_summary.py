@@ -57,6 +57,13 @@ def summarise(out: str) -> str:
     if seg:
         lines.append(f"- Layer segmentation (frozen pretrained encoder), full depth: mean Dice {_fmt(seg.get('dice_mean'))},"
                      f" mean IoU {_fmt(seg.get('iou_mean'))} ({out}/segmentation/runs/eval)")
+    ae = _json(os.path.join(out, "latent_diffusion", "runs", "autoencoder", "validation_summary.json"))
+    if ae and ae.get("history"):
+        last = ae["history"][-1]
+        n = len(glob.glob(os.path.join(out, "latent_diffusion", "samples", "sample_*.nii.gz")))
+        lines.append(f"- Latent diffusion: autoencoder validation PSNR {_fmt(last.get('val_psnr'), 2)} dB, SSIM "
+                     f"{_fmt(last.get('val_ssim'))} after {last.get('epoch')} epochs; {n} decoded samples "
+                     f"({out}/latent_diffusion/samples)")
     table = []
     for src in ("pretrained", "random"):
         rep = _json(os.path.join(out, f"classification_{src}", "runs", "eval", "classification_metrics.json"))

@@ -6,7 +6,8 @@
 #   4. MAISI stacked encode / decode / reconstruction quality  -> $OUT/maisi
 #   5. disease classification: pretrained vs random encoder    -> $OUT/classification_{pretrained,random}
 #   6. retinal layer segmentation on the pretrained encoder    -> $OUT/segmentation
-# Sizes are set for a 2-core CPU (about 10-15 minutes). A run this short needs a faster EMA than V-JEPA's 0.998
+#   7. latent diffusion: autoencoder, U-Net, samples, Frechet  -> $OUT/latent_diffusion
+# Sizes are set for a 2-core CPU (about 20 minutes). A run this short needs a faster EMA than V-JEPA's 0.998
 # (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md). Knobs: OUT, CASES, PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
 # Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
 set -euo pipefail
@@ -30,33 +31,33 @@ mkdir -p "$OUT"
 
 # 1. Synthetic cohort
 if [ ! -f "$OUT/cohort/datalist.json" ]; then
-  run "1/6 synthetic OCT cohort ($CASES cases, 2 devices, 3 classes)" \
+  run "1/7 synthetic OCT cohort ($CASES cases, 2 devices, 3 classes)" \
     "$PY" -m oct_foundation.data.synthetic --out "$OUT/cohort" --cases "$CASES" --seed 0 --size small --dicom
-else echo "=== 1/6 cohort exists: $OUT/cohort"; fi
+else echo "=== 1/7 cohort exists: $OUT/cohort"; fi
 
 # 2. Pretraining
 if [ ! -f "$OUT/pretrain/models/model.pt" ]; then
-  run "2/6 V-JEPA pretraining ($PRETRAIN_EPOCHS epochs)" \
+  run "2/7 V-JEPA pretraining ($PRETRAIN_EPOCHS epochs)" \
     "$PY" -m monai.bundle run training --config_file "$B/oct_vjepa_pretrain/configs/train.json" \
       --dataset_dir "$OUT/cohort" --bundle_root "$OUT/pretrain" --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
       "${NET[@]}" "${PRED[@]}" "${COMMON[@]}" --d_full 32 --num_epochs "$PRETRAIN_EPOCHS" --warmup_epochs 2 \
       --batch_size 4 --learning_rate 0.001 --log_interval 5 --cache_rate 1.0 --ema_start 0.99
-else echo "=== 2/6 pretrained model exists: $OUT/pretrain/models/model.pt"; fi
+else echo "=== 2/7 pretrained model exists: $OUT/pretrain/models/model.pt"; fi
 
 # 3. Embeddings (collaborator-style inference on a folder of NIfTI files)
-run "3/6 embeddings at full depth" \
+run "3/7 embeddings at full depth" \
   "$PY" -m monai.bundle run --config_file "$B/oct_vjepa_pretrain/configs/inference.json" \
     --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
     --input_dir "$OUT/cohort/images" --output_dir "$OUT/embeddings" --model_path "$OUT/pretrain/models/model.pt" \
     "${NET[@]}" "${PRED[@]}" "${COMMON[@]}"
 
 # 4. MAISI stacked video VAE (small random-init autoencoder: the real weights are licensed separately)
-run "4/6 MAISI stacked encode (random-init small autoencoder; see bundles/oct_maisi_vae_encode/docs)" \
+run "4/7 MAISI stacked encode (random-init small autoencoder; see bundles/oct_maisi_vae_encode/docs)" \
   "$PY" -m monai.bundle run --config_file "$B/oct_maisi_vae_encode/configs/inference.json" \
     --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
     --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/latents" --allow_random_init true \
     "${MAISI[@]}" "${COMMON[@]}"
-run "4/6 MAISI reconstruction quality" \
+run "4/7 MAISI reconstruction quality" \
   "$PY" -m monai.bundle run --config_file "['$B/oct_maisi_vae_encode/configs/inference.json','$B/oct_maisi_vae_encode/configs/evaluate.json']" \
     --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
     --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/eval" --allow_random_init true \
@@ -68,13 +69,13 @@ for SRC in pretrained random; do
   else ENC=(--encoder_source random); fi
   D="$OUT/classification_$SRC"
   if [ ! -f "$D/models/model.pt" ]; then
-    run "5/6 classification linear probe, $SRC encoder ($PROBE_EPOCHS epochs)" \
+    run "5/7 classification linear probe, $SRC encoder ($PROBE_EPOCHS epochs)" \
       "$PY" -m monai.bundle run training --config_file "$B/oct_disease_classification/configs/train.json" \
         --logging_file "$B/oct_disease_classification/configs/logging.conf" \
         --dataset_dir "$OUT/cohort" --bundle_root "$D" "${ENC[@]}" "${NET[@]}" "${COMMON[@]}" \
         --num_epochs "$PROBE_EPOCHS" --learning_rate 0.01 --seed 0
   fi
-  run "5/6 classification evaluation on the test split, $SRC encoder" \
+  run "5/7 classification evaluation on the test split, $SRC encoder" \
     "$PY" -m monai.bundle run evaluating \
       --config_file "['$B/oct_disease_classification/configs/train.json','$B/oct_disease_classification/configs/evaluate.json']" \
       --logging_file "$B/oct_disease_classification/configs/logging.conf" \
@@ -84,16 +85,38 @@ done
 # 6. Segmentation on the pretrained encoder (frozen), evaluated on full depth
 D="$OUT/segmentation"
 if [ ! -f "$D/models/model.pt" ]; then
-  run "6/6 layer segmentation head on the pretrained encoder ($SEG_EPOCHS epochs)" \
+  run "6/7 layer segmentation head on the pretrained encoder ($SEG_EPOCHS epochs)" \
     "$PY" -m monai.bundle run training --config_file "$B/oct_layer_segmentation/configs/train.json" \
       --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
       --dataset_dir "$OUT/cohort" --bundle_root "$D" --encoder_source model_pt \
       --encoder_path "$OUT/pretrain/models/model.pt" "${NET[@]}" "${COMMON[@]}" --num_epochs "$SEG_EPOCHS"
 fi
-run "6/6 segmentation evaluation (Dice, IoU per layer, full depth)" \
+run "6/7 segmentation evaluation (Dice, IoU per layer, full depth)" \
   "$PY" -m monai.bundle run evaluating \
     --config_file "['$B/oct_layer_segmentation/configs/train.json','$B/oct_layer_segmentation/configs/evaluate.json']" \
     --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
     --dataset_dir "$OUT/cohort" --bundle_root "$D" "${NET[@]}" "${COMMON[@]}"
+
+# 7. Latent diffusion on stacked latents (small autoencoder and U-Net, a few epochs: shows the workflow)
+D="$OUT/latent_diffusion"
+LD="$B/oct_latent_diffusion/configs"
+LDNET=(--num_channels "[16, 16, 32]" --num_res_blocks "[1, 1, 1]" --norm_num_groups 8 --num_frames 8
+       --image_size "[64, 64]" --unet_channels "[32, 32]" --unet_attention_levels "[false, false]"
+       --unet_num_head_channels "[8, 8]" --unet_num_res_blocks 1 --unet_norm_num_groups 8 --batch_size 2)
+if [ ! -f "$D/models/autoencoder.pt" ]; then
+  run "7/7 MAISI-architecture autoencoder training (2 epochs)" \
+    "$PY" -m monai.bundle run training --config_file "$LD/train_autoencoder.json" --logging_file "$LD/logging.conf" \
+      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${LDNET[@]}" "${COMMON[@]}" --num_epochs 2
+fi
+if [ ! -f "$D/models/model.pt" ]; then
+  run "7/7 latent diffusion U-Net training (2 epochs, rectified flow)" \
+    "$PY" -m monai.bundle run training --config_file "['$LD/inference.json','$LD/train_diffusion.json']" \
+      --logging_file "$LD/logging.conf" --dataset_dir "$OUT/cohort" --bundle_root "$D" \
+      --autoencoder_path "$D/models/autoencoder.pt" "${LDNET[@]}" "${COMMON[@]}" --num_epochs 2
+fi
+run "7/7 sampling: latents -> decoded [T, H, W] NIfTI + PNG grid" \
+  "$PY" -m monai.bundle run sampling --config_file "$LD/inference.json" --logging_file "$LD/logging.conf" \
+    --dataset_dir "$OUT/cohort" --bundle_root "$D" --autoencoder_path "$D/models/autoencoder.pt" \
+    --output_dir "$D/samples" --num_samples 4 --num_inference_steps 10 "${LDNET[@]}" "${COMMON[@]}"
 
 "$PY" -m oct_foundation.demo_summary "$OUT"
