@@ -209,8 +209,9 @@ def torch_load(path, map_location="cpu"):
             raise CheckpointError(path, f"refused: the file would run code ({found.group(1)}); only plain weights "
                                         "(tensors, numbers, strings, containers) are loaded") from None
         raise CheckpointError(path, "not a readable PyTorch checkpoint (corrupt, or not a checkpoint)") from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # junk bytes can fail anywhere in the unpickler (IndexError, KeyError, struct.error...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({first})") from None
 
 
 def torch_save(obj, path) -> None:

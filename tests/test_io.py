@@ -62,3 +62,14 @@ def test_corrupt_checkpoint_is_not_called_unsafe(tmp_path):
     torch.save({"x": _Evil()}, evil)
     with pytest.raises(CheckpointError, match=r"refused: the file would run code \(posix.system\)"):
         io.torch_load(evil)
+
+
+def test_any_junk_bytes_give_a_checkpoint_error(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    for i in range(200):  # junk fails at many different places in the unpickler; all must read as one error
+        p = tmp_path / f"junk{i}.pt"
+        p.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))))
+        with pytest.raises(CheckpointError, match=f"junk{i}.pt: (not a readable|refused)"):
+            io.torch_load(p)
