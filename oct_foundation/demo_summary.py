@@ -64,15 +64,20 @@ def summarise(out: str) -> str:
         lines.append(f"- Latent diffusion: autoencoder validation PSNR {_fmt(last.get('val_psnr'), 2)} dB, SSIM "
                      f"{_fmt(last.get('val_ssim'))} after {last.get('epoch')} epochs; {n} decoded samples "
                      f"({out}/latent_diffusion/samples)")
-    table = []
+    table, pooled = [], {}
     for src in ("pretrained", "random"):
         rep = _json(os.path.join(out, f"classification_{src}", "runs", "eval", "classification_metrics.json"))
         if rep:
-            p = rep["pooled"]
+            p = pooled[src] = rep["pooled"]
             table.append(f"| {src} | {_fmt(p.get('accuracy'))} | {_fmt(p.get('macro_f1'))} | {_fmt(p.get('auroc'))} |")
     if table:
         lines += ["", "Disease classification, linear probe on frozen features, test split (same probe, data, seed):", "",
                   "| encoder | accuracy | macro-F1 | AUROC |", "|---|---|---|---|", *table]
+    if len(pooled) == 2:
+        wins = [m for m in ("accuracy", "macro_f1", "auroc")
+                if (pooled["pretrained"].get(m) or 0) > (pooled["random"].get(m) or 0)]
+        lines += ["", f"Pretrained beats random init on {len(wins)} of 3 metrics ({', '.join(wins) or 'none'})."
+                  + ("" if len(wins) == 3 else " See docs/scientific_check.md for what is known about short CPU runs.")]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)

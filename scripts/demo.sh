@@ -7,7 +7,7 @@
 #   5. disease classification: pretrained vs random encoder    -> $OUT/classification_{pretrained,random}
 #   6. retinal layer segmentation on the pretrained encoder    -> $OUT/segmentation
 #   7. latent diffusion: autoencoder, U-Net, samples, Frechet  -> $OUT/latent_diffusion
-# Sizes are set for a 2-core CPU (about 20 minutes). A run this short needs a faster EMA than V-JEPA's 0.998
+# Sizes are set for a 2-core CPU (10-20 minutes). A run this short needs a faster EMA than V-JEPA's 0.998
 # (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md). Knobs: OUT, CASES, PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
 # Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
 set -euo pipefail

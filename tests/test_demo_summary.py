@@ -23,3 +23,4 @@ def test_summary_puts_pretrained_next_to_random(tmp_path):
     assert rows["random"].split("|")[2].strip() != "1.000"
     assert "mean Dice 0.500, mean IoU 0.250" in text
     assert (tmp_path / "summary.md").read_text() == text
+    assert "Pretrained beats random init on 3 of 3 metrics" in text
