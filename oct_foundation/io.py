@@ -33,6 +33,7 @@ __all__ = [
     "atomic_output",
     "load_json",
     "save_json",
+    "write_csv",
     "torch_load",
     "torch_save",
     "list_files",
@@ -172,6 +173,24 @@ def atomic_write(path, data: bytes | str) -> None:
     with atomic_output(path) as tmp:
         with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
+
+
+def write_csv(rows, path, columns=None) -> None:
+    """Write a list of dicts as CSV atomically: ``columns`` first, then any other keys in first-seen order;
+    ``None`` becomes an empty cell."""
+    import csv
+
+    keys: list[str] = list(columns or [])
+    for row in rows:
+        for k in row:
+            if k not in keys:
+                keys.append(k)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    atomic_write(path, buf.getvalue())
 
 
 def load_json(path) -> Any:

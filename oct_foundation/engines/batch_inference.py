@@ -173,17 +173,7 @@ class BatchInference:
             raise OCTInputError(self.output_dir, f"output folder is not writable ({e.strerror or e})") from None
 
     def _write_summary(self, rows: list[dict]) -> None:
-        fields: list[str] = []
-        for r in rows:
-            for k in r:
-                if k not in fields:
-                    fields.append(k)
-        buf = _pyio.StringIO()
-        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(v) for k, v in r.items()})
-        io.atomic_write(self.summary_path, buf.getvalue())
+        io.write_csv([{k: _fmt(v) for k, v in r.items()} for r in rows], self.summary_path)
 
     def _previous_rows(self) -> dict[str, dict]:
         if not io.exists(self.summary_path):

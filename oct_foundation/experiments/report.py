@@ -6,7 +6,6 @@ without rerunning anything.
 from __future__ import annotations
 
 import csv
-import io as _pyio
 import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -66,17 +65,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[st
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str, columns: Sequence[str] | None = None) -> None:
     """Write rows atomically (columns: the given order, then any other keys in first-seen order)."""
-    keys: list[str] = list(columns or [])
-    for row in rows:
-        for k in row:
-            if k not in keys:
-                keys.append(k)
-    buf = _pyio.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-    io.atomic_write(path, buf.getvalue())
+    io.write_csv(rows, path, columns)
 
 
 def _parse(value: str) -> Any:

@@ -19,9 +19,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .vit3d import (
-    POS_EMBED_TYPES,
-    ROPE_VARIANTS,
     Block,
+    check_pos_options,
     gather_tokens,
     init_vit_weights,
     rescale_blocks,
@@ -68,10 +67,7 @@ class Predictor3D(nn.Module):
         uniform_power: bool = False,
     ):
         super().__init__()
-        if pos_embed not in POS_EMBED_TYPES:
-            raise ValueError(f"pos_embed must be one of {POS_EMBED_TYPES}, got {pos_embed!r}")
-        if rope_variant not in ROPE_VARIANTS:
-            raise ValueError(f"rope_variant must be one of {ROPE_VARIANTS}, got {rope_variant!r}")
+        check_pos_options(pos_embed, rope_variant)
         if num_mask_tokens < 1:
             raise ValueError(f"num_mask_tokens must be >= 1, got {num_mask_tokens}")
         self.embed_dim = embed_dim

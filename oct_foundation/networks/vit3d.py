@@ -284,6 +284,14 @@ def _triple(v: Union[int, Sequence[int]]) -> Tuple[int, int, int]:
     return (int(v),) * 3 if isinstance(v, int) else (int(v[0]), int(v[1]), int(v[2]))
 
 
+def check_pos_options(pos_embed: str, rope_variant: str) -> None:
+    """Raise a clear ``ValueError`` for an unknown positional-encoding type or RoPE variant."""
+    if pos_embed not in POS_EMBED_TYPES:
+        raise ValueError(f"pos_embed must be one of {POS_EMBED_TYPES}, got {pos_embed!r}")
+    if rope_variant not in ROPE_VARIANTS:
+        raise ValueError(f"rope_variant must be one of {ROPE_VARIANTS}, got {rope_variant!r}")
+
+
 class VisionTransformer3D(nn.Module):
     """3D ViT encoder: tubelet embedding, sincos or RoPE positions, pre-norm blocks, final ``norm``.
 
@@ -329,10 +337,7 @@ class VisionTransformer3D(nn.Module):
         uniform_power: bool = False,
     ):
         super().__init__()
-        if pos_embed not in POS_EMBED_TYPES:
-            raise ValueError(f"pos_embed must be one of {POS_EMBED_TYPES}, got {pos_embed!r}")
-        if rope_variant not in ROPE_VARIANTS:
-            raise ValueError(f"rope_variant must be one of {ROPE_VARIANTS}, got {rope_variant!r}")
+        check_pos_options(pos_embed, rope_variant)
         self.in_chans = in_chans
         self.img_size = _triple(img_size)
         self.patch_hw = _pair(patch_size)
