@@ -14,6 +14,7 @@ _EXPORTS = {
     "handlers": (
         "ProgressBarHandler", "JEPAStatsLogger", "TrainingCheckpoint", "latest_checkpoint", "resolve_resume",
         "ProgressiveUnfreezing", "ResumeCheckpoint", "EpochSeed", "TerminateOnNanLoss", "ModelExport", "peak_memory_mb", "slice_indices_of",
+        "RepresentationRankMonitor",
     ),
     "schedules": (
         "cosine_value", "linear_value", "warmup_cosine_value", "WarmupCosineLR", "WeightDecaySchedule",

@@ -1,6 +1,6 @@
 """Ignite handlers for JEPA pretraining: progress bar, statistics / TensorBoard logging (loss, LR, EMA momentum,
-tokens/s, peak memory, slice-index histograms), atomic resumable checkpoints, progressive unfreezing and the
-final ``models/model.pt`` export.
+tokens/s, peak memory, slice-index histograms), atomic resumable checkpoints, progressive unfreezing, the
+representation-collapse monitor (effective rank of the encoders' tokens) and the final ``models/model.pt`` export.
 
 Each handler has ``attach(engine)`` so that a bundle lists it in ``train#handlers``.
 """
@@ -29,6 +29,7 @@ __all__ = [
     "ResumeCheckpoint",
     "TerminateOnNanLoss",
     "ModelExport",
+    "RepresentationRankMonitor",
     "peak_memory_mb",
     "slice_indices_of",
 ]
@@ -448,3 +449,200 @@ class ModelExport:
         io.makedirs(io.dirname(self.path))
         io.torch_save(state, self.path)
         logger.info("saved %s", self.path)
+
+
+COLLAPSE_DOC = "bundles/oct_vjepa_pretrain/docs/README.md"
+
+
+def _random_transforms(transform: Any) -> list:
+    """MONAI ``Randomizable`` transforms reachable from ``transform`` (nested ``Compose`` lists included)."""
+    from monai.transforms import Randomizable
+
+    found, stack, seen = [], [transform], set()
+    while stack:
+        t = stack.pop()
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        if isinstance(t, Randomizable) and hasattr(t, "R"):
+            found.append(t)
+        inner = getattr(t, "transforms", None)
+        if isinstance(inner, (list, tuple)):
+            stack.extend(inner)
+    return found
+
+
+class _RandomStateGuard:
+    """Saves every random state that drawing a few batches could move and puts it back on exit: torch (CPU and
+    CUDA), NumPy, Python ``random`` and the ``R`` generators of the loader's random MONAI transforms (a shuffled
+    loader draws its order from the torch RNG; random transforms in the main process advance their own ``R``)."""
+
+    def __init__(self, data_loader: Any) -> None:
+        dataset = getattr(data_loader, "dataset", None)
+        self.transforms = _random_transforms(getattr(dataset, "transform", None))
+
+    def __enter__(self) -> "_RandomStateGuard":
+        import random
+
+        import numpy as np
+
+        self.torch_state = torch.random.get_rng_state()
+        self.cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.np_state = np.random.get_state()
+        self.py_state = random.getstate()
+        self.transform_states = [t.R.get_state() for t in self.transforms]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import random
+
+        import numpy as np
+
+        torch.random.set_rng_state(self.torch_state)
+        if self.cuda_states is not None:
+            torch.cuda.set_rng_state_all(self.cuda_states)
+        np.random.set_state(self.np_state)
+        random.setstate(self.py_state)
+        for t, st in zip(self.transforms, self.transform_states):
+            t.R.set_state(st)
+
+
+class RepresentationRankMonitor:
+    """Watches for dimensional collapse of the V-JEPA encoders during pretraining.
+
+    Every ``interval`` epochs (``Events.EPOCH_COMPLETED``; ``interval <= 0`` disables it) up to ``max_volumes``
+    volumes of ``data_loader`` (batches ``{image_key: [B, C, D, H, W]}``) go through
+    ``engine.network.target_encoder`` and ``engine.network.encoder`` (full volumes, no masks, eval mode,
+    ``torch.no_grad()``, on ``engine.state.device``). All tokens of each encoder are stacked into ``[sum N, E]``
+    and scored with :func:`oct_foundation.metrics.representation.effective_rank`: participation ratio and RankMe.
+
+    Results go to ``engine.state.metrics`` (``target_effective_rank``, ``context_effective_rank``,
+    ``target_rankme``, ``context_rankme``), to the log (one INFO line per check), to TensorBoard as
+    ``<tag_prefix>/<name>`` with the epoch as step when ``log_dir`` is set, and ``self.history`` (one dict per
+    check). With ``warn_below`` a participation ratio below it logs a WARNING (representation collapse likely).
+
+    The encoders' train/eval modes and every random state (torch, CUDA, NumPy, ``random``, the loader's random
+    MONAI transforms) are restored afterwards, so training proceeds exactly as without the monitor. Under
+    ``torch.distributed`` only rank 0 runs it.
+    """
+
+    METRICS = ("target_effective_rank", "context_effective_rank", "target_rankme", "context_rankme")
+
+    def __init__(
+        self,
+        data_loader: Any,
+        interval: int = 1,
+        max_volumes: int = 8,
+        log_dir: str | None = None,
+        warn_below: float | None = None,
+        image_key: str = "image",
+        tag_prefix: str = "collapse",
+        name: str = "oct_foundation.engines",
+    ) -> None:
+        if int(max_volumes) < 1:
+            raise ValueError(f"max_volumes must be at least 1, got {max_volumes}")
+        self.data_loader = data_loader
+        self.interval = int(interval)
+        self.max_volumes = int(max_volumes)
+        self.log_dir = log_dir
+        self.warn_below = None if warn_below is None else float(warn_below)
+        self.image_key = image_key
+        self.tag_prefix = tag_prefix
+        self.logger = logging.getLogger(name)
+        self._writer = None
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def writer(self):
+        if self._writer is None and self.log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        return self._writer
+
+    def attach(self, engine: Engine) -> None:
+        if self.interval <= 0 or _rank() != 0:
+            return
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _volumes(self) -> list[torch.Tensor]:
+        """Up to ``max_volumes`` volumes of the loader, as the loader's batches ``[b, C, D, H, W]`` (CPU)."""
+        from oct_foundation.engines.jepa_trainer import prepare_batch_image
+
+        parts, n = [], 0
+        for batch in self.data_loader:
+            x = prepare_batch_image(batch, "cpu", image_key=self.image_key)
+            parts.append(x[: self.max_volumes - n])
+            n += parts[-1].shape[0]
+            if n >= self.max_volumes:
+                break
+        if not parts:
+            raise ValueError("RepresentationRankMonitor: the data loader gave no batches")
+        return parts
+
+    @staticmethod
+    @torch.no_grad()
+    def _tokens(encoder: torch.nn.Module, volumes: list, device) -> torch.Tensor:
+        """All tokens of ``encoder`` over the volumes, ``[sum N, E]`` (float32, CPU)."""
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            out = []
+            for x in volumes:
+                tokens = encoder(x.to(device))  # [b, N, E]
+                out.append(tokens.float().reshape(-1, tokens.shape[-1]).cpu())
+        finally:
+            encoder.train(was_training)
+        return torch.cat(out)
+
+    def compute(self, network: torch.nn.Module, device: Any = "cpu") -> dict[str, float]:
+        """The four numbers for a ``VJEPA3D`` ``network`` (random states untouched)."""
+        from oct_foundation.metrics.representation import effective_rank
+
+        with _RandomStateGuard(self.data_loader):
+            volumes = self._volumes()
+            feats = {
+                "target": self._tokens(network.target_encoder, volumes, device),
+                "context": self._tokens(network.encoder, volumes, device),
+            }
+        out = {}
+        for which, f in feats.items():
+            out[f"{which}_effective_rank"] = effective_rank(f, "participation")
+            out[f"{which}_rankme"] = effective_rank(f, "rankme")
+        out["embed_dim"] = int(feats["target"].shape[1])
+        out["tokens"] = int(feats["target"].shape[0])
+        return out
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = int(engine.state.epoch)
+        device = getattr(engine.state, "device", None) or "cpu"
+        r = self.compute(engine.network, device)
+        for k in self.METRICS:
+            engine.state.metrics[k] = r[k]
+        self.history.append({"epoch": epoch, **r})
+        self.logger.info(
+            "epoch %d: effective rank (participation) target %.2f context %.2f, RankMe target %.2f context %.2f "
+            "(embedding dim %d, %d tokens)",
+            epoch, r["target_effective_rank"], r["context_effective_rank"], r["target_rankme"],
+            r["context_rankme"], r["embed_dim"], r["tokens"],
+        )
+        if self.warn_below is not None:
+            for which in ("target", "context"):
+                v = r[f"{which}_effective_rank"]
+                if v < self.warn_below:
+                    self.logger.warning(
+                        "epoch %d: representation collapse is likely: %s encoder effective rank %.2f < %.2f "
+                        "(of %d dims); see %s (Watching for collapse)",
+                        epoch, which, v, self.warn_below, r["embed_dim"], COLLAPSE_DOC,
+                    )
+        w = self.writer
+        if w is not None:
+            for k in self.METRICS:
+                w.add_scalar(f"{self.tag_prefix}/{k}", r[k], epoch)
+            w.flush()
+
+    def _completed(self, engine: Engine) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

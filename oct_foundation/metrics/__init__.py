@@ -23,6 +23,7 @@ _EXPORTS = {
     "linear_cka": "representation",
     "linear_probe": "representation",
     "extract_features": "representation",
+    "effective_rank": "representation",
     # convergence and resources
     "steps_to_threshold": "convergence",
     "best_value": "convergence",

@@ -1,4 +1,5 @@
-"""Representation quality of frozen features: kNN top-1, linear CKA, linear probe, feature extraction.
+"""Representation quality of frozen features: kNN top-1, linear CKA, linear probe, feature extraction, and the
+effective rank of a feature matrix (dimensional-collapse monitor).
 
 kNN (``knn_predict``) uses cosine similarity between L2-normalised features. ``weighting="dino"`` is the
 weighted vote of DINO's kNN evaluation: each of the k neighbours votes for its class with weight
@@ -12,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["knn_predict", "knn_top1", "linear_cka", "linear_probe", "extract_features"]
+__all__ = ["knn_predict", "knn_top1", "linear_cka", "linear_probe", "extract_features", "effective_rank"]
 
 
 def _t(x, dtype=torch.float32) -> torch.Tensor:
@@ -148,3 +149,44 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict], image_key:
     finally:
         model.train(was_training)
     return {"features": torch.cat(feats) if feats else torch.zeros(0), **extra}
+
+
+_RANK_METHODS = ("participation", "rankme")
+
+
+def effective_rank(features, method: str = "participation", center: bool = True, eps: float = 1e-7) -> float:
+    """Effective dimensionality of a feature matrix from its singular values (computed in float64).
+
+    Args:
+        features: torch tensor or numpy array ``[N, E]`` (or ``[B, N, E]``, flattened to ``[B*N, E]``).
+        method: ``"participation"``: participation ratio of the covariance spectrum,
+            ``(sum s^2)^2 / sum s^4``; ``"rankme"``: RankMe (Garrido et al. 2023), ``exp(-sum p log p)`` with
+            ``p = s / sum s + eps``. Both are 1 for a rank-1 matrix and E for E equal singular values.
+        center: subtract the per-feature mean over rows first (the covariance spectrum).
+        eps: RankMe's small constant.
+
+    Returns:
+        a float in ``[1, min(N, E)]`` (``1.0`` when every row is the same, i.e. no variance at all).
+    """
+    # hand-written: two closed-form spectrum statistics; torch.linalg.svdvals does the numerical work
+    if method not in _RANK_METHODS:
+        raise ValueError(f"method must be one of {_RANK_METHODS}, got {method!r}")
+    x = _t(features, torch.float64)
+    if x.ndim == 3:
+        x = x.reshape(-1, x.shape[-1])
+    if x.ndim != 2:
+        raise ValueError(f"expected features [N, E] or [B, N, E], got shape {tuple(x.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"effective rank needs at least 2 rows (feature vectors), got {x.shape[0]}")
+    if not torch.isfinite(x).all():
+        raise ValueError("features contain NaN or infinite values")
+    if center:
+        x = x - x.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    if float(s.max()) <= 0.0:
+        return 1.0
+    if method == "participation":
+        s2 = s.pow(2)
+        return float(s2.sum().pow(2) / s2.pow(2).sum())
+    p = s / s.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
