@@ -37,6 +37,87 @@ def epoch_losses(run_dir: str) -> list[float]:
     return [values[k] for k in sorted(values)]
 
 
+def _seg_report(out: str, src: str):
+    names = [f"segmentation_{src}"] + (["segmentation"] if src == "pretrained" else [])  # older demo folders
+    for name in names:
+        rep = _json(os.path.join(out, name, "runs", "eval", "segmentation_metrics.json"))
+        if rep:
+            return rep
+    return None
+
+
+def _case_dice(report) -> dict[str, float]:
+    """Mean Dice over the layers of each case (NaN layers, absent in both maps, left out)."""
+    import numpy as np
+
+    out = {}
+    for case in report.get("cases") or []:
+        vals = [v for k, v in case.items() if k.startswith("dice_") and v is not None]
+        vals = [float(v) for v in vals if not math.isnan(float(v))]
+        if vals:
+            out[str(case["case"])] = float(np.mean(vals))
+    return out
+
+
+def _case_probs(report, names) -> dict[str, tuple[int, list[float]]]:
+    return {str(c["case"]): (int(c["label"]), [float(c[f"prob_{n}"]) for n in names])
+            for c in report.get("cases") or []}
+
+
+def comparison_lines(out: str) -> list[str]:
+    """The pretrained-vs-random table and the paired bootstrap verdicts, from the bundles' evaluation reports."""
+    import numpy as np
+
+    from oct_foundation.metrics.comparison import compare_classifiers, compare_per_case, verdict
+
+    seg = {src: _seg_report(out, src) for src in ("pretrained", "random")}
+    clf = {src: _json(os.path.join(out, f"classification_{src}", "runs", "eval", "classification_metrics.json"))
+           for src in ("pretrained", "random")}
+    rows = []
+    for src in ("pretrained", "random"):
+        s, c = seg[src] or {}, (clf[src] or {}).get("pooled", {})
+        if seg[src] or clf[src]:
+            rows.append(f"| {src} | {_fmt(s.get('dice_mean'))} | {_fmt(s.get('iou_mean'))} | {_fmt(c.get('accuracy'))}"
+                        f" | {_fmt(c.get('macro_f1'))} | {_fmt(c.get('auroc'))} |")
+    if not rows:
+        return []
+    n_seg = (seg["pretrained"] or seg["random"] or {}).get("n_cases")
+    n_clf = ((clf["pretrained"] or clf["random"] or {}).get("pooled") or {}).get("n")
+    lines = ["", f"Pretrained vs random-init encoder of the same shape (same head, data and seed; test split:"
+             f" segmentation {n_seg if n_seg is not None else 'n/a'} volumes on full depth, frozen encoder; "
+             f"classification {n_clf if n_clf is not None else 'n/a'} volumes, linear probe on frozen features):", "",
+             "| encoder | seg. mean Dice | seg. mean IoU | accuracy | macro-F1 | AUROC |",
+             "|---|---|---|---|---|---|", *rows, ""]
+    verdicts = {}
+    if seg["pretrained"] and seg["random"]:
+        a, b = _case_dice(seg["pretrained"]), _case_dice(seg["random"])
+        common = sorted(set(a) & set(b))
+        if len(common) >= 2:
+            r = compare_per_case([a[k] for k in common], [b[k] for k in common])
+            verdicts["segmentation mean Dice"] = r
+    if clf["pretrained"] and clf["random"]:
+        names = clf["pretrained"].get("class_names") or []
+        a, b = _case_probs(clf["pretrained"], names), _case_probs(clf["random"], names)
+        common = sorted(set(a) & set(b))
+        if len(common) >= 2:
+            y = np.array([a[k][0] for k in common])
+            res = compare_classifiers(y, [a[k][1] for k in common], [b[k][1] for k in common],
+                                      metrics=("auroc", "accuracy"), num_classes=len(names))
+            verdicts["classification AUROC"] = res["auroc"]
+            verdicts["classification accuracy"] = res["accuracy"]
+    if verdicts:
+        lines.append("Paired bootstrap over test volumes (pretrained minus random, 2000 resamples):")
+        lines.append("")
+        lines += [f"- {name}: {verdict(r, 'pretrained', 'random init')}" for name, r in verdicts.items()]
+        wins = [n for n, r in verdicts.items() if r["ci_low"] > 0]
+        losses = [n for n, r in verdicts.items() if r["ci_high"] < 0]
+        lines += ["", f"Pretrained beats random init on {len(wins)} of {len(verdicts)} comparisons"
+                  f"{' (' + ', '.join(wins) + ')' if wins else ''}; random init is better on {len(losses)}"
+                  f"{' (' + ', '.join(losses) + ')' if losses else ''}."
+                  + ("" if len(wins) == len(verdicts) else " See docs/scientific_check.md for what is known.")]
+    return lines
+
+
 def summarise(out: str) -> str:
     lines = [f"# oct-foundation demo results ({out})", ""]
     losses = epoch_losses(os.path.join(out, "pretrain"))
@@ -53,10 +134,6 @@ def summarise(out: str) -> str:
         m = rec["metrics"]
         lines.append(f"- MAISI stacked reconstruction (random-init small autoencoder): PSNR {_fmt(m['psnr']['mean'], 2)} dB,"
                      f" SSIM {_fmt(m['ssim']['mean'])}, {rec['evaluated']} inputs ({out}/maisi)")
-    seg = _json(os.path.join(out, "segmentation", "runs", "eval", "segmentation_metrics.json"))
-    if seg:
-        lines.append(f"- Layer segmentation (frozen pretrained encoder), full depth: mean Dice {_fmt(seg.get('dice_mean'))},"
-                     f" mean IoU {_fmt(seg.get('iou_mean'))} ({out}/segmentation/runs/eval)")
     ae = _json(os.path.join(out, "latent_diffusion", "runs", "autoencoder", "validation_summary.json"))
     if ae and ae.get("history"):
         last = ae["history"][-1]
@@ -64,20 +141,7 @@ def summarise(out: str) -> str:
         lines.append(f"- Latent diffusion: autoencoder validation PSNR {_fmt(last.get('val_psnr'), 2)} dB, SSIM "
                      f"{_fmt(last.get('val_ssim'))} after {last.get('epoch')} epochs; {n} decoded samples "
                      f"({out}/latent_diffusion/samples)")
-    table, pooled = [], {}
-    for src in ("pretrained", "random"):
-        rep = _json(os.path.join(out, f"classification_{src}", "runs", "eval", "classification_metrics.json"))
-        if rep:
-            p = pooled[src] = rep["pooled"]
-            table.append(f"| {src} | {_fmt(p.get('accuracy'))} | {_fmt(p.get('macro_f1'))} | {_fmt(p.get('auroc'))} |")
-    if table:
-        lines += ["", "Disease classification, linear probe on frozen features, test split (same probe, data, seed):", "",
-                  "| encoder | accuracy | macro-F1 | AUROC |", "|---|---|---|---|", *table]
-    if len(pooled) == 2:
-        wins = [m for m in ("accuracy", "macro_f1", "auroc")
-                if (pooled["pretrained"].get(m) or 0) > (pooled["random"].get(m) or 0)]
-        lines += ["", f"Pretrained beats random init on {len(wins)} of 3 metrics ({', '.join(wins) or 'none'})."
-                  + ("" if len(wins) == 3 else " See docs/scientific_check.md for what is known about short CPU runs.")]
+    lines += comparison_lines(out)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)

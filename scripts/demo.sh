@@ -5,15 +5,17 @@
 #   3. embeddings of every test volume at full depth           -> $OUT/embeddings
 #   4. MAISI stacked encode / decode / reconstruction quality  -> $OUT/maisi
 #   5. disease classification: pretrained vs random encoder    -> $OUT/classification_{pretrained,random}
-#   6. retinal layer segmentation on the pretrained encoder    -> $OUT/segmentation
+#   6. layer segmentation: pretrained vs random encoder       -> $OUT/segmentation_{pretrained,random}
 #   7. latent diffusion: autoencoder, U-Net, samples, Frechet  -> $OUT/latent_diffusion
-# Sizes are set for a 2-core CPU (10-20 minutes). A run this short needs a faster EMA than V-JEPA's 0.998
-# (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md). Knobs: OUT, CASES, PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
+# Sizes are set for a 2-core CPU (10-20 minutes). The cohort is split 40/10/50 so that the pretrained-vs-random
+# comparison is scored on a test split of half the cases (36 of 72), with paired bootstrap intervals. A run this short needs a faster EMA than V-JEPA's 0.998
+# (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md). Knobs: OUT, CASES, SPLIT, PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
 # Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 OUT="$(realpath -m "${OUT:-demo_output}")"
-CASES="${CASES:-48}"
+CASES="${CASES:-72}"
+SPLIT="${SPLIT:-0.4 0.1 0.5}"
 PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-12}"
 PROBE_EPOCHS="${PROBE_EPOCHS:-15}"
 SEG_EPOCHS="${SEG_EPOCHS:-3}"
@@ -32,7 +34,8 @@ mkdir -p "$OUT"
 # 1. Synthetic cohort
 if [ ! -f "$OUT/cohort/datalist.json" ]; then
   run "1/7 synthetic OCT cohort ($CASES cases, 2 devices, 3 classes)" \
-    "$PY" -m oct_foundation.data.synthetic --out "$OUT/cohort" --cases "$CASES" --seed 0 --size small --dicom
+    "$PY" -m oct_foundation.data.synthetic --out "$OUT/cohort" --cases "$CASES" --seed 0 --size small --dicom \
+      --split $SPLIT
 else echo "=== 1/7 cohort exists: $OUT/cohort"; fi
 
 # 2. Pretraining
@@ -82,20 +85,24 @@ for SRC in pretrained random; do
       --dataset_dir "$OUT/cohort" --bundle_root "$D" "${NET[@]}" "${COMMON[@]}"
 done
 
-# 6. Segmentation on the pretrained encoder (frozen), evaluated on full depth
-D="$OUT/segmentation"
-if [ ! -f "$D/models/model.pt" ]; then
-  run "6/7 layer segmentation head on the pretrained encoder ($SEG_EPOCHS epochs)" \
-    "$PY" -m monai.bundle run training --config_file "$B/oct_layer_segmentation/configs/train.json" \
+# 6. Segmentation: the same head on the frozen pretrained and on a random encoder, evaluated on full depth
+for SRC in pretrained random; do
+  if [ "$SRC" = pretrained ]; then ENC=(--encoder_source model_pt --encoder_path "$OUT/pretrain/models/model.pt");
+  else ENC=(--encoder_source random); fi
+  D="$OUT/segmentation_$SRC"
+  if [ ! -f "$D/models/model.pt" ]; then
+    run "6/7 layer segmentation head, frozen $SRC encoder ($SEG_EPOCHS epochs)" \
+      "$PY" -m monai.bundle run training --config_file "$B/oct_layer_segmentation/configs/train.json" \
+        --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
+        --dataset_dir "$OUT/cohort" --bundle_root "$D" "${ENC[@]}" "${NET[@]}" "${COMMON[@]}" \
+        --num_epochs "$SEG_EPOCHS" --seed 0
+  fi
+  run "6/7 segmentation evaluation (Dice, IoU per layer, full depth), $SRC encoder" \
+    "$PY" -m monai.bundle run evaluating \
+      --config_file "['$B/oct_layer_segmentation/configs/train.json','$B/oct_layer_segmentation/configs/evaluate.json']" \
       --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
-      --dataset_dir "$OUT/cohort" --bundle_root "$D" --encoder_source model_pt \
-      --encoder_path "$OUT/pretrain/models/model.pt" "${NET[@]}" "${COMMON[@]}" --num_epochs "$SEG_EPOCHS"
-fi
-run "6/7 segmentation evaluation (Dice, IoU per layer, full depth)" \
-  "$PY" -m monai.bundle run evaluating \
-    --config_file "['$B/oct_layer_segmentation/configs/train.json','$B/oct_layer_segmentation/configs/evaluate.json']" \
-    --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
-    --dataset_dir "$OUT/cohort" --bundle_root "$D" "${NET[@]}" "${COMMON[@]}"
+      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${NET[@]}" "${COMMON[@]}"
+done
 
 # 7. Latent diffusion on stacked latents (small autoencoder and U-Net, a few epochs: shows the workflow)
 D="$OUT/latent_diffusion"

@@ -1,13 +1,69 @@
 """The demo's closing summary reads what the bundles write (file names and fields as the bundles produce them)."""
 import json
 
+import numpy as np
+
 from oct_foundation.demo_summary import summarise
-from oct_foundation.metrics import save_classification_report, classification_metrics
+from oct_foundation.metrics import SegmentationReport, classification_metrics, save_classification_report
 
 
-def test_summary_puts_pretrained_next_to_random(tmp_path):
-    import numpy as np
+def _classification(tmp_path, src, y, scores):
+    from oct_foundation.engines.downstream import ClassificationReportHandler
 
+    d = tmp_path / f"classification_{src}" / "runs" / "eval"
+    h = ClassificationReportHandler(str(d), num_classes=3, class_names=["normal", "fluid", "drusen"],
+                                    from_logits=False)
+    for i, (label, s) in enumerate(zip(y, scores)):
+        h.update({"pred": s, "label": label}, {"device": "AB"[i % 2], "case_id": f"case_{i:02d}"})
+    h.save(h.compute())
+
+
+def _segmentation(tmp_path, src, labels, preds):
+    import torch
+
+    d = tmp_path / f"segmentation_{src}" / "runs" / "eval"
+    d.mkdir(parents=True)
+    rep = SegmentationReport(3)
+    rep.update(torch.as_tensor(preds), torch.as_tensor(labels), case_ids=[f"case_{i:02d}" for i in range(len(labels))])
+    rep.save(str(d / "segmentation_metrics.json"), str(d / "segmentation_metrics.csv"))
+
+
+def test_summary_table_and_paired_verdicts(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 12)
+    _classification(tmp_path, "pretrained", y, np.eye(3)[y] * 0.8 + 0.1)  # perfect
+    _classification(tmp_path, "random", y, rng.dirichlet(np.ones(3), size=y.size))  # chance
+    labels = rng.integers(0, 3, size=(36, 1, 2, 6, 6))
+    noisy = np.where(rng.random(labels.shape) < 0.5, rng.integers(0, 3, size=labels.shape), labels)
+    _segmentation(tmp_path, "pretrained", labels, noisy)  # worse
+    _segmentation(tmp_path, "random", labels, labels)  # perfect
+    text = summarise(str(tmp_path))
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in text.splitlines() if ln.startswith("| pretrained")
+            or ln.startswith("| random")}
+    assert [v.strip() for v in rows["random"][:2]] == ["1.000", "1.000"]  # random: perfect segmentation
+    assert [v.strip() for v in rows["pretrained"][2:]] == ["1.000", "1.000", "1.000"]  # pretrained: perfect probe
+    assert "classification 36 volumes" in text and "segmentation 36 volumes" in text
+    assert "- classification AUROC: pretrained better" in text
+    assert "- segmentation mean Dice: random init better" in text
+    assert "Pretrained beats random init on 2 of 3 comparisons (classification AUROC, classification accuracy);" \
+           " random init is better on 1 (segmentation mean Dice)." in text
+    assert (tmp_path / "summary.md").read_text() == text
+    # the per-case probabilities the comparison reads are also a CSV next to the report
+    cases = (tmp_path / "classification_random" / "runs" / "eval" / "classification_cases.csv").read_text()
+    assert cases.splitlines()[0] == "case,group,label,predicted,prob_normal,prob_fluid,prob_drusen"
+
+
+def test_identical_encoders_give_no_clear_difference(tmp_path):
+    y = np.repeat([0, 1, 2], 4)
+    scores = np.random.default_rng(1).dirichlet(np.ones(3), size=y.size)
+    for src in ("pretrained", "random"):
+        _classification(tmp_path, src, y, scores)
+    text = summarise(str(tmp_path))
+    assert "- classification AUROC: no clear difference (difference +0.000" in text
+    assert "Pretrained beats random init on 0 of 2 comparisons; random init is better on 0." in text
+
+
+def test_older_reports_without_cases_still_tabulate(tmp_path):
     y = np.array([0, 1, 2, 0, 1, 2])
     for src, scores in (("pretrained", np.eye(3)[y]), ("random", np.full((6, 3), 1 / 3))):
         d = tmp_path / f"classification_{src}" / "runs" / "eval"
@@ -16,11 +72,7 @@ def test_summary_puts_pretrained_next_to_random(tmp_path):
         save_classification_report(report, str(d / "classification_metrics.json"), str(d / "classification_metrics.csv"))
     seg = tmp_path / "segmentation" / "runs" / "eval"
     seg.mkdir(parents=True)
-    (seg / "segmentation_metrics.json").write_text(json.dumps({"dice_mean": 0.5, "iou_mean": 0.25}))
+    (seg / "segmentation_metrics.json").write_text(json.dumps({"dice_mean": 0.5, "iou_mean": 0.25, "n_cases": 6}))
     text = summarise(str(tmp_path))
-    rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| pretrained") or ln.startswith("| random")}
-    assert "| 1.000 | 1.000 | 1.000 |" in rows["pretrained"]
-    assert rows["random"].split("|")[2].strip() != "1.000"
-    assert "mean Dice 0.500, mean IoU 0.250" in text
-    assert (tmp_path / "summary.md").read_text() == text
-    assert "Pretrained beats random init on 3 of 3 metrics" in text
+    assert "| pretrained | 0.500 | 0.250 | 1.000 | 1.000 | 1.000 |" in text
+    assert "Paired bootstrap" not in text  # nothing per case to pair

@@ -186,24 +186,30 @@ class ClassificationReportHandler(_ReportHandler):
 
     Reads ``output[pred_key]`` (logits ``[C]``, or probabilities with ``from_logits=False``) and
     ``output[label_key]`` per item, and the group from the batch item (``device``). Also puts ``accuracy``,
-    ``macro_f1`` and ``auroc`` (pooled) into ``engine.state.metrics``.
+    ``macro_f1`` and ``auroc`` (pooled) into ``engine.state.metrics``. The per-case class probabilities go to
+    the report's ``"cases"`` and to ``cases_csv_name`` (``case, group, label, predicted, prob_<class>...``), so
+    that two encoders scored on the same cases can be compared pairwise
+    (:func:`oct_foundation.metrics.comparison.compare_classifiers`).
     """
 
     def __init__(self, output_dir: str, num_classes: int, class_names: Sequence[str] | None = None,
                  group_key: str = "device", pred_key: str = "pred", label_key: str = "label",
                  from_logits: bool = True, json_name: str = "classification_metrics.json",
-                 csv_name: str = "classification_metrics.csv"):
+                 csv_name: str = "classification_metrics.csv", id_key: str = "case_id",
+                 cases_csv_name: str | None = "classification_cases.csv"):
         super().__init__(output_dir, json_name, csv_name)
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names is not None else None
-        self.group_key, self.pred_key, self.label_key = group_key, pred_key, label_key
+        self.group_key, self.pred_key, self.label_key, self.id_key = group_key, pred_key, label_key, id_key
         self.from_logits = from_logits
+        self.cases_csv_path = io.join(self.output_dir, cases_csv_name) if cases_csv_name else None
         self._reset()
 
     def _reset(self, engine=None) -> None:
         self.scores: list[np.ndarray] = []
         self.labels: list[int] = []
         self.groups: list[str] = []
+        self.ids: list[str] = []
 
     def update(self, out: Mapping, item: Mapping) -> None:
         pred = torch.as_tensor(out[self.pred_key]).detach().float().cpu().reshape(-1)
@@ -213,18 +219,31 @@ class ClassificationReportHandler(_ReportHandler):
         self.scores.append(pred.numpy())
         self.labels.append(int(label.reshape(-1)[0]))
         self.groups.append(str(_value(item.get(self.group_key, "all"))))
+        case = item.get(self.id_key)
+        self.ids.append(str(_value(case)) if case is not None else str(len(self.ids)))
 
     def compute(self) -> dict[str, Any]:
-        from oct_foundation.metrics.classification import classification_metrics
+        from oct_foundation.metrics.classification import _softmax, classification_metrics
 
-        return classification_metrics(np.asarray(self.labels), np.stack(self.scores), groups=self.groups,
-                                      num_classes=self.num_classes, from_logits=self.from_logits,
-                                      class_names=self.class_names)
+        scores = np.stack(self.scores)
+        result = classification_metrics(np.asarray(self.labels), scores, groups=self.groups,
+                                        num_classes=self.num_classes, from_logits=self.from_logits,
+                                        class_names=self.class_names)
+        prob = _softmax(scores.astype(np.float64)) if self.from_logits else scores
+        names = result["class_names"]
+        result["cases"] = [
+            {"case": cid, "group": g, "label": int(y), "predicted": int(np.argmax(p)),
+             **{f"prob_{n}": float(v) for n, v in zip(names, p)}}
+            for cid, g, y, p in zip(self.ids, self.groups, self.labels, prob)
+        ]
+        return result
 
     def save(self, result) -> None:
-        from oct_foundation.metrics.classification import save_classification_report
+        from oct_foundation.metrics.classification import save_classification_report, write_csv_rows
 
         save_classification_report(result, self.json_path, self.csv_path)
+        if self.cases_csv_path and result.get("cases"):
+            write_csv_rows(result["cases"], self.cases_csv_path)
         p = result["pooled"]
         logger.info("classification: n=%d accuracy=%.4f macro_f1=%.4f auroc=%.4f", p["n"], p["accuracy"],
                     p["macro_f1"], p["auroc"])
