@@ -472,6 +472,10 @@ def _random_transforms(transform: Any) -> list:
     return found
 
 
+class _NotEnoughData(ValueError):
+    """Too few volumes or tokens for an effective-rank check."""
+
+
 class _RandomStateGuard:
     """Saves every random state that drawing a few batches could move and puts it back on exit: torch (CPU and
     CUDA), NumPy, Python ``random`` and the ``R`` generators of the loader's random MONAI transforms (a shuffled
@@ -577,8 +581,6 @@ class RepresentationRankMonitor:
             n += parts[-1].shape[0]
             if n >= self.max_volumes:
                 break
-        if not parts:
-            raise ValueError("RepresentationRankMonitor: the data loader gave no batches")
         return parts
 
     @staticmethod
@@ -602,10 +604,14 @@ class RepresentationRankMonitor:
 
         with _RandomStateGuard(self.data_loader):
             volumes = self._volumes()
+            if sum(x.shape[0] for x in volumes) < 1:
+                raise _NotEnoughData("the data loader gave no volumes")
             feats = {
                 "target": self._tokens(network.target_encoder, volumes, device),
                 "context": self._tokens(network.encoder, volumes, device),
             }
+        if feats["target"].shape[0] < 2:
+            raise _NotEnoughData(f"{feats['target'].shape[0]} token(s); the effective rank needs at least 2")
         out = {}
         for which, f in feats.items():
             out[f"{which}_effective_rank"] = effective_rank(f, "participation")
@@ -617,7 +623,11 @@ class RepresentationRankMonitor:
     def __call__(self, engine: Engine) -> None:
         epoch = int(engine.state.epoch)
         device = getattr(engine.state, "device", None) or "cpu"
-        r = self.compute(engine.network, device)
+        try:
+            r = self.compute(engine.network, device)
+        except _NotEnoughData as e:  # an empty loader is reported, not raised: the monitor never stops training
+            self.logger.warning("epoch %d: effective rank not computed: %s", epoch, e)
+            return
         for k in self.METRICS:
             engine.state.metrics[k] = r[k]
         self.history.append({"epoch": epoch, **r})

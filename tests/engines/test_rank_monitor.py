@@ -34,8 +34,8 @@ def shuffled_loader(items, transform=None):
 
 def run_training(monitor=None, epochs=2):
     net = tiny_vjepa()
-    trainer = make_trainer(net, shuffled_loader(volumes()), epochs,
-                           handlers=[monitor] if monitor is not None else None)
+    handlers = None if monitor is None else (list(monitor) if isinstance(monitor, (list, tuple)) else [monitor])
+    trainer = make_trainer(net, shuffled_loader(volumes()), epochs, handlers=handlers)
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
     torch.manual_seed(123)
@@ -84,9 +84,16 @@ def test_warning_when_below_threshold_and_interval(caplog):
     assert "representation collapse is likely" in warnings[0] and "docs/README.md" in warnings[0]
     assert f"{trainer.state.metrics['target_effective_rank']:.2f}" in warnings[0]
 
+    # interval <= 0: off; an empty loader: a warning, and training goes on
     disabled = RepresentationRankMonitor(data, interval=0, warn_below=1000.0)
-    trainer, _ = run_training(disabled, epochs=1)
-    assert disabled.history == [] and "target_effective_rank" not in trainer.state.metrics
+    empty = RepresentationRankMonitor([], interval=1)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="oct_foundation.engines"):
+        trainer, losses = run_training([disabled, empty], epochs=1)
+    assert len(losses) == 3 and disabled.history == [] and empty.history == []
+    assert "target_effective_rank" not in trainer.state.metrics
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["epoch 1: effective rank not computed: the data loader gave no volumes"]
 
 
 def test_detects_collapsed_encoder_restores_modes_and_random_states(caplog):
