@@ -218,7 +218,7 @@ def _slice_centre(rng: np.random.Generator, xd: np.ndarray, around: float, sprea
 
 
 def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: str = "small",
-                      rng: np.random.Generator | int | None = None) -> SyntheticVolume:
+                      rng: np.random.Generator | int | None = None, lesion_scale: float = 1.0) -> SyntheticVolume:
     """Draw one OCT-like volume of a class on a device.
 
     Args:
@@ -226,6 +226,9 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
         device: a name in ``DEVICES`` or a :class:`DeviceProfile`.
         size: a key of ``SIZES``.
         rng: a ``numpy.random.Generator`` or an integer seed.
+        lesion_scale: multiplies the en-face extent (slice and lateral radii) of every lesion: 1 draws the default
+            focal lesions; larger values give spatially extended disease (more slices and columns per lesion) for
+            ablations. The random draws are the same for every value.
 
     Returns:
         :class:`SyntheticVolume` with ``image`` float32 ``[D, H, W]`` in about ``[0, 1]`` and ``label`` uint8
@@ -233,6 +236,9 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
     """
     if class_id not in range(len(CLASS_NAMES)):
         raise ValueError(f"class_id must be one of 0..{len(CLASS_NAMES) - 1}, got {class_id!r}")
+    if not float(lesion_scale) > 0:
+        raise ValueError(f"lesion_scale must be positive, got {lesion_scale!r}")
+    ls = float(lesion_scale)
     dev = _device(device)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     D, H, W = dev.shape(size)
@@ -276,7 +282,7 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
         if srf:
             cd = _slice_centre(rng, xd[:, 0], fd, 1.0)
             cw = fw + rng.uniform(-1.0, 1.0)
-            rd, rw, h = rng.uniform(0.8, 1.6), rng.uniform(0.8, 1.6), rng.uniform(0.07, 0.14)
+            rd, rw, h = rng.uniform(0.8, 1.6) * ls, rng.uniform(0.8, 1.6) * ls, rng.uniform(0.07, 0.14)
             dome = np.clip(1 - _rho2(xd, xw, cd, cw, rd, rw, rng.uniform(0, np.pi)), 0, None) ** 1.5
             thick[_L_SRF - _L_NFL] = h * dome
             lesions.append({"type": "subretinal_fluid", "centre_mm": [cd, float(cw)], "height_mm": h})
@@ -284,7 +290,7 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
             host = _L_INL if rng.random() < 0.4 else _L_ONL
             cd = _slice_centre(rng, xd[:, 0], fd, 1.5)
             cw = fw + rng.uniform(-1.5, 1.5)
-            rd, rw, ra = rng.uniform(0.35, 0.8), rng.uniform(0.35, 0.8), rng.uniform(0.04, 0.09)
+            rd, rw, ra = rng.uniform(0.35, 0.8) * ls, rng.uniform(0.35, 0.8) * ls, rng.uniform(0.04, 0.09)
             rho2 = _rho2(xd, xw, cd, cw, rd, rw, rng.uniform(0, np.pi))
             # The cyst swells its host layer so it always lies inside it; cysts that would lift the retina
             # more than _MAX_SWELLING_MM are left out (the first one is always kept).
@@ -301,7 +307,7 @@ def synthesize_volume(class_id: int, device: str | DeviceProfile = "A", size: st
         for _ in range(int(rng.integers(3, 8))):
             cd = _slice_centre(rng, xd[:, 0], fd, 2.0)
             cw = fw + rng.uniform(-2.0, 2.0)
-            rd = rng.uniform(0.25, 0.6)
+            rd = rng.uniform(0.25, 0.6) * ls
             rw = rd * rng.uniform(0.8, 1.25)
             h = rng.uniform(0.05, 0.12)
             dru = np.maximum(dru, h * np.clip(1 - _rho2(xd, xw, cd, cw, rd, rw), 0, None) ** 0.7)
@@ -439,7 +445,7 @@ def _non_empty(path: str) -> bool:
 
 def generate_cohort(out: str, cases: int = 60, seed: int = 0, devices: Sequence[str] = ("A", "B"),
                     size: str = "small", dicom: bool = False, overwrite: bool = False, progress: bool = True,
-                    split: Sequence[float] = (0.6, 0.2, 0.2)) -> str:
+                    split: Sequence[float] = (0.6, 0.2, 0.2), lesion_scale: float = 1.0) -> str:
     """Write a synthetic cohort to ``out`` (local folder or fsspec URL) and return the datalist path.
 
     Args:
@@ -452,6 +458,8 @@ def generate_cohort(out: str, cases: int = 60, seed: int = 0, devices: Sequence[
         overwrite: write into a non-empty folder, replacing files of the same names.
         progress: show a progress bar over cases.
         split: fractions of training / validation / test (stratified by class and device).
+        lesion_scale: en-face extent multiplier of the lesions (see :func:`synthesize_volume`); stored in the
+            datalist's metadata.
 
     Returns:
         Path of ``datalist.json`` (``{"training", "validation", "test"}`` lists of items
@@ -482,7 +490,7 @@ def generate_cohort(out: str, cases: int = 60, seed: int = 0, devices: Sequence[
     items, dicom_items = [], []
     for index in tqdm(range(int(cases)), desc="synthetic OCT cases", unit="case", disable=not progress):
         cls, dev = case_design(index, profiles)
-        vol = synthesize_volume(cls, dev, size, np.random.default_rng([int(seed), index]))
+        vol = synthesize_volume(cls, dev, size, np.random.default_rng([int(seed), index]), lesion_scale=lesion_scale)
         case_id = f"case_{index:04d}"
         image_rel, label_rel = f"images/{case_id}.nii.gz", f"labels/{case_id}.nii.gz"
         oio.atomic_write(oio.join(out, image_rel), _nifti_bytes(vol.image, vol.spacing))
@@ -506,6 +514,7 @@ def generate_cohort(out: str, cases: int = 60, seed: int = 0, devices: Sequence[
         "metadata": {
             "generator": "oct_foundation.data.synthetic",
             "seed": int(seed), "cases": int(cases), "size": size, "split_fractions": [float(s) for s in split],
+            "lesion_scale": float(lesion_scale),
             "array_order": "[D, H, W] = (slice, axial, lateral); affine diag(sd, sh, sw, 1) in mm",
             "devices": {p.name: {"shape": list(p.shape(size)), "spacing_mm": list(p.spacing(size))}
                         for p in profiles},
@@ -543,6 +552,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                         help="devices to simulate (default A B)")
     parser.add_argument("--split", nargs=3, type=float, default=[0.6, 0.2, 0.2],
                         metavar=("TRAIN", "VAL", "TEST"), help="split fractions (default 0.6 0.2 0.2)")
+    parser.add_argument("--lesion-scale", type=float, default=1.0,
+                        help="en-face extent multiplier of the lesions (default 1: focal lesions; e.g. 2.5 for "
+                             "spatially extended disease in ablations)")
     parser.add_argument("--dicom", action="store_true",
                         help="also write DICOM Ophthalmic Tomography files and datalist_dicom.json")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
@@ -551,7 +563,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     try:
         path = generate_cohort(args.out, cases=args.cases, seed=args.seed, devices=args.devices,
                                size=args.size, dicom=args.dicom, overwrite=args.overwrite,
-                               progress=not args.quiet, split=args.split)
+                               progress=not args.quiet, split=args.split,
+                               lesion_scale=args.lesion_scale)
     except (OCTInputError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

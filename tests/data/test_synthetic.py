@@ -344,3 +344,24 @@ def test_custom_device_profile(tmp_path):
     image, affine = _load(Path(path).parent / _items(datalist)[0]["image"])
     assert image.shape == (9, 32, 32)
     np.testing.assert_allclose(np.diag(affine)[:3], (0.5, 1.0 / 32, 5.0 / 32), rtol=1e-6)
+
+
+def test_lesion_scale_extends_lesions_with_the_same_draws(tmp_path):
+    synthesize_volume, FLUID_LABEL, RPE_LABEL = syn.synthesize_volume, syn.FLUID_LABEL, syn.RPE_LABEL
+    base = synthesize_volume(1, "A", "tiny", 7)
+    same = synthesize_volume(1, "A", "tiny", 7, lesion_scale=1.0)
+    big = synthesize_volume(1, "A", "tiny", 7, lesion_scale=2.5)
+    np.testing.assert_array_equal(base.image, same.image)
+    assert (big.label == FLUID_LABEL).sum() > (base.label == FLUID_LABEL).sum() > 0
+    # the anatomy and acquisition draws do not change: a normal eye (no lesions) is identical
+    np.testing.assert_array_equal(synthesize_volume(0, "B", "tiny", 3, lesion_scale=2.5).image,
+                                  synthesize_volume(0, "B", "tiny", 3).image)
+    # extended drusen lift the RPE over more columns
+    elevated = [(synthesize_volume(2, "A", "tiny", 11, lesion_scale=s).label == RPE_LABEL).sum() for s in (1.0, 2.5)]
+    assert elevated[1] > elevated[0]
+    with pytest.raises(ValueError, match="lesion_scale"):
+        synthesize_volume(1, "A", "tiny", 7, lesion_scale=0)
+    from oct_foundation.data.synthetic import main
+    assert main(["--out", str(tmp_path / "c"), "--cases", "3", "--size", "tiny", "--quiet", "--lesion-scale", "2"]) == 0
+    meta = json.loads((tmp_path / "c" / "datalist.json").read_text())["metadata"]
+    assert meta["lesion_scale"] == 2.0
