@@ -102,6 +102,10 @@ def test_train_writes_checkpoint_model_and_loss_falls(trained):
     print(f"pretrain loss: first {first:.4f} -> last {last:.4f}")
     assert last < first - 0.02, f"loss did not fall: {losses}"
     assert _scalars(trained / "runs" / "tensorboard", "train/tokens_per_s")[-1] > 0
+    # the collapse monitor of the bundle logs both encoders' token effective rank every epoch
+    for enc in ("target", "context"):
+        ranks = _scalars(trained / "runs" / "tensorboard", f"collapse/{enc}_effective_rank")
+        assert len(ranks) == 3 and all(1.0 <= r <= 32.0 for r in ranks), (enc, ranks)
 
 
 def test_resume_latest_continues_from_checkpoint(trained, cohort, tmp_path):
