@@ -4,7 +4,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 
 INSTALL_REQUIRES = [
     "torch==2.13.0",

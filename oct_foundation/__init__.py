@@ -5,7 +5,7 @@ Subpackages are imported lazily so that ``import oct_foundation`` in a bundle co
 """
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBPACKAGES = ("data", "networks", "engines", "metrics", "experiments", "errors", "io")
 
