@@ -66,43 +66,29 @@ run "4/7 MAISI reconstruction quality" \
     --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/eval" --allow_random_init true \
     "${MAISI[@]}" "${COMMON[@]}"
 
-# 5. Classification: the same linear probe on the pretrained and on a random encoder of the same shape
-for SRC in pretrained random; do
-  if [ "$SRC" = pretrained ]; then ENC=(--encoder_source model_pt --encoder_path "$OUT/pretrain/models/model.pt");
-  else ENC=(--encoder_source random); fi
-  D="$OUT/classification_$SRC"
-  if [ ! -f "$D/models/model.pt" ]; then
-    run "5/7 classification linear probe, $SRC encoder ($PROBE_EPOCHS epochs)" \
-      "$PY" -m monai.bundle run training --config_file "$B/oct_disease_classification/configs/train.json" \
-        --logging_file "$B/oct_disease_classification/configs/logging.conf" \
-        --dataset_dir "$OUT/cohort" --bundle_root "$D" "${ENC[@]}" "${NET[@]}" "${COMMON[@]}" \
-        --num_epochs "$PROBE_EPOCHS" --learning_rate 0.01 --seed 0
-  fi
-  run "5/7 classification evaluation on the test split, $SRC encoder" \
-    "$PY" -m monai.bundle run evaluating \
-      --config_file "['$B/oct_disease_classification/configs/train.json','$B/oct_disease_classification/configs/evaluate.json']" \
-      --logging_file "$B/oct_disease_classification/configs/logging.conf" \
-      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${NET[@]}" "${COMMON[@]}"
-done
-
-# 6. Segmentation: the same head on the frozen pretrained and on a random encoder, evaluated on full depth
-for SRC in pretrained random; do
-  if [ "$SRC" = pretrained ]; then ENC=(--encoder_source model_pt --encoder_path "$OUT/pretrain/models/model.pt");
-  else ENC=(--encoder_source random); fi
-  D="$OUT/segmentation_$SRC"
-  if [ ! -f "$D/models/model.pt" ]; then
-    run "6/7 layer segmentation head, frozen $SRC encoder ($SEG_EPOCHS epochs)" \
-      "$PY" -m monai.bundle run training --config_file "$B/oct_layer_segmentation/configs/train.json" \
-        --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
-        --dataset_dir "$OUT/cohort" --bundle_root "$D" "${ENC[@]}" "${NET[@]}" "${COMMON[@]}" \
-        --num_epochs "$SEG_EPOCHS" --seed 0
-  fi
-  run "6/7 segmentation evaluation (Dice, IoU per layer, full depth), $SRC encoder" \
-    "$PY" -m monai.bundle run evaluating \
-      --config_file "['$B/oct_layer_segmentation/configs/train.json','$B/oct_layer_segmentation/configs/evaluate.json']" \
-      --logging_file "$B/oct_layer_segmentation/configs/logging.conf" \
-      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${NET[@]}" "${COMMON[@]}"
-done
+# 5-6. Downstream: the same head, data and seed on the frozen pretrained encoder and on a random encoder of the
+# same shape; training on the training split, evaluation on the test split at full depth.
+downstream() {  # STEP BUNDLE OUTPUT_PREFIX WHAT EPOCHS [extra training overrides...]
+  local step="$1" bundle="$2" prefix="$3" what="$4" epochs="$5"; shift 5
+  local cfg="$B/$bundle/configs" src d enc
+  for src in pretrained random; do
+    if [ "$src" = pretrained ]; then enc=(--encoder_source model_pt --encoder_path "$OUT/pretrain/models/model.pt");
+    else enc=(--encoder_source random); fi
+    d="$OUT/${prefix}_$src"
+    if [ ! -f "$d/models/model.pt" ]; then
+      run "$step $what, frozen $src encoder ($epochs epochs)" \
+        "$PY" -m monai.bundle run training --config_file "$cfg/train.json" --logging_file "$cfg/logging.conf" \
+          --dataset_dir "$OUT/cohort" --bundle_root "$d" "${enc[@]}" "${NET[@]}" "${COMMON[@]}" \
+          --num_epochs "$epochs" --seed 0 "$@"
+    fi
+    run "$step $what: evaluation on the test split, $src encoder" \
+      "$PY" -m monai.bundle run evaluating --config_file "['$cfg/train.json','$cfg/evaluate.json']" \
+        --logging_file "$cfg/logging.conf" --dataset_dir "$OUT/cohort" --bundle_root "$d" "${NET[@]}" "${COMMON[@]}"
+  done
+}
+downstream 5/7 oct_disease_classification classification "disease classification linear probe" "$PROBE_EPOCHS" \
+  --learning_rate 0.01
+downstream 6/7 oct_layer_segmentation segmentation "layer segmentation head" "$SEG_EPOCHS"
 
 # 7. Latent diffusion on stacked latents (small autoencoder and U-Net, a few epochs: shows the workflow)
 D="$OUT/latent_diffusion"

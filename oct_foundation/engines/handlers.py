@@ -46,6 +46,21 @@ def _scalar(v) -> float:
     return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
 
 
+class _TensorBoardWriter:
+    """A ``SummaryWriter`` on ``self.log_dir``, created on first use (``self._writer`` may be given instead)."""
+
+    log_dir: str | None = None
+    _writer: Any = None
+
+    @property
+    def writer(self):
+        if self._writer is None and self.log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        return self._writer
+
+
 class ProgressBarHandler:
     """Ignite ``ProgressBar`` showing the given output keys (e.g. loss) for each iteration (rank 0 only)."""
 
@@ -102,7 +117,7 @@ def slice_indices_of(batch, key: str = "image") -> torch.Tensor | None:
     return None
 
 
-class JEPAStatsLogger:
+class JEPAStatsLogger(_TensorBoardWriter):
     """Logs training statistics every ``interval`` iterations and per epoch, to the Python logger and, when
     ``log_dir`` is given, to TensorBoard.
 
@@ -130,14 +145,6 @@ class JEPAStatsLogger:
         self._epoch_losses: list[float] = []
         self._slices: list[torch.Tensor] = []
         self.losses: list[float] = []
-
-    @property
-    def writer(self):
-        if self._writer is None and self.log_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=self.log_dir)
-        return self._writer
 
     def attach(self, engine: Engine) -> None:
         if _rank() != 0:
@@ -511,7 +518,7 @@ class _RandomStateGuard:
             t.R.set_state(st)
 
 
-class RepresentationRankMonitor:
+class RepresentationRankMonitor(_TensorBoardWriter):
     """Watches for dimensional collapse of the V-JEPA encoders during pretraining.
 
     Every ``interval`` epochs (``Events.EPOCH_COMPLETED``; ``interval <= 0`` disables it) up to ``max_volumes``
@@ -555,14 +562,6 @@ class RepresentationRankMonitor:
         self.logger = logging.getLogger(name)
         self._writer = None
         self.history: list[dict[str, float]] = []
-
-    @property
-    def writer(self):
-        if self._writer is None and self.log_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=self.log_dir)
-        return self._writer
 
     def attach(self, engine: Engine) -> None:
         if self.interval <= 0 or _rank() != 0:
