@@ -9,13 +9,14 @@
 #   7. latent diffusion: autoencoder, U-Net, samples, Frechet  -> $OUT/latent_diffusion
 # Sizes are set for a 2-core CPU (10-20 minutes). The cohort is split 40/10/50 so that the pretrained-vs-random
 # comparison is scored on a test split of half the cases (36 of 72), with paired bootstrap intervals. A run this short needs a faster EMA than V-JEPA's 0.998
-# (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md). Knobs: OUT, CASES, SPLIT, PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
+# (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md). Knobs: OUT, CASES, SPLIT, LESION_SCALE (1: focal lesions; see docs/scientific_check.md), PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
 # Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 OUT="$(realpath -m "${OUT:-demo_output}")"
 CASES="${CASES:-72}"
 SPLIT="${SPLIT:-0.4 0.1 0.5}"
+LESION_SCALE="${LESION_SCALE:-1}"
 PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-12}"
 PROBE_EPOCHS="${PROBE_EPOCHS:-15}"
 SEG_EPOCHS="${SEG_EPOCHS:-3}"
@@ -35,7 +36,7 @@ mkdir -p "$OUT"
 if [ ! -f "$OUT/cohort/datalist.json" ]; then
   run "1/7 synthetic OCT cohort ($CASES cases, 2 devices, 3 classes)" \
     "$PY" -m oct_foundation.data.synthetic --out "$OUT/cohort" --cases "$CASES" --seed 0 --size small --dicom \
-      --split $SPLIT
+      --split $SPLIT --lesion-scale "$LESION_SCALE"
 else echo "=== 1/7 cohort exists: $OUT/cohort"; fi
 
 # 2. Pretraining
