@@ -24,17 +24,22 @@ def _fmt(v, nd=3):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
-def epoch_losses(run_dir: str) -> list[float]:
-    """``train/epoch_loss`` scalars from the TensorBoard files under ``run_dir``, in epoch order."""
+def epoch_scalars(run_dir: str, tag: str = "train/epoch_loss") -> list[float]:
+    """The ``tag`` scalars from the TensorBoard files under ``run_dir``, in step order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values: dict[int, float] = {}
     for ev in sorted(glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True)):
         acc = EventAccumulator(ev, size_guidance={"scalars": 0})
         acc.Reload()
-        if "train/epoch_loss" in acc.Tags().get("scalars", []):
-            values.update({e.step: e.value for e in acc.Scalars("train/epoch_loss")})
+        if tag in acc.Tags().get("scalars", []):
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
     return [values[k] for k in sorted(values)]
+
+
+def epoch_losses(run_dir: str) -> list[float]:
+    """``train/epoch_loss`` scalars from the TensorBoard files under ``run_dir``, in epoch order."""
+    return epoch_scalars(run_dir, "train/epoch_loss")
 
 
 def _seg_report(out: str, src: str):
@@ -124,6 +129,12 @@ def summarise(out: str) -> str:
     if losses:
         lines.append(f"- V-JEPA pretraining: epoch loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epochs"
                      f" ({out}/pretrain/models/model.pt)")
+    ranks = {enc: epoch_scalars(os.path.join(out, "pretrain"), f"collapse/{enc}_effective_rank")
+             for enc in ("target", "context")}
+    if all(ranks.values()):
+        lines.append("- Token effective rank (collapse monitor; a random-init encoder scores about 8-12): target "
+                     f"{ranks['target'][0]:.1f} -> {ranks['target'][-1]:.1f}, context {ranks['context'][0]:.1f} -> "
+                     f"{ranks['context'][-1]:.1f}")
     emb = next((p for p in (os.path.join(out, "embeddings", n) for n in ("manifest.csv", "summary.csv")) if os.path.exists(p)), "")
     if os.path.exists(emb):
         rows = list(csv.DictReader(open(emb)))

@@ -53,6 +53,20 @@ def test_summary_table_and_paired_verdicts(tmp_path):
     assert cases.splitlines()[0] == "case,group,label,predicted,prob_normal,prob_fluid,prob_drusen"
 
 
+def test_pretraining_loss_and_collapse_monitor_lines(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "pretrain" / "runs" / "tensorboard"))
+    for epoch, (loss, rt, rc) in enumerate([(0.8, 10.0, 9.0), (0.4, 9.5, 3.0), (0.2, 9.0, 2.25)], start=1):
+        w.add_scalar("train/epoch_loss", loss, epoch)
+        w.add_scalar("collapse/target_effective_rank", rt, epoch)
+        w.add_scalar("collapse/context_effective_rank", rc, epoch)
+    w.close()
+    text = summarise(str(tmp_path))
+    assert "epoch loss 0.8000 -> 0.2000 over 3 epochs" in text
+    assert "target 10.0 -> 9.0, context 9.0 -> 2.2" in text
+
+
 def test_identical_encoders_give_no_clear_difference(tmp_path):
     y = np.repeat([0, 1, 2], 4)
     scores = np.random.default_rng(1).dirichlet(np.ones(3), size=y.size)
