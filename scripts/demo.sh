@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # The whole project on a synthetic OCT cohort, through the real bundle command line:
-#   1. generate the cohort (NIfTI + DICOM, datalist)          -> $OUT/cohort
-#   2. V-JEPA pretraining (oct_vjepa_pretrain)                 -> $OUT/pretrain
+#   1. generate the labelled cohort (NIfTI + DICOM, datalist) -> $OUT/cohort
+#      and an unlabelled pretraining cohort (other seed)      -> $OUT/unlabelled
+#   2. V-JEPA pretraining on the unlabelled cohort             -> $OUT/pretrain
 #   3. embeddings of every test volume at full depth           -> $OUT/embeddings
 #   4. MAISI stacked encode / decode / reconstruction quality  -> $OUT/maisi
 #   5. disease classification: pretrained vs random encoder    -> $OUT/classification_{pretrained,random}
 #   6. layer segmentation: pretrained vs random encoder       -> $OUT/segmentation_{pretrained,random}
 #   7. latent diffusion: autoencoder, U-Net, samples, Frechet  -> $OUT/latent_diffusion
-# Sizes are set for a 2-core CPU (10-20 minutes). The cohort is split 40/10/50 so that the pretrained-vs-random
-# comparison is scored on a test split of half the cases (36 of 72), with paired bootstrap intervals. A run this short needs a faster EMA than V-JEPA's 0.998
-# (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md). Knobs: OUT, CASES, SPLIT, LESION_SCALE (1: focal lesions; see docs/scientific_check.md), PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
+# Sizes are set for a 2-core CPU (15-25 minutes). As a foundation model is used, the encoder is pretrained on
+# unlabelled volumes (UNLABELLED cases of another seed, labels unused; 0 pretrains on the labelled training split)
+# and the downstream heads see few labels: the labelled cohort is split 40/10/50, so the pretrained-vs-random
+# comparison is scored on half the cases (36 of 72), with paired bootstrap intervals. A run this short needs a
+# faster EMA than V-JEPA's 0.998 (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md).
+# Knobs: OUT, CASES, SPLIT, UNLABELLED, LESION_SCALE (1: focal lesions; see docs/scientific_check.md),
+# PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
 # Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
@@ -17,7 +22,12 @@ OUT="$(realpath -m "${OUT:-demo_output}")"
 CASES="${CASES:-72}"
 SPLIT="${SPLIT:-0.4 0.1 0.5}"
 LESION_SCALE="${LESION_SCALE:-1}"
-PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-12}"
+UNLABELLED="${UNLABELLED:-480}"
+if [ "$UNLABELLED" -gt 0 ]; then
+  PRETRAIN_DATA="$OUT/unlabelled"; PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-5}"; PRETRAIN_OPTS=(--warmup_epochs 1 --learning_rate 0.0005)
+else
+  PRETRAIN_DATA="$OUT/cohort"; PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-12}"; PRETRAIN_OPTS=(--warmup_epochs 2 --learning_rate 0.001)
+fi
 PROBE_EPOCHS="${PROBE_EPOCHS:-15}"
 SEG_EPOCHS="${SEG_EPOCHS:-3}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
@@ -38,14 +48,19 @@ if [ ! -f "$OUT/cohort/datalist.json" ]; then
     "$PY" -m oct_foundation.data.synthetic --out "$OUT/cohort" --cases "$CASES" --seed 0 --size small --dicom \
       --split $SPLIT --lesion-scale "$LESION_SCALE"
 else echo "=== 1/7 cohort exists: $OUT/cohort"; fi
+if [ "$UNLABELLED" -gt 0 ] && [ ! -f "$OUT/unlabelled/datalist.json" ]; then
+  run "1/7 unlabelled pretraining cohort ($UNLABELLED cases, another seed; labels unused)" \
+    "$PY" -m oct_foundation.data.synthetic --out "$OUT/unlabelled" --cases "$UNLABELLED" --seed 1 --size small \
+      --split 1 0 0 --lesion-scale "$LESION_SCALE"
+fi
 
 # 2. Pretraining
 if [ ! -f "$OUT/pretrain/models/model.pt" ]; then
-  run "2/7 V-JEPA pretraining ($PRETRAIN_EPOCHS epochs)" \
+  run "2/7 V-JEPA pretraining on $PRETRAIN_DATA ($PRETRAIN_EPOCHS epochs)" \
     "$PY" -m monai.bundle run training --config_file "$B/oct_vjepa_pretrain/configs/train.json" \
-      --dataset_dir "$OUT/cohort" --bundle_root "$OUT/pretrain" --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
-      "${NET[@]}" "${PRED[@]}" "${COMMON[@]}" --d_full 32 --num_epochs "$PRETRAIN_EPOCHS" --warmup_epochs 2 \
-      --batch_size 4 --learning_rate 0.001 --log_interval 5 --cache_rate 1.0 --ema_start 0.99
+      --dataset_dir "$PRETRAIN_DATA" --bundle_root "$OUT/pretrain" --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
+      "${NET[@]}" "${PRED[@]}" "${COMMON[@]}" --d_full 32 --num_epochs "$PRETRAIN_EPOCHS" "${PRETRAIN_OPTS[@]}" \
+      --batch_size 4 --log_interval 20 --cache_rate 1.0 --ema_start 0.99
 else echo "=== 2/7 pretrained model exists: $OUT/pretrain/models/model.pt"; fi
 
 # 3. Embeddings (collaborator-style inference on a folder of NIfTI files)
