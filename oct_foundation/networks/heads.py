@@ -305,15 +305,54 @@ class ClassificationNet(_EncoderMixin, nn.Module):
         self.head = nn.Linear(e, self.num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        # Pooled features are standardised with these before the head: identity until fit_feature_scaler().
+        # Part of the state_dict, so a saved probe carries the statistics it was trained with.
+        self.register_buffer("feature_mean", torch.zeros(e))
+        self.register_buffer("feature_std", torch.ones(e))
         self.freeze = set_encoder_trainable(self.encoder, freeze)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``[B, E]`` for ``x [B, C, D, H, W]``."""
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled, not yet standardised features ``[B, E]`` for ``x [B, C, D, H, W]``."""
         xp, _ = pad_to_patch(x, self.kernel, self.pad_mode)
         tokens = self._encode(xp)
         if isinstance(tokens, (list, tuple)):
             tokens = tokens[-1]
         return tokens.mean(1) if self.probe == "linear" else self.pooler(tokens)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled, standardised features ``[B, E]`` for ``x [B, C, D, H, W]`` (the head's input)."""
+        return (self.pooled(x) - self.feature_mean) / self.feature_std
+
+    @torch.no_grad()
+    def fit_feature_scaler(self, data_loader, device=None, image_key: str = "image", eps: float = 1e-6) -> dict:
+        """Set ``feature_mean`` / ``feature_std`` to the per-dimension mean and standard deviation of the pooled
+        features over ``data_loader`` (batches ``{image_key: [B, C, D, H, W]}``), as scikit-learn's
+        ``StandardScaler`` does for a linear probe on frozen features.
+
+        A frozen V-JEPA encoder's pooled features can be very anisotropic (a few directions carry nearly all
+        the variance when the representation has collapsed dimensionally); a linear head trained by gradient
+        descent for a few epochs then uses only those directions. Standardising first removes that dependence
+        on scale. With a trainable encoder the statistics are those of the initial encoder. Returns
+        ``{"n": volumes, "mean_std": mean of the std}``.
+        """
+        from oct_foundation.engines.jepa_trainer import prepare_batch_image
+
+        device = torch.device(device) if device is not None else self.feature_mean.device
+        was_training = self.training
+        self.eval()
+        feats = []
+        for batch in data_loader:
+            x = prepare_batch_image(batch, device, image_key=image_key)
+            feats.append(self.pooled(x).float().cpu())
+        self.train(was_training)
+        if not feats:
+            raise ValueError("fit_feature_scaler: the data loader yielded no batch")
+        f = torch.cat(feats)
+        if f.shape[0] < 2:
+            raise ValueError(f"fit_feature_scaler needs at least 2 volumes, got {f.shape[0]}")
+        self.feature_mean.copy_(f.mean(0).to(self.feature_mean))
+        self.feature_std.copy_(f.std(0).clamp_min(eps).to(self.feature_std))
+        return {"n": int(f.shape[0]), "mean_std": float(f.std(0).mean())}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:
