@@ -124,6 +124,10 @@ class AutoencoderTrainer(SupervisedTrainer):
     ``GradScaler``. :meth:`checkpoint_objects` lists everything to resume (for ``TrainingCheckpoint`` /
     ``ResumeCheckpoint``).
 
+    ``autoencoder``: the module that runs the forward pass, by default ``network.autoencoder``; pass a wrapper of
+    it (``DistributedDataParallel(network.autoencoder)``) for multi-GPU training, so that ``network`` and the
+    checkpoints keep their plain parameter names.
+
     Output of an iteration: ``{"image", "loss" (generator), "recon_loss", "kl_loss", "adv_loss", "d_loss"}``.
     """
 
@@ -147,6 +151,7 @@ class AutoencoderTrainer(SupervisedTrainer):
         image_key: str = "image",
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
+        autoencoder: torch.nn.Module | None = None,
     ) -> None:
         dev = torch.device(device)
         super().__init__(device=dev, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
@@ -155,6 +160,9 @@ class AutoencoderTrainer(SupervisedTrainer):
                          decollate=False)
         if not hasattr(network, "autoencoder") or not hasattr(network, "window_and_stride"):
             raise TypeError("AutoencoderTrainer needs a StackedVideoVAE network")
+        # the module that runs the forward pass: network.autoencoder itself, or a wrapper of it such as
+        # DistributedDataParallel(network.autoencoder) for multi-GPU training (checkpoints keep plain names)
+        self.autoencoder = autoencoder if autoencoder is not None else network.autoencoder
         self.recon_weight, self.kl_weight = float(recon_weight), float(kl_weight)
         self.discriminator = discriminator
         self.d_optimizer = d_optimizer
@@ -220,7 +228,7 @@ class AutoencoderTrainer(SupervisedTrainer):
         vae = self.network
         win, stride = vae.window_and_stride
         stacks = video_to_stacks(x, win, stride, vae.compression)
-        ae = vae.autoencoder
+        ae = self.autoencoder
         ae.train()
         adversarial = self.use_adversarial and engine.state.epoch > self.adv_start_epoch
         self.optimizer.zero_grad(set_to_none=True)
@@ -486,6 +494,11 @@ def sample_timesteps(scheduler, latents: torch.Tensor, generator: torch.Generato
                          generator=generator).long()
 
 
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper, else the module itself."""
+    return getattr(module, "module", module)
+
+
 class DiffusionTrainer(SupervisedTrainer):
     """Train a :class:`LatentDiffusionUNet` on latent videos with MONAI's ``DiffusionInferer``.
 
@@ -493,7 +506,8 @@ class DiffusionTrainer(SupervisedTrainer):
     ``image_key`` (volumes ``[B, 1, T, H, W]`` encoded on the fly by ``autoencoder``, a frozen
     ``StackedVideoVAE``, posterior means). Latents are multiplied by the U-Net's ``scale_factor`` buffer; when it
     is unset (0) it is set to 1 / std of the raw latents of the first ``scale_batches`` training batches (the
-    model zoo's rule), unless given. Loss: MSE between the prediction and :func:`diffusion_target`.
+    model zoo's rule), unless given. Loss: MSE between the prediction and :func:`diffusion_target`. ``network``
+    may be a ``DistributedDataParallel`` wrapper of the U-Net (the buffer is read from the wrapped module).
 
     Output of an iteration: ``{"latent", "loss"}``.
     """
@@ -526,7 +540,7 @@ class DiffusionTrainer(SupervisedTrainer):
         if autoencoder is not None:
             autoencoder.eval().requires_grad_(False)
         if scale_factor not in (None, "auto", ""):
-            network.scale_factor.fill_(float(scale_factor))
+            _unwrap(network).scale_factor.fill_(float(scale_factor))
         self.scale_batches = max(1, int(scale_batches))
         self.latent_key, self.image_key = latent_key, image_key
         self.use_amp = bool(amp)
@@ -571,14 +585,15 @@ class DiffusionTrainer(SupervisedTrainer):
         if var <= 0:
             raise ValueError("latent scale factor: the training latents have zero variance")
         value = 1.0 / math.sqrt(var)
-        self.network.scale_factor.fill_(value)
+        _unwrap(self.network).scale_factor.fill_(value)
         logger.info("latent scale factor 1/std = %.5g (from %d batches)", value, min(self.scale_batches, i + 1))
         return value
 
     def _iteration(self, engine: "DiffusionTrainer", batchdata) -> dict:
-        if float(self.network.scale_factor) <= 0:
+        scale = _unwrap(self.network).scale_factor
+        if float(scale) <= 0:
             self.compute_scale_factor()
-        z = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking) * float(self.network.scale_factor)
+        z = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking) * float(scale)
         scheduler = self.inferer.scheduler
         noise = torch.randn_like(z)
         timesteps = sample_timesteps(scheduler, z)

@@ -73,6 +73,8 @@ def test_multi_gpu_autoencoder_torchrun_two_cpu_processes(cohort, tmp_path):
     per_rank = -(-n_train // 2)
     assert ckpt["trainer"]["iteration"] == 2 * -(-per_rank // 2)
     assert {"network", "optimizer", "trainer", "discriminator", "d_optimizer"} <= set(ckpt)
+    # checkpoints keep plain names (the DDP wrapper is only the trainer's forward module)
+    assert not any("module." in k for k in list(ckpt["network"]) + list(ckpt["discriminator"]))
     # validation on rank 0 only: one row per epoch (not one per rank)
     with open(run_dir / "validation.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
