@@ -28,15 +28,6 @@ def _run(configs, **overrides):
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from oct_foundation.data.synthetic import generate_cohort
-
-    out = tmp_path_factory.mktemp("cohort")
-    generate_cohort(str(out), cases=8, seed=0, size="tiny", progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def trained_autoencoder(cohort, tmp_path_factory):
     """The autoencoder bundle trained for 2 epochs (1 iteration each) with the adversarial term."""
     root = tmp_path_factory.mktemp("ae")

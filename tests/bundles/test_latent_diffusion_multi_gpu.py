@@ -32,15 +32,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from oct_foundation.data.synthetic import generate_cohort
-
-    out = tmp_path_factory.mktemp("cohort")
-    generate_cohort(str(out), cases=8, seed=0, size="tiny", progress=False)
-    return out
-
-
 def _torchrun(tmp_path: Path, configs: list[str], **args) -> subprocess.CompletedProcess:
     runner = tmp_path / "run_bundle.py"
     runner.write_text(_RUNNER)

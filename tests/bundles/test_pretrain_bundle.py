@@ -51,15 +51,6 @@ def _scalars(log_dir, tag):
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from oct_foundation.data.synthetic import generate_cohort
-
-    out = tmp_path_factory.mktemp("cohort")
-    generate_cohort(str(out), cases=8, seed=0, size="tiny", progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def trained(cohort, tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle_root")
     _run("training", ["train.json"], dataset_dir=str(cohort), bundle_root=str(root), num_epochs=3, cache_rate=1.0, **TINY)
