@@ -125,18 +125,28 @@ def plot_metric_vs(rows: Sequence[Mapping[str, Any]], x: str, metrics: Sequence[
                 plotted = True
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
         if logx:
             ax.set_xscale("log")
-        if plotted:
-            ax.legend(title=group, fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+        _finish_axes(ax, plotted, title=group)
     if title:
         fig.suptitle(title)
+    return _write_figure(fig, path, dpi)
+
+
+def _finish_axes(ax, plotted: bool, **legend_kwargs) -> None:
+    """Grid, and a legend when something was plotted (else a note that nothing finite was)."""
+    ax.grid(True, alpha=0.3)
+    if plotted:
+        ax.legend(fontsize=8, **legend_kwargs)
+    else:
+        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+
+
+def _write_figure(fig, path: str, dpi: int) -> str:
+    """Lay out, write ``fig`` atomically to ``path`` (PNG), close it; returns ``path``."""
     fig.tight_layout()
     _save(fig, path, dpi)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -156,17 +166,10 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str, 
         ax.axhline(float(threshold), color="grey", linestyle="--", linewidth=1, label="threshold")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    if plotted:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+    _finish_axes(ax, plotted)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path, dpi)
-    plt.close(fig)
-    return path
+    return _write_figure(fig, path, dpi)
 
 
 def first(items: Iterable[Any], pred: Callable[[Any], bool]) -> Any:
