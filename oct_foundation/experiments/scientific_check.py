@@ -119,24 +119,6 @@ def _volumes(datalist: str, splits: Sequence[str], image_size: int, cache: str):
     return xs, ys
 
 
-class _Subsampled(torch.utils.data.Dataset):
-    """``{"image": [1, d, H, W]}``: ``d`` slices at uniform spacing with a random phase (as ``DepthSubsampled``)."""
-
-    def __init__(self, volumes, d: int, seed: int):
-        self.volumes, self.d = volumes, int(d)
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self):
-        return len(self.volumes)
-
-    def __getitem__(self, i):
-        x = self.volumes[i]
-        depth = x.shape[1]
-        step = depth / self.d
-        idx = np.minimum((self.rng.random() * step + np.arange(self.d) * step).astype(int), depth - 1)
-        return {"image": x[:, idx]}
-
-
 # ------------------------------------------------------------------------------------------------- steps
 def pretrain(volumes, settings: CheckSettings, seed: int):
     """One V-JEPA pretraining run on ``volumes``; returns ``(network, per-epoch mean losses)``."""
@@ -146,9 +128,15 @@ def pretrain(volumes, settings: CheckSettings, seed: int):
                                         build_param_groups, mask_generator_for_depth)
     from oct_foundation.networks import VJEPA3D, default_mask_generators
 
+    from monai.data import Dataset
+
+    from oct_foundation.data import DepthSubsampled
+
     torch.manual_seed(seed)
-    loader = torch.utils.data.DataLoader(_Subsampled(volumes, settings.d_target, seed),
-                                         batch_size=settings.batch_size, shuffle=True, drop_last=True)
+    subsample = DepthSubsampled(keys="image", d_target=settings.d_target, strategy="uniform")
+    subsample.set_random_state(seed)
+    dataset = Dataset([{"image": x} for x in volumes], transform=subsample)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True)
     net = VJEPA3D(**settings.network_kwargs())
     masks = mask_generator_for_depth(default_mask_generators(), settings.d_full, settings.d_target, True)
     total = settings.epochs * len(loader)

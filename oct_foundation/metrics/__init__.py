@@ -24,6 +24,10 @@ _EXPORTS = {
     "linear_probe": "representation",
     "extract_features": "representation",
     "effective_rank": "representation",
+    # paired comparison of two models on the same cases
+    "paired_bootstrap": "comparison",
+    "compare_classifiers": "comparison",
+    "compare_per_case": "comparison",
     # convergence and resources
     "steps_to_threshold": "convergence",
     "best_value": "convergence",
