@@ -31,7 +31,6 @@ fi
 PROBE_EPOCHS="${PROBE_EPOCHS:-15}"
 SEG_EPOCHS="${SEG_EPOCHS:-3}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
-BUNDLE="python -m monai.bundle run"
 B="$ROOT/bundles"
 # One encoder shape for every step (the downstream bundles must build what pretraining saved).
 NET=(--image_size "[64, 64]" --d_target 16 --patch_size 16 --tubelet_size 2 --embed_dim 96 --depth 4 --num_heads 4)
