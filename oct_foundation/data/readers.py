@@ -43,6 +43,7 @@ __all__ = [
     "OPT_SOP_CLASS_UID",
     "OCT_SUFFIXES",
     "dicom_spacing",
+    "nifti_orientation",
     "spacing_affine",
     "sniff_format",
 ]
@@ -186,12 +187,62 @@ class _OCTReaderBase(ImageReader):
 
 
 # ----------------------------------------------------------------------------------------------- NIfTI
+_RAS_ORNT = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+#: A voxel axis further than this from every world axis has no clear nearest axis: the file is refused.
+NIFTI_MAX_OBLIQUE_DEG = 30.0
+
+
+def nifti_orientation(img, path) -> tuple[np.ndarray | None, tuple | None]:
+    """``(ornt, axcodes)`` taking ``img``'s first three axes to the package's ``RAS`` = ``[D, H, W]`` order.
+
+    ``ornt`` is nibabel's orientation array (from ``io_orientation`` of the file's affine, for
+    ``apply_orientation``); ``(None, None)`` when the file states no orientation (qform and sform codes both 0:
+    the array is taken as stored). :class:`OCTInputError` names the file when the orientation is ambiguous:
+    a non-finite or singular affine, a voxel axis more than :data:`NIFTI_MAX_OBLIQUE_DEG` degrees from every
+    world axis (no nearest axis to reorient to), or a qform and sform that disagree on the axis codes.
+    """
+    import nibabel as nib
+    from nibabel.orientations import io_orientation
+
+    hdr = img.header
+    sform_code, qform_code = int(hdr["sform_code"]), int(hdr["qform_code"])
+    if sform_code == 0 and qform_code == 0:
+        return None, None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    rzs = affine[:3, :3]
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(rzs)) < 1e-12:
+        raise OCTInputError(path, "NIfTI affine is singular or not finite, orientation undefined")
+    cosines = np.abs(rzs / np.linalg.norm(rzs, axis=0, keepdims=True))
+    worst = float(np.degrees(np.arccos(np.clip(cosines.max(axis=0).min(), -1.0, 1.0))))
+    if worst > NIFTI_MAX_OBLIQUE_DEG:
+        raise OCTInputError(
+            path,
+            f"NIfTI affine is oblique ({worst:.0f} degrees from the nearest world axis, more than "
+            f"{NIFTI_MAX_OBLIQUE_DEG:.0f}): no unambiguous [D, H, W] orientation; resample it to an axis-aligned grid",
+        )
+    if sform_code > 0 and qform_code > 0:
+        sq, qq = nib.aff2axcodes(hdr.get_sform()), nib.aff2axcodes(hdr.get_qform())
+        if sq != qq:
+            raise OCTInputError(
+                path, f"NIfTI qform ({''.join(qq)}) and sform ({''.join(sq)}) disagree on the orientation"
+            )
+    ornt = io_orientation(affine)
+    if np.isnan(ornt).any():
+        raise OCTInputError(path, "NIfTI affine has no clear orientation for every axis")
+    return ornt, nib.aff2axcodes(affine)
+
+
 class NiftiOCTReader(_OCTReaderBase):
     """NIfTI-1/2 (``.nii``, ``.nii.gz``) through nibabel.
 
-    On disk the data array is indexed ``[D, H, W]`` (optionally a 4th, channel, axis last); spacing is the
-    header's voxel size (converted to mm from micron/metre units). The file's affine is kept as
-    ``original_affine``; ``affine`` is ``diag(sd, sh, sw, 1)``.
+    The package's convention is the one its own writer uses (:mod:`oct_foundation.data.synthetic`): affine
+    ``diag(sd, sh, sw, 1)``, i.e. D runs along +x, H along +y, W along +z (orientation codes ``RAS``). A
+    file written by other software with another orientation (axes permuted or flipped in its qform/sform)
+    is brought into that convention with nibabel's ``io_orientation`` / ``apply_orientation``, so the same
+    voxels come out along the same axes whatever the file's storage order; see :func:`nifti_orientation`
+    for what is refused. Spacing is the header's voxel size (converted to mm from micron/metre units),
+    permuted with the axes. The file's affine is kept as ``original_affine``; ``affine`` is
+    ``diag(sd, sh, sw, 1)``; meta ``orientation`` gives the file's axis codes and whether it was reoriented.
     """
 
     suffixes = NIFTI_SUFFIXES
@@ -223,9 +274,24 @@ class NiftiOCTReader(_OCTReaderBase):
         zooms += [1.0] * (3 - len(zooms))
         unit = img.header.get_xyzt_units()[0]
         scale = {"micron": 1e-3, "meter": 1e3}.get(unit, 1.0)
-        spacing = tuple(z * scale if z > 0 else 1.0 for z in zooms)
+        spacing = [z * scale if z > 0 else 1.0 for z in zooms]
+        extra = {"orientation": "as stored: no qform/sform orientation in the file"}
+        if data.ndim in (3, 4):
+            ornt, codes = nifti_orientation(img, path)
+            if ornt is not None:
+                from nibabel.orientations import apply_orientation
+
+                reoriented = not np.array_equal(ornt, _RAS_ORNT)
+                if reoriented:
+                    data = apply_orientation(data, ornt)  # trailing channel axis untouched
+                    new = [0.0] * 3
+                    for old_axis, (new_axis, _) in enumerate(ornt):
+                        new[int(new_axis)] = spacing[old_axis]
+                    spacing = new
+                extra = {"orientation": f"{''.join(codes)}{' -> RAS (reoriented)' if reoriented else ''}"}
         arr = self._finalise(data, path, channel_last=True)
-        return OCTImage(arr, spacing, path, self.fmt, original_affine=np.asarray(img.affine, dtype=np.float64))
+        return OCTImage(arr, tuple(spacing), path, self.fmt,
+                        original_affine=np.asarray(img.affine, dtype=np.float64), extra=extra)
 
 
 # ----------------------------------------------------------------------------------------------- DICOM
