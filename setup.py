@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "jsonschema==4.26.0",
     "safetensors==0.8.0",  # Hugging Face V-JEPA 2 weights
     "fire==0.7.1",  # command line of `python -m monai.bundle`
+    "oct-converter==0.7.0",  # Topcon .fda/.fds, Zeiss .img, Heidelberg .e2e readers (oct_foundation.data.vendor)
 ]
 
 setup(

@@ -56,7 +56,9 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 HEYEX_SUFFIXES = (".vol", ".e2e")
 NUMPY_SUFFIXES = (".npy",)
 #: Every suffix :class:`OCTVolumeReader` knows (files without a suffix are sniffed by their magic bytes).
-OCT_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + HEYEX_SUFFIXES + NUMPY_SUFFIXES
+#: Vendor formats read through oct-converter (:mod:`oct_foundation.data.vendor`); ``.e2e`` is in HEYEX_SUFFIXES.
+VENDOR_ONLY_SUFFIXES = (".fda", ".fds", ".img")
+OCT_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + HEYEX_SUFFIXES + NUMPY_SUFFIXES + VENDOR_ONLY_SUFFIXES
 
 
 def _first_line(e: BaseException) -> str:
@@ -685,12 +687,17 @@ class NumpyOCTReader(_OCTReaderBase):
 
 # ----------------------------------------------------------------------------------------------- dispatch
 def sniff_format(head: bytes) -> str | None:
-    """Format from a file's first bytes (>= 352): ``nifti``, ``dicom``, ``heyex``, ``numpy`` or ``None``."""
+    """Format from a file's first bytes (>= 352): ``nifti``, ``dicom``, ``heyex`` (VOL), ``e2e``, ``topcon``,
+    ``numpy`` or ``None``."""
     if head[:2] == b"\x1f\x8b":
         return "nifti"  # gzip: the only compressed format read here
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
-    if head[:8] == b"HSF-OCT-" or head[:4] == b"CMDb" or head[:4] == b"ep-v":
+    if head[:4] == b"CMDb" or head[:21] == b"E2EMultipleVolumeFile":
+        return "e2e"  # Heidelberg E2E: every volume, whatever the suffix (not the .vol parser)
+    if head[:4] == b"FOCT":
+        return "topcon"
+    if head[:8] == b"HSF-OCT-" or head[:4] == b"ep-v":
         return "heyex"
     if head[:6] == b"\x93NUMPY":
         return "numpy"
@@ -702,7 +709,9 @@ def sniff_format(head: bytes) -> str | None:
 
 
 class OCTVolumeReader(_OCTReaderBase):
-    """One reader for every OCT format: picks NIfTI / DICOM / HEYEX / NumPy by suffix, else by magic bytes.
+    """One reader for every OCT format: picks NIfTI / DICOM / HEYEX VOL / NumPy, or a vendor format of
+    :mod:`oct_foundation.data.vendor` (Heidelberg E2E, Topcon FDA/FDS, Zeiss Cirrus IMG), by suffix, else by
+    magic bytes. Vendor readers run with their defaults (E2E: volume 0 of several, with meta listing them).
 
     Args:
         sanitize_nan: replace NaN/Inf voxels with 0 instead of raising.
@@ -717,7 +726,12 @@ class OCTVolumeReader(_OCTReaderBase):
     def __init__(self, sanitize_nan: bool = False, dtype=np.float32, heyex_intensity: str = "display",
                  npy_spacing: Sequence[float] = (1.0, 1.0, 1.0), **kwargs):
         super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        from oct_foundation.data.vendor import HeidelbergE2EReader, TopconOCTReader, ZeissImgReader
+
         self.readers = {
+            "e2e": HeidelbergE2EReader(sanitize_nan=sanitize_nan, dtype=dtype),  # before "heyex": owns .e2e
+            "topcon": TopconOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
+            "zeiss": ZeissImgReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "nifti": NiftiOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "dicom": DicomOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "heyex": HeidelbergVolReader(intensity=heyex_intensity, sanitize_nan=sanitize_nan, dtype=dtype),
@@ -740,7 +754,7 @@ class OCTVolumeReader(_OCTReaderBase):
             head = f.read(352)
         fmt = sniff_format(head)
         if fmt is None:
-            raise OCTInputError(path, "unknown file type (not NIfTI, DICOM, HEYEX VOL/E2E or .npy)")
+            raise OCTInputError(path, "unknown file type (not NIfTI, DICOM, HEYEX VOL/E2E, Topcon FDA/FDS or .npy)")
         return self.readers[fmt]
 
     def _read_one(self, path: str) -> OCTImage:

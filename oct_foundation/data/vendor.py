@@ -1,0 +1,340 @@
+"""Vendor OCT formats through ``oct-converter`` (0.7.0): Topcon ``.fda``/``.fds``, Zeiss Cirrus ``.img``,
+Heidelberg ``.e2e`` (every volume in the file).
+
+Each reader is a MONAI :class:`~monai.data.ImageReader` with the same contract as the readers in
+:mod:`oct_foundation.data.readers`: ``get_data`` gives ``[C, D, H, W]`` (D = B-scan index, H = axial depth,
+W = lateral) and a meta dict with ``spacing = (sd, sh, sw)`` in mm, plus ``spacing_source`` saying where each
+spacing came from (the file, the user, or nowhere: 1.0 mm), ``laterality`` (``"R"``, ``"L"`` or ``""``) and,
+for files holding several volumes, ``n_volumes`` / ``volume_index`` / ``volumes``. Anything unreadable raises
+a one-line :class:`~oct_foundation.errors.OCTInputError` naming the file.
+
+numpy 2 compatibility: oct-converter 0.7.0's Topcon and E2E readers call ``np.fromstring`` on binary data,
+which numpy 2 no longer accepts (``fromstring`` now parses text only). Rather than pinning an old numpy,
+:func:`_numpy2_compat` replaces the name ``np`` inside those oct-converter modules only with a proxy whose
+``fromstring`` is ``np.frombuffer(...).copy()`` (what ``fromstring`` did for bytes) and which forwards every
+other attribute to numpy. numpy itself and every other module are untouched, so the shim is reached only
+from code running inside those readers.
+"""
+from __future__ import annotations
+
+import contextlib
+import io as _pyio
+import logging
+import posixpath
+import re
+from typing import Sequence
+
+import numpy as np
+
+from oct_foundation import io as oio
+from oct_foundation.data.readers import OCTImage, _first_line, _OCTReaderBase
+from oct_foundation.errors import OCTInputError
+
+__all__ = [
+    "TopconOCTReader",
+    "ZeissImgReader",
+    "HeidelbergE2EReader",
+    "TOPCON_SUFFIXES",
+    "ZEISS_SUFFIXES",
+    "E2E_SUFFIXES",
+    "VENDOR_SUFFIXES",
+    "sniff_vendor",
+]
+
+TOPCON_SUFFIXES = (".fda", ".fds")
+ZEISS_SUFFIXES = (".img",)
+E2E_SUFFIXES = (".e2e",)
+VENDOR_SUFFIXES = TOPCON_SUFFIXES + ZEISS_SUFFIXES + E2E_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+
+def sniff_vendor(head: bytes) -> str | None:
+    """``"topcon"`` or ``"e2e"`` from a file's first bytes; ``None`` otherwise (Zeiss ``.img`` has no magic)."""
+    if head[:4] == b"FOCT":
+        return "topcon"
+    if head[:4] == b"CMDb" or head[:21] == b"E2EMultipleVolumeFile":
+        return "e2e"
+    return None
+
+
+class _FromstringCompat:
+    """``numpy`` with a ``fromstring`` that reads bytes like numpy 1 did (see the module docstring)."""
+
+    @staticmethod
+    def fromstring(string, dtype=float, count=-1, *, sep=""):
+        if sep == "" and isinstance(string, (bytes, bytearray, memoryview)):
+            return np.frombuffer(string, dtype=dtype, count=count).copy()
+        return np.fromstring(string, dtype=dtype, count=count, sep=sep)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+_COMPAT = _FromstringCompat()
+
+
+def _numpy2_compat():
+    """Give oct-converter's readers that call ``np.fromstring`` on bytes the proxy (idempotent)."""
+    from oct_converter.readers import e2e_Wedward, fda, fds
+
+    for mod in (fda, fds, e2e_Wedward):
+        mod.np = _COMPAT
+
+
+@contextlib.contextmanager
+def _quiet():
+    """oct-converter prints progress and missing-chunk notes on stdout; keep them out of the user's output."""
+    buf = _pyio.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield buf
+
+
+def _stack(volume, path) -> np.ndarray:
+    """oct-converter's list of B-scans ``[H, W]`` (or an array ``[D, H, W]``) -> ``[D, H, W]``."""
+    try:
+        arr = np.stack([np.asarray(s) for s in volume]) if isinstance(volume, (list, tuple)) else np.asarray(volume)
+    except ValueError as e:
+        raise OCTInputError(path, f"B-scans of different sizes ({_first_line(e)})") from None
+    if arr.ndim != 3:
+        raise OCTInputError(path, f"expected B-scans [D, H, W], got shape {tuple(arr.shape)}")
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------- Topcon
+class TopconOCTReader(_OCTReaderBase):
+    """Topcon ``.fds`` (raw ``uint16`` B-scans, chunk ``@IMG_SCAN_03``) and ``.fda`` (``@IMG_JPEG`` JPEG B-scans
+    or raw ``@IMG_MOT_COMP_03``) through oct-converter's ``FDS`` / ``FDA``.
+
+    Files start with ``FOCT``; the chunks present decide which parser runs, so a file without a suffix is
+    read too. Spacing is from the ``@PARAM_SCAN_04`` (or ``_02``) chunk: ``sw = x_dimension_mm / width``,
+    ``sd = y_dimension_mm / number_slices``, ``sh = z_resolution_um / 1000``; without that chunk 1.0 mm and
+    ``spacing_source`` says so. Meta: ``laterality`` (from ``@CAPTURE_INFO``), ``scan_mode`` (2 = 3D,
+    3 = radial, 4 = cross), ``topcon_chunk`` (the image chunk read).
+    """
+
+    suffixes = TOPCON_SUFFIXES
+    fmt = "topcon"
+
+    def _read_one(self, path: str) -> OCTImage:
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        with oio.open_file(path, "rb") as f:
+            head = f.read(15)
+        if head[:4] != b"FOCT":
+            raise OCTInputError(path, "not a Topcon FDA/FDS file (no FOCT header)")
+        from oct_converter.readers import FDA, FDS
+
+        _numpy2_compat()
+        try:
+            with oio.local_path(path) as local, _quiet():
+                chunks = FDA(local).chunk_dict
+                if b"@IMG_SCAN_03" in chunks:
+                    chunk, oct_ = "@IMG_SCAN_03", FDS(local).read_oct_volume()
+                elif b"@IMG_JPEG" in chunks or b"@IMG_MOT_COMP_03" in chunks:
+                    chunk = "@IMG_JPEG" if b"@IMG_JPEG" in chunks else "@IMG_MOT_COMP_03"
+                    oct_ = FDA(local).read_oct_volume()
+                else:
+                    names = ", ".join(sorted(c.decode("ascii", "replace") for c in chunks)) or "none"
+                    raise OCTInputError(
+                        path, f"Topcon file has no OCT volume chunk (@IMG_SCAN_03, @IMG_JPEG, @IMG_MOT_COMP_03); "
+                              f"chunks: {names}"
+                    )
+                data = _stack(oct_.volume, path)
+        except OCTInputError:
+            raise
+        except Exception as e:  # construct / numpy / PIL raise many types on short or foreign files
+            raise OCTInputError(path, f"cannot read Topcon file, truncated or corrupt ({_first_line(e)})") from None
+        ps = oct_.pixel_spacing
+        if ps is not None and all(np.isfinite(v) and v > 0 for v in ps):
+            spacing = (float(ps[1]), float(ps[2]), float(ps[0]))
+            source = "file @PARAM_SCAN (x_dimension_mm / width, y_dimension_mm / slices, z_resolution_um)"
+        else:
+            spacing = (1.0, 1.0, 1.0)
+            source = "not in the file (no @PARAM_SCAN_04/_02 chunk): 1.0 mm"
+        arr = self._finalise(data, path)
+        extra = {
+            "spacing_source": source,
+            "laterality": oct_.laterality or "",
+            "scan_mode": int((oct_.oct_header or {}).get("scan_mode", -1)),
+            "topcon_chunk": chunk,
+        }
+        return OCTImage(arr, spacing, path, self.fmt, extra=extra)
+
+
+# ----------------------------------------------------------------------------------------------- Zeiss
+_GEOMETRY = re.compile(r"(\d+)\s*x\s*(\d+)", re.IGNORECASE)
+
+
+class ZeissImgReader(_OCTReaderBase):
+    """Zeiss Cirrus raw ``.img`` exports (``uint8``, no header) through oct-converter's ``IMG``.
+
+    The file holds no geometry. The number of A-scans per B-scan and of B-scans comes from ``geometry``
+    ``(a_scans, b_scans)`` or else from the Cirrus file name (``..._Macular Cube 512x128_..._OD_..._cube_z.img``
+    gives 512 A-scans x 128 B-scans); the axial size is what is left (file size / (a_scans * b_scans), 1024 for
+    Cirrus). Spacing is not in the file: ``spacing`` ``(sd, sh, sw)`` from the user (e.g. a 6 x 6 mm cube,
+    2 mm deep: ``(6 / b_scans, 2 / 1024, 6 / a_scans)``), else 1.0 mm, said in ``spacing_source``. Laterality
+    (OD/OS) comes from the file name. An ``.img`` with a sibling ``.hdr`` is an Analyze image and is refused.
+
+    Args:
+        geometry: ``(a_scans, b_scans)``; ``None`` parses the file name.
+        spacing: ``(sd, sh, sw)`` in mm, or ``None``.
+        interlaced: de-interlace (oct-converter's option, for some raw Cirrus exports).
+    """
+
+    suffixes = ZEISS_SUFFIXES
+    fmt = "zeiss"
+
+    def __init__(self, geometry: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
+                 interlaced: bool = False, sanitize_nan: bool = False, dtype=np.float32, **kwargs):
+        super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        self.geometry = None if geometry is None else tuple(int(g) for g in geometry)
+        if self.geometry is not None and (len(self.geometry) != 2 or min(self.geometry) <= 0):
+            raise ValueError(f"geometry must be (a_scans, b_scans) > 0, got {geometry!r}")
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.interlaced = bool(interlaced)
+
+    def _read_one(self, path: str) -> OCTImage:
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        stem = str(path)[: -len(".img")] if _lower(path).endswith(".img") else str(path)
+        if oio.exists(stem + ".hdr") or oio.exists(stem + ".HDR"):
+            raise OCTInputError(path, "an .img with a sibling .hdr is an Analyze image, not a Zeiss Cirrus export")
+        name = posixpath.basename(str(path))
+        if self.geometry is not None:
+            a_scans, b_scans = self.geometry
+            geo_source = "user geometry"
+        else:
+            m = _GEOMETRY.search(name)
+            if m is None:
+                raise OCTInputError(
+                    path, "Zeiss .img holds no geometry and the file name has no '<a_scans>x<b_scans>'; "
+                          "pass geometry=(a_scans, b_scans)"
+                )
+            a_scans, b_scans = int(m.group(1)), int(m.group(2))
+            geo_source = f"file name '{m.group(0)}'"
+        with oio.open_file(path, "rb") as f:
+            size = f.seek(0, 2)
+        depth, rest = divmod(size, a_scans * b_scans)
+        if depth == 0 or rest:
+            raise OCTInputError(
+                path, f"{size} bytes is not a whole number of {a_scans}x{b_scans} B-scans ({geo_source}); "
+                      "file truncated or wrong geometry"
+            )
+        from oct_converter.readers import IMG
+
+        try:
+            with oio.local_path(path) as local, _quiet():
+                oct_ = IMG(local).read_oct_volume(rows=depth, cols=a_scans, interlaced=self.interlaced)
+                data = _stack(oct_.volume, path)
+        except OCTInputError:
+            raise
+        except Exception as e:
+            raise OCTInputError(path, f"cannot read Zeiss .img ({_first_line(e)})") from None
+        if self.spacing is not None:
+            spacing, source = self.spacing, "user"
+        else:
+            spacing, source = (1.0, 1.0, 1.0), "not in the file (Zeiss .img has no geometry): 1.0 mm; pass spacing"
+        arr = self._finalise(data, path)
+        extra = {"spacing_source": source, "laterality": oct_.laterality or "", "geometry_source": geo_source}
+        return OCTImage(arr, spacing, path, self.fmt, extra=extra)
+
+
+def _lower(path) -> str:
+    return str(path).lower()
+
+
+# ----------------------------------------------------------------------------------------------- Heidelberg E2E
+class HeidelbergE2EReader(_OCTReaderBase):
+    """Heidelberg ``.e2e`` through oct-converter's ``E2E``: every OCT volume (series) in the file.
+
+    Files start with ``CMDb`` (or ``E2EMultipleVolumeFile``), so a suffix-less E2E is recognised by content.
+    Volumes are listed in file order; ``volume_index`` picks one (default 0), and meta gives ``n_volumes``,
+    ``volume_index``, ``volume_id`` (``patient_study_series``), ``laterality`` and ``volumes`` (id, laterality,
+    number of B-scans of each). A file with several volumes read without an explicit ``volume_index`` logs a
+    warning naming the count. Intensities are oct-converter's E2E display transform (0..1). Spacing: the axial
+    ``sh`` is the file's ``scaley`` (B-scan metadata); the lateral ``sw`` and slice ``sd`` spacing are not
+    decoded by oct-converter 0.7.0 and come from ``lateral_mm`` / ``slice_mm`` (said in ``spacing_source``).
+    """
+
+    suffixes = E2E_SUFFIXES
+    fmt = "e2e"
+
+    def __init__(self, volume_index: int | None = None, lateral_mm: float | None = None,
+                 slice_mm: float | None = None, sanitize_nan: bool = False, dtype=np.float32, **kwargs):
+        super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        self.volume_index = None if volume_index is None else int(volume_index)
+        self.lateral_mm = lateral_mm
+        self.slice_mm = slice_mm
+
+    def volumes(self, path: str) -> list:
+        """Every OCT volume in ``path`` (oct-converter ``OCTVolumeWithMetaData`` objects, file order)."""
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        with oio.open_file(path, "rb") as f:
+            head = f.read(64)
+        if sniff_vendor(head) != "e2e":
+            raise OCTInputError(path, "not a Heidelberg E2E file (no CMDb header)")
+        from oct_converter.readers import E2E
+
+        _numpy2_compat()
+        try:
+            with oio.local_path(path) as local, _quiet(), _no_warnings():
+                vols = E2E(local).read_oct_volume(
+                    scalex=1.0 if self.lateral_mm is None else float(self.lateral_mm),
+                    slice_thickness=1.0 if self.slice_mm is None else float(self.slice_mm),
+                )
+                for v in vols:
+                    v.volume = _stack(v.volume, path)
+        except OCTInputError:
+            raise
+        except Exception as e:
+            raise OCTInputError(path, f"cannot read Heidelberg E2E file, truncated or corrupt ({_first_line(e)})") \
+                from None
+        if not vols:
+            raise OCTInputError(path, "Heidelberg E2E file holds no OCT volume")
+        return vols
+
+    def _read_one(self, path: str) -> OCTImage:
+        vols = self.volumes(path)
+        index = 0 if self.volume_index is None else self.volume_index
+        if not -len(vols) <= index < len(vols):
+            raise OCTInputError(path, f"volume_index {index} out of range: the file holds {len(vols)} volume(s)")
+        if self.volume_index is None and len(vols) > 1:
+            logger.warning("%s holds %d OCT volumes; reading volume 0 (pass volume_index to pick another)",
+                           path, len(vols))
+        v = vols[index]
+        ps = v.pixel_spacing
+        sh = float(ps[1]) if ps is not None and np.isfinite(ps[1]) and ps[1] > 0 else None
+        spacing = (
+            1.0 if self.slice_mm is None else float(self.slice_mm),
+            1.0 if sh is None else sh,
+            1.0 if self.lateral_mm is None else float(self.lateral_mm),
+        )
+        source = "; ".join([
+            "sd " + ("user slice_mm" if self.slice_mm is not None else "not decoded from E2E: 1.0 mm"),
+            "sh " + ("file scaley" if sh is not None else "not in the file: 1.0 mm"),
+            "sw " + ("user lateral_mm" if self.lateral_mm is not None else "not decoded from E2E: 1.0 mm"),
+        ])
+        arr = self._finalise(v.volume, path)
+        extra = {
+            "spacing_source": source,
+            "laterality": v.laterality or "",
+            "n_volumes": len(vols),
+            "volume_index": index % len(vols),
+            "volume_id": v.volume_id,
+            "volumes": [
+                {"volume_id": w.volume_id, "laterality": w.laterality or "", "n_bscans": int(w.volume.shape[0])}
+                for w in vols
+            ],
+        }
+        return OCTImage(arr, spacing, path, self.fmt, extra=extra)
+
+
+@contextlib.contextmanager
+def _no_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield

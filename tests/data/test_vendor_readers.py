@@ -1,0 +1,111 @@
+"""Vendor OCT files built to their published layouts (oct-converter's own construct definitions), read back."""
+import struct
+
+import numpy as np
+import pytest
+
+from oct_foundation.data.readers import OCTVolumeReader, load_oct
+from oct_foundation.data.vendor import HeidelbergE2EReader, TopconOCTReader, ZeissImgReader
+from oct_foundation.errors import OCTInputError
+
+D, H, W = 5, 24, 16
+
+
+@pytest.fixture
+def vol16():
+    return np.random.default_rng(7).integers(0, 4096, size=(D, H, W)).astype(np.uint16)
+
+
+def _chunk(name: bytes, payload: bytes) -> bytes:
+    return struct.pack("<B", len(name)) + name + struct.pack("<I", len(payload)) + payload
+
+
+def write_topcon(path, vol, kind="fds", x_mm=6.0, y_mm=4.5, z_um=2.6, eye=1, param=True):
+    """A Topcon file: FOCT header, @CAPTURE_INFO_02, @PARAM_SCAN_04, then the raw uint16 volume chunk
+    (@IMG_SCAN_03 for .fds, @IMG_MOT_COMP_03 for .fda); voxels stored x fastest, then depth, then slice."""
+    from oct_converter.readers.binary_structs import fda_binary, fds_binary
+
+    b = fds_binary if kind == "fds" else fda_binary
+    d, h, w = vol.shape
+    out = b.header.build(dict(file_code="FOCT", file_type="FDA", major_ver=8, minor_ver=3))
+    out += _chunk(b"@CAPTURE_INFO_02", b.capture_info_02_header.build(dict(
+        eye=eye, scan_mode=2, session_id=1, label="3D", cap_date=[2024, 5, 6, 7, 8, 9])))
+    if param:
+        out += _chunk(b"@PARAM_SCAN_04", b.param_scan_04_header.build(dict(
+            fixation=0, mirror_pos=0, polar=0, x_dimension_mm=x_mm, y_dimension_mm=y_mm, z_resolution_um=z_um,
+            comp_eff_2=0.0, comp_eff_3=0.0, base_pos=0, used_calib_data=0)))
+    hdr = dict(scan_mode=2, width=w, height=h, bits_per_pixel=16, number_slices=d, format=0, size=vol.nbytes)
+    if kind == "fds":
+        name, head = b"@IMG_SCAN_03", b.oct_header.build(hdr)
+    else:
+        name, head = b"@IMG_MOT_COMP_03", b.oct_header_2.build(hdr)
+    out += _chunk(name, head + np.ascontiguousarray(vol, "<u2").tobytes())
+    out += b"\x00"
+    path.write_bytes(out)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fds", "fda"])
+def test_topcon_reads_voxels_spacing_and_laterality(tmp_path, vol16, kind):
+    p = write_topcon(tmp_path / f"scan.{kind}", vol16, kind=kind)
+    x = load_oct(p)
+    assert tuple(x.shape) == (1, D, H, W)
+    np.testing.assert_array_equal(x[0].numpy(), vol16.astype(np.float32))
+    np.testing.assert_allclose(x.meta["spacing"], (4.5 / D, 2.6e-3, 6.0 / W), rtol=1e-6)
+    assert x.meta["format"] == "topcon" and x.meta["laterality"] == "L" and x.meta["scan_mode"] == 2
+    assert x.meta["spacing_source"].startswith("file @PARAM_SCAN")
+    # the same file without a suffix is found by its FOCT magic
+    bare = tmp_path / f"scan_{kind}"
+    bare.write_bytes(p.read_bytes())
+    y = load_oct(bare)
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    assert y.meta["format"] == "topcon"
+
+
+def test_topcon_without_scan_params_says_so(tmp_path, vol16):
+    x = TopconOCTReader().get_data(TopconOCTReader().read(str(write_topcon(tmp_path / "a.fds", vol16, param=False))))
+    np.testing.assert_array_equal(x[1]["spacing"], (1.0, 1.0, 1.0))
+    assert "not in the file" in x[1]["spacing_source"]
+
+
+def test_topcon_bad_input_names_the_file(tmp_path, vol16):
+    p = write_topcon(tmp_path / "a.fds", vol16)
+    cut = tmp_path / "cut.fds"
+    cut.write_bytes(p.read_bytes()[:300])
+    with pytest.raises(OCTInputError, match=r"cut.fds: cannot read Topcon file, truncated or corrupt"):
+        load_oct(cut)
+    junk = tmp_path / "junk.fda"
+    junk.write_bytes(b"hello" * 50)
+    with pytest.raises(OCTInputError, match=r"junk.fda: not a Topcon FDA/FDS file"):
+        load_oct(junk)
+    with pytest.raises(OCTInputError, match=r"missing.fds: file not found"):
+        load_oct(tmp_path / "missing.fds")
+
+
+def test_topcon_memory_url(memfs, tmp_path, vol16):
+    p = write_topcon(tmp_path / "a.fds", vol16)
+    memfs.pipe("/bucket/a.fds", p.read_bytes())
+    x = load_oct("memory://bucket/a.fds")
+    np.testing.assert_array_equal(x[0].numpy(), vol16.astype(np.float32))
+
+
+def test_zeiss_img_geometry_from_file_name_or_user(tmp_path):
+    vol = np.random.default_rng(1).integers(0, 256, size=(D, H, W)).astype(np.uint8)
+    # Cirrus raw export: per B-scan, A-scans of H bytes each, W of them
+    raw = np.ascontiguousarray(vol.transpose(0, 2, 1)).tobytes()
+    p = tmp_path / f"P123_Macular Cube {W}x{D}_5-6-2024_7-8-9_OS_sn42_cube_z.img"
+    p.write_bytes(raw)
+    x = load_oct(p)
+    np.testing.assert_array_equal(x[0].numpy(), vol.astype(np.float32))
+    assert x.meta["laterality"] == "L" and x.meta["format"] == "zeiss"
+    assert "not in the file" in x.meta["spacing_source"]
+    q = tmp_path / "export.img"
+    q.write_bytes(raw)
+    with pytest.raises(OCTInputError, match=r"export.img: Zeiss .img holds no geometry"):
+        load_oct(q)
+    r = ZeissImgReader(geometry=(W, D), spacing=(6 / D, 2 / H, 6 / W))
+    y = load_oct(q, r)
+    np.testing.assert_array_equal(y[0].numpy(), vol.astype(np.float32))
+    np.testing.assert_allclose(y.meta["spacing"], (6 / D, 2 / H, 6 / W))
+    with pytest.raises(OCTInputError, match=r"whole number of 7x5 B-scans"):
+        load_oct(q, ZeissImgReader(geometry=(7, 5)))
