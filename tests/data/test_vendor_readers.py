@@ -60,6 +60,9 @@ def test_topcon_reads_voxels_spacing_and_laterality(tmp_path, vol16, kind):
     y = load_oct(bare)
     np.testing.assert_array_equal(y.numpy(), x.numpy())
     assert y.meta["format"] == "topcon"
+    # the numpy 2 shim lives only inside oct-converter's modules: numpy itself still refuses binary fromstring
+    with pytest.raises(ValueError):
+        np.fromstring(b"\x00\x01", dtype=np.uint8)
 
 
 def test_topcon_without_scan_params_says_so(tmp_path, vol16):
@@ -109,3 +112,76 @@ def test_zeiss_img_geometry_from_file_name_or_user(tmp_path):
     np.testing.assert_allclose(y.meta["spacing"], (6 / D, 2 / H, 6 / W))
     with pytest.raises(OCTInputError, match=r"whole number of 7x5 B-scans"):
         load_oct(q, ZeissImgReader(geometry=(7, 5)))
+
+
+def _e2e_expected(exponents):
+    """E2E pixels are an unsigned float16 (6-bit exponent, 10-bit mantissa; mantissa 0 here: 2**(e - 63)) shown
+    through Heidelberg's display transform clip((log(v + 2.44e-4) + 8.3) / 8.285, 0, 1)."""
+    v = np.float_power(2.0, exponents.astype(np.float64) - 63)
+    return np.clip((np.log(v + 2.44e-4) + 8.3) / 8.285, 0, 1)
+
+
+def write_e2e(path, volumes, lateralities, scaley=0.0039):
+    """A Heidelberg E2E file: header, main directory, one directory of entries, then the chunks it points to
+    (per volume a preamble with laterality and one image chunk per B-scan; one B-scan metadata chunk)."""
+    from oct_converter.readers.binary_structs import e2e_binary as e
+
+    chunks = []  # (patient, study, series, slice_id, ind, type, payload)
+    bmeta = {s.name: 0 for s in e.bscan_metadata.subcons}
+    bmeta.update(unknown4=[0.0, 0.0], scaley=scaley)
+    for k, (vol, lat) in enumerate(zip(volumes, lateralities)):
+        series = k + 1
+        chunks.append((1, 1, series, 0, 0, 3, e.pre_data.build(dict(unknown=0, laterality=lat)) + b"\0" * 11))
+        if k == 0:
+            chunks.append((1, 1, series, 0, 0, 10004, e.bscan_metadata.build(bmeta)))
+        for i, bscan in enumerate(vol):
+            h, w = bscan.shape
+            img = e.image_structure.build(dict(size=bscan.nbytes, type=0, unknown=0, height=h, width=w))
+            chunks.append((1, 1, series, 2 * i, 1, 1073741824, img + np.ascontiguousarray(bscan, "<u2").tobytes()))
+    head = e.header_structure.build(dict(magic1="CMDb", version=100, unknown=[0] * 10))
+    dir_at = len(head) + 52
+    main = e.main_directory_structure.build(dict(magic2="MDbMDir", version=100, unknown=[0] * 10,
+                                                 num_entries=0, current=dir_at, prev=0, unknown3=0))
+    body_at = dir_at + 52 + 44 * len(chunks)
+    entries, body = b"", b""
+    for pat, study, series, sl, ind, typ, payload in chunks:
+        start = body_at + len(body)
+        entries += e.sub_directory_structure.build(dict(
+            pos=0, start=start, size=len(payload), unknown=0, patient_db_id=pat, study_id=study, series_id=series,
+            slice_id=sl, unknown2=0, unknown3=0, type=typ, unknown4=0))
+        body += e.chunk_structure.build(dict(
+            magic3="MDbData", unknown=0, unknown2=0, pos=start, size=len(payload), unknown3=0, patient_db_id=pat,
+            study_id=study, series_id=series, slice_id=sl, ind=ind, unknown4=0, type=typ, unknown5=0)) + payload
+    directory = e.main_directory_structure.build(dict(magic2="MDbDir", version=100, unknown=[0] * 10,
+                                                      num_entries=len(chunks), current=dir_at, prev=0, unknown3=0))
+    path.write_bytes(head + main + directory + entries + body)
+    return path
+
+
+def test_e2e_every_volume_and_suffixless_detection(tmp_path, caplog):
+    rng = np.random.default_rng(5)
+    exps = [rng.integers(50, 64, size=(3, 12, 10)), rng.integers(50, 64, size=(4, 12, 8))]
+    p = write_e2e(tmp_path / "exam.e2e", [(x << 10).astype(np.uint16) for x in exps], ["R", "L"])
+    with caplog.at_level("WARNING", logger="oct_foundation.data.vendor"):
+        x = load_oct(p)
+    assert "holds 2 OCT volumes" in caplog.text
+    assert x.meta["format"] == "e2e" and x.meta["n_volumes"] == 2 and x.meta["volume_index"] == 0
+    assert [v["laterality"] for v in x.meta["volumes"]] == ["R", "L"]
+    assert [v["n_bscans"] for v in x.meta["volumes"]] == [3, 4]
+    np.testing.assert_allclose(x[0].numpy(), _e2e_expected(exps[0]), rtol=1e-5, atol=1e-6)
+    assert x.meta["laterality"] == "R"
+    np.testing.assert_allclose(x.meta["spacing"][1], 0.0039, rtol=1e-6)
+    assert "not decoded" in x.meta["spacing_source"]
+    r = HeidelbergE2EReader(volume_index=1, lateral_mm=0.011, slice_mm=0.12)
+    y = load_oct(p, r)
+    np.testing.assert_allclose(y[0].numpy(), _e2e_expected(exps[1]), rtol=1e-5, atol=1e-6)
+    assert y.meta["laterality"] == "L" and tuple(y.shape) == (1, 4, 12, 8)
+    np.testing.assert_allclose(y.meta["spacing"], (0.12, 0.0039, 0.011), rtol=1e-6)
+    # a suffix-less E2E goes to the E2E reader (by its CMDb magic), not the .vol parser
+    bare = tmp_path / "exam_export"
+    bare.write_bytes(p.read_bytes())
+    z = load_oct(bare, OCTVolumeReader())
+    assert z.meta["format"] == "e2e" and z.meta["n_volumes"] == 2
+    np.testing.assert_array_equal(z.numpy(), x.numpy())
+    with pytest.raises(OCTInputError, match=r"exam.e2e: volume_index 2 out of range: the file holds 2"):
+        load_oct(p, HeidelbergE2EReader(volume_index=2))
