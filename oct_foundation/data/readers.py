@@ -58,7 +58,10 @@ NUMPY_SUFFIXES = (".npy",)
 #: Every suffix :class:`OCTVolumeReader` knows (files without a suffix are sniffed by their magic bytes).
 #: Vendor formats read through oct-converter (:mod:`oct_foundation.data.vendor`); ``.e2e`` is in HEYEX_SUFFIXES.
 VENDOR_ONLY_SUFFIXES = (".fda", ".fds", ".img")
-OCT_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + HEYEX_SUFFIXES + NUMPY_SUFFIXES + VENDOR_ONLY_SUFFIXES
+#: 2D+time inputs read as [C, T, H, W] (:mod:`oct_foundation.data.video`); a folder of .png frames too.
+VIDEO_INPUT_SUFFIXES = (".mp4", ".avi", ".tif", ".tiff")
+OCT_SUFFIXES = (NIFTI_SUFFIXES + DICOM_SUFFIXES + HEYEX_SUFFIXES + NUMPY_SUFFIXES + VENDOR_ONLY_SUFFIXES
+                + VIDEO_INPUT_SUFFIXES)
 
 
 def _first_line(e: BaseException) -> str:
@@ -727,6 +730,7 @@ class OCTVolumeReader(_OCTReaderBase):
                  npy_spacing: Sequence[float] = (1.0, 1.0, 1.0), **kwargs):
         super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
         from oct_foundation.data.vendor import HeidelbergE2EReader, TopconOCTReader, ZeissImgReader
+        from oct_foundation.data.video import FrameFolderReader, TiffStackReader, VideoReader
 
         self.readers = {
             "e2e": HeidelbergE2EReader(sanitize_nan=sanitize_nan, dtype=dtype),  # before "heyex": owns .e2e
@@ -736,6 +740,9 @@ class OCTVolumeReader(_OCTReaderBase):
             "dicom": DicomOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "heyex": HeidelbergVolReader(intensity=heyex_intensity, sanitize_nan=sanitize_nan, dtype=dtype),
             "numpy": NumpyOCTReader(spacing=npy_spacing, sanitize_nan=sanitize_nan, dtype=dtype),
+            "video": VideoReader(sanitize_nan=sanitize_nan, dtype=dtype),
+            "tiff": TiffStackReader(sanitize_nan=sanitize_nan, dtype=dtype),
+            "frames": FrameFolderReader(sanitize_nan=sanitize_nan, dtype=dtype),  # last: a folder of .png
         }
 
     def verify_suffix(self, filename) -> bool:

@@ -1,0 +1,188 @@
+"""2D+time inputs (for the MAISI bundle): ``.mp4`` / ``.avi`` video, multi-page TIFF, a folder of PNG frames.
+
+Each reader is a MONAI :class:`~monai.data.ImageReader` with the contract of
+:mod:`oct_foundation.data.readers`: ``get_data`` gives ``[C, T, H, W]`` (T = frame index in the place of D,
+H = image rows, W = columns) and meta with ``spacing = (1, 1, 1)`` (frames and pixels carry no physical size;
+``spacing_source`` says so), ``n_frames``, ``channel`` and, for video, ``fps``. Colour frames become grey
+(ITU-R BT.601 luma) by default, or one channel (``channel=0..``), or all of them (``channel="all"``).
+Video is decoded frame by frame through imageio's ffmpeg plugin (imageio-ffmpeg's bundled binary), and each
+frame is reduced to the chosen channel before the next is decoded, so an RGB video never sits in memory
+as RGB. Anything unreadable raises a one-line :class:`~oct_foundation.errors.OCTInputError` naming the file.
+"""
+from __future__ import annotations
+
+import io as _pyio
+import posixpath
+import re
+
+import numpy as np
+
+from oct_foundation import io as oio
+from oct_foundation.data.readers import OCTImage, _first_line, _OCTReaderBase
+from oct_foundation.errors import OCTInputError
+
+__all__ = [
+    "VideoReader",
+    "TiffStackReader",
+    "FrameFolderReader",
+    "VIDEO_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "FRAME_SUFFIXES",
+    "to_channels",
+]
+
+VIDEO_SUFFIXES = (".mp4", ".avi")
+TIFF_SUFFIXES = (".tif", ".tiff")
+FRAME_SUFFIXES = (".png",)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_NO_SPACING = "frames: no physical spacing (1.0 per frame and pixel)"
+
+
+def to_channels(frame: np.ndarray, channel, path) -> np.ndarray:
+    """One frame ``[H, W]`` / ``[H, W, K]`` -> ``[C, H, W]`` for ``channel`` (``"gray"``, an index or ``"all"``)."""
+    f = np.asarray(frame)
+    if f.ndim == 2:
+        if channel not in ("gray", "all", 0):
+            raise OCTInputError(path, f"channel {channel!r} asked, but the frames are grey (one channel)")
+        return f[None]
+    if f.ndim != 3:
+        raise OCTInputError(path, f"expected frames [H, W] or [H, W, channels], got shape {tuple(f.shape)}")
+    k = f.shape[-1]
+    if channel == "gray":
+        if k in (3, 4):
+            return (f[..., :3].astype(np.float32) @ _LUMA)[None]
+        return f[..., :1].transpose(2, 0, 1)
+    if channel == "all":
+        return np.moveaxis(f, -1, 0)
+    if isinstance(channel, (int, np.integer)) and 0 <= int(channel) < k:
+        return f[..., int(channel)][None]
+    raise OCTInputError(path, f"channel {channel!r} not available: frames have {k} channels")
+
+
+class _FramesBase(_OCTReaderBase):
+    def __init__(self, channel="gray", sanitize_nan: bool = False, dtype=np.float32, **kwargs):
+        """
+        Args:
+            channel: ``"gray"`` (default), a channel index, or ``"all"``.
+        """
+        super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        if not (channel in ("gray", "all") or (isinstance(channel, (int, np.integer)) and int(channel) >= 0)):
+            raise ValueError(f"channel must be 'gray', 'all' or a channel index >= 0, got {channel!r}")
+        self.channel = channel
+
+    def _stack(self, frames, path, extra) -> OCTImage:
+        """``frames`` (an iterable of frames) -> OCTImage ``[C, T, H, W]``; each frame reduced as it comes."""
+        out, shape = [], None
+        for i, frame in enumerate(frames):
+            c = to_channels(frame, self.channel, path)
+            if self.dtype is not None:
+                c = c.astype(self.dtype, copy=False)
+            if shape is None:
+                shape = c.shape
+            elif c.shape != shape:
+                raise OCTInputError(path, f"frame {i} has shape {c.shape[1:]}, frame 0 has {shape[1:]}")
+            out.append(c)
+        if not out:
+            raise OCTInputError(path, "no frames")
+        if len(out) < 2:
+            raise OCTInputError(path, "a single frame; expected a sequence of frames [T, H, W]")
+        arr = self._finalise(np.stack(out, axis=1), path)
+        extra = {"spacing_source": _NO_SPACING, "n_frames": int(arr.shape[1]), "channel": str(self.channel), **extra}
+        return OCTImage(arr, (1.0, 1.0, 1.0), path, self.fmt, extra=extra)
+
+
+class VideoReader(_FramesBase):
+    """``.mp4`` / ``.avi`` through imageio's ffmpeg plugin, decoded frame by frame; meta ``fps``."""
+
+    suffixes = VIDEO_SUFFIXES
+    fmt = "video"
+
+    def _read_one(self, path: str) -> OCTImage:
+        import imageio.v3 as iio
+
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        try:
+            with oio.local_path(path) as local:
+                try:
+                    fps = float(iio.immeta(local, plugin="FFMPEG").get("fps", float("nan")))
+                except Exception as e:
+                    raise OCTInputError(path, f"cannot read video, not a video or corrupt ({_first_line(e)})") \
+                        from None
+                return self._stack(iio.imiter(local, plugin="FFMPEG"), path, {"fps": fps})
+        except OCTInputError:
+            raise
+        except Exception as e:
+            raise OCTInputError(path, f"cannot decode video, truncated or corrupt ({_first_line(e)})") from None
+
+
+class TiffStackReader(_FramesBase):
+    """Multi-page TIFF (pages = frames) through tifffile, page by page."""
+
+    suffixes = TIFF_SUFFIXES
+    fmt = "tiff"
+
+    def _read_one(self, path: str) -> OCTImage:
+        import tifffile
+
+        raw = _read(path)
+        try:
+            with tifffile.TiffFile(_pyio.BytesIO(raw)) as tif:
+                pages = tif.pages
+                if len(pages) == 1 and pages[0].ndim >= 3 and pages[0].shape[-1] not in (3, 4):
+                    # one page holding [T, H, W] (tifffile's own writer for a 3D array with contiguous=True)
+                    return self._stack(pages[0].asarray(), path, {})
+                return self._stack((p.asarray() for p in pages), path, {})
+        except OCTInputError:
+            raise
+        except Exception as e:
+            raise OCTInputError(path, f"cannot read TIFF, truncated or corrupt ({_first_line(e)})") from None
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", posixpath.basename(name))]
+
+
+class FrameFolderReader(_FramesBase):
+    """A folder of ``.png`` frames (local or URL), in natural order of their names (``f2`` before ``f10``)."""
+
+    suffixes = ()
+    fmt = "frames"
+
+    def verify_suffix(self, filename) -> bool:
+        names = filename if isinstance(filename, (list, tuple)) else [filename]
+        return all(is_frame_folder(n) for n in names)
+
+    def _read_one(self, path: str) -> OCTImage:
+        import imageio.v3 as iio
+
+        if not oio.exists(path):
+            raise OCTInputError(path, "folder not found")
+        files = sorted(oio.list_files(path, FRAME_SUFFIXES), key=_natural_key)
+        if not files:
+            raise OCTInputError(path, "folder holds no .png frames")
+
+        def frames():
+            for f in files:
+                try:
+                    yield iio.imread(_read(f), extension=".png")
+                except Exception as e:
+                    raise OCTInputError(f, f"cannot read PNG frame ({_first_line(e)})") from None
+
+        return self._stack(frames(), path, {"frame_files": [posixpath.basename(f) for f in files]})
+
+
+def _read(path) -> bytes:
+    with oio.open_file(path, "rb") as f:
+        return f.read()
+
+
+def is_frame_folder(path) -> bool:
+    """``path`` is an existing folder (local or URL)."""
+    import os
+
+    p = str(path).rstrip("/")
+    if not oio.is_url(p):
+        return os.path.isdir(p[len("file://"):] if p.startswith("file://") else p)
+    fs, q = oio._fs(p)
+    return fs.isdir(q)
