@@ -185,3 +185,36 @@ def test_e2e_every_volume_and_suffixless_detection(tmp_path, caplog):
     np.testing.assert_array_equal(z.numpy(), x.numpy())
     with pytest.raises(OCTInputError, match=r"exam.e2e: volume_index 2 out of range: the file holds 2"):
         load_oct(p, HeidelbergE2EReader(volume_index=2))
+
+
+def test_topcon_fda_jpeg_bscans(tmp_path):
+    """``.fda`` with ``@IMG_JPEG``: per B-scan an int32 byte count and a JPEG image [H, W]."""
+    import io
+
+    from oct_converter.readers.binary_structs import fda_binary as b
+    from PIL import Image
+
+    vol = np.random.default_rng(2).integers(60, 200, size=(D, H, W)).astype(np.uint8)
+    jpegs = []
+    for s in vol:
+        buf = io.BytesIO()
+        Image.fromarray(s).save(buf, format="JPEG", quality=95)
+        jpegs.append(buf.getvalue())
+    payload = b.oct_header.build(dict(scan_mode=2, unknown1=0, unknown2=0, width=W, height=H, number_slices=D,
+                                      unknown3=0))
+    payload += b"".join(struct.pack("<i", len(j)) + j for j in jpegs)
+    out = b.header.build(dict(file_code="FOCT", file_type="FDA", major_ver=8, minor_ver=3))
+    out += _chunk(b"@CAPTURE_INFO_02", b.capture_info_02_header.build(dict(
+        eye=0, scan_mode=2, session_id=1, label="3D", cap_date=[2024, 5, 6, 7, 8, 9])))
+    out += _chunk(b"@PARAM_SCAN_04", b.param_scan_04_header.build(dict(
+        fixation=0, mirror_pos=0, polar=0, x_dimension_mm=6.0, y_dimension_mm=6.0, z_resolution_um=2.6,
+        comp_eff_2=0.0, comp_eff_3=0.0, base_pos=0, used_calib_data=0)))
+    out += _chunk(b"@IMG_JPEG", payload) + b"\x00"
+    p = tmp_path / "jpeg.fda"
+    p.write_bytes(out)
+    x = load_oct(p)
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(j))) for j in jpegs]).astype(np.float32)
+    np.testing.assert_array_equal(x[0].numpy(), decoded)
+    assert np.abs(decoded - vol).max() < 40  # the JPEG B-scans are the volume, lossily
+    assert x.meta["topcon_chunk"] == "@IMG_JPEG" and x.meta["laterality"] == "R"
+    np.testing.assert_allclose(x.meta["spacing"], (6.0 / D, 2.6e-3, 6.0 / W), rtol=1e-6)
