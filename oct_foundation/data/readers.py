@@ -57,7 +57,7 @@ HEYEX_SUFFIXES = (".vol", ".e2e")
 NUMPY_SUFFIXES = (".npy",)
 #: Every suffix :class:`OCTVolumeReader` knows (files without a suffix are sniffed by their magic bytes).
 #: Vendor formats read through oct-converter (:mod:`oct_foundation.data.vendor`); ``.e2e`` is in HEYEX_SUFFIXES.
-VENDOR_ONLY_SUFFIXES = (".fda", ".fds", ".img")
+VENDOR_ONLY_SUFFIXES = (".fda", ".fds", ".img", ".oct")
 #: 2D+time inputs read as [C, T, H, W] (:mod:`oct_foundation.data.video`); a folder of .png frames too.
 VIDEO_INPUT_SUFFIXES = (".mp4", ".avi", ".tif", ".tiff")
 OCT_SUFFIXES = (NIFTI_SUFFIXES + DICOM_SUFFIXES + HEYEX_SUFFIXES + NUMPY_SUFFIXES + VENDOR_ONLY_SUFFIXES
@@ -729,13 +729,15 @@ class OCTVolumeReader(_OCTReaderBase):
     def __init__(self, sanitize_nan: bool = False, dtype=np.float32, heyex_intensity: str = "display",
                  npy_spacing: Sequence[float] = (1.0, 1.0, 1.0), **kwargs):
         super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
-        from oct_foundation.data.vendor import HeidelbergE2EReader, TopconOCTReader, ZeissImgReader
+        from oct_foundation.data.vendor import (BioptigenOCTReader, HeidelbergE2EReader, TopconOCTReader,
+                                                ZeissImgReader)
         from oct_foundation.data.video import FrameFolderReader, TiffStackReader, VideoReader
 
         self.readers = {
             "e2e": HeidelbergE2EReader(sanitize_nan=sanitize_nan, dtype=dtype),  # before "heyex": owns .e2e
             "topcon": TopconOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "zeiss": ZeissImgReader(sanitize_nan=sanitize_nan, dtype=dtype),
+            "bioptigen": BioptigenOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "nifti": NiftiOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "dicom": DicomOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "heyex": HeidelbergVolReader(intensity=heyex_intensity, sanitize_nan=sanitize_nan, dtype=dtype),

@@ -1,5 +1,5 @@
 """Vendor OCT formats through ``oct-converter`` (0.7.0): Topcon ``.fda``/``.fds``, Zeiss Cirrus ``.img``,
-Heidelberg ``.e2e`` (every volume in the file).
+Heidelberg ``.e2e`` (every volume in the file), Bioptigen ``.OCT``.
 
 Each reader is a MONAI :class:`~monai.data.ImageReader` with the same contract as the readers in
 :mod:`oct_foundation.data.readers`: ``get_data`` gives ``[C, D, H, W]`` (D = B-scan index, H = axial depth,
@@ -34,6 +34,8 @@ __all__ = [
     "TopconOCTReader",
     "ZeissImgReader",
     "HeidelbergE2EReader",
+    "BioptigenOCTReader",
+    "BIOPTIGEN_SUFFIXES",
     "TOPCON_SUFFIXES",
     "ZEISS_SUFFIXES",
     "E2E_SUFFIXES",
@@ -44,7 +46,8 @@ __all__ = [
 TOPCON_SUFFIXES = (".fda", ".fds")
 ZEISS_SUFFIXES = (".img",)
 E2E_SUFFIXES = (".e2e",)
-VENDOR_SUFFIXES = TOPCON_SUFFIXES + ZEISS_SUFFIXES + E2E_SUFFIXES
+BIOPTIGEN_SUFFIXES = (".oct",)
+VENDOR_SUFFIXES = TOPCON_SUFFIXES + ZEISS_SUFFIXES + E2E_SUFFIXES + BIOPTIGEN_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +331,70 @@ class HeidelbergE2EReader(_OCTReaderBase):
                 for w in vols
             ],
         }
+        return OCTImage(arr, spacing, path, self.fmt, extra=extra)
+
+
+# ----------------------------------------------------------------------------------------------- Bioptigen
+class BioptigenOCTReader(_OCTReaderBase):
+    """Bioptigen ``.OCT`` through oct-converter's ``BOCT``: every volume in the file.
+
+    The file header (``FRAMECOUNT``, ``LINELENGTH``, ``SCANTYPE``, ``SCANS``, ``FRAMES``, ...) is parsed by
+    oct-converter; each stored frame is ``uint16 [A-scans, depth]`` and becomes a B-scan ``[H, W]`` (depth x
+    A-scans). oct-converter groups the frames into ``FRAMES`` volumes of ``SCANS`` B-scans each (a linear scan
+    gives one-B-scan volumes); ``volume_index`` picks one (default 0, a warning when there are several) and
+    meta gives ``n_volumes``, ``scan_type`` (linear, rect, rad) and ``laterality`` (OD/OS in the file name).
+    Spacing is not decoded by oct-converter 0.7.0: ``spacing`` ``(sd, sh, sw)`` from the user, else 1.0 mm
+    (said in ``spacing_source``). Optovue ``.OCT`` files share the suffix and are refused with that name.
+    """
+
+    suffixes = BIOPTIGEN_SUFFIXES
+    fmt = "bioptigen"
+
+    def __init__(self, volume_index: int | None = None, spacing: Sequence[float] | None = None,
+                 sanitize_nan: bool = False, dtype=np.float32, **kwargs):
+        super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        self.volume_index = None if volume_index is None else int(volume_index)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+
+    def _read_one(self, path: str) -> OCTImage:
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        from oct_converter.exceptions import InvalidOCTReaderError
+        from oct_converter.readers import BOCT
+
+        try:
+            with oio.local_path(path) as local, _quiet() as printed:
+                try:
+                    reader = BOCT(local)
+                except InvalidOCTReaderError:
+                    raise OCTInputError(
+                        path, "not a Bioptigen .OCT file (Optovue .OCT files share the suffix and are not read)"
+                    ) from None
+                vols = reader.read_oct_volume()
+                scan_type = reader.bioptigen_scan_type_map.get(
+                    int(reader.header_structure.parse_file(local).scantype.value), "unknown")
+            if "Stopping load" in printed.getvalue():  # oct-converter stops at a short frame and leaves it unset
+                raise OCTInputError(path, "Bioptigen .OCT file truncated (frame data missing)")
+        except OCTInputError:
+            raise
+        except Exception as e:
+            raise OCTInputError(path, f"cannot read Bioptigen .OCT file, truncated or corrupt ({_first_line(e)})") \
+                from None
+        if not vols:
+            raise OCTInputError(path, "Bioptigen .OCT file holds no frames")
+        index = 0 if self.volume_index is None else self.volume_index
+        if not -len(vols) <= index < len(vols):
+            raise OCTInputError(path, f"volume_index {index} out of range: the file holds {len(vols)} volume(s)")
+        if self.volume_index is None and len(vols) > 1:
+            logger.warning("%s holds %d volumes; reading volume 0 (pass volume_index to pick another)",
+                           path, len(vols))
+        v = vols[index]
+        data = np.asarray(v.volume).transpose(0, 2, 1)  # [D, A-scans, depth] -> [D, H, W]
+        spacing, source = ((self.spacing, "user") if self.spacing is not None
+                           else ((1.0, 1.0, 1.0), "not decoded from Bioptigen .OCT: 1.0 mm; pass spacing"))
+        arr = self._finalise(data, path)
+        extra = {"spacing_source": source, "laterality": v.laterality or "", "n_volumes": len(vols),
+                 "volume_index": index % len(vols), "scan_type": scan_type}
         return OCTImage(arr, spacing, path, self.fmt, extra=extra)
 
 

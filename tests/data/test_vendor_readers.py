@@ -218,3 +218,55 @@ def test_topcon_fda_jpeg_bscans(tmp_path):
     assert np.abs(decoded - vol).max() < 40  # the JPEG B-scans are the volume, lossily
     assert x.meta["topcon_chunk"] == "@IMG_JPEG" and x.meta["laterality"] == "R"
     np.testing.assert_allclose(x.meta["spacing"], (6.0 / D, 2.6e-3, 6.0 / W), rtol=1e-6)
+
+
+def _field(key: str, value: bytes) -> bytes:
+    k = key.encode()
+    return struct.pack("<I", len(k)) + k + struct.pack("<I", len(value)) + value
+
+
+def write_bioptigen(path, vols):
+    """A Bioptigen .OCT file (key/length/value header fields, then per frame a header and uint16
+    [A-scans, depth]); ``vols [F, S, H, W]``: F volumes of S B-scans, stored volume-major."""
+    f, s, h, w = vols.shape
+    i32, f64 = (lambda v: struct.pack("<I", v)), (lambda v: struct.pack("<d", v))
+    out = struct.pack("<IH", 0x0123, 0x1)
+    out += _field("FRAMEHEADER", b"")  # a key with a zero-length value: just the key and its length
+    for key, val in [("FRAMECOUNT", i32(f * s)), ("LINECOUNT", i32(w)), ("LINELENGTH", i32(h)),
+                     ("SAMPLEFORMAT", i32(2)), ("DESCRIPTION", b"test"), ("XMIN", f64(0)), ("XMAX", f64(3)),
+                     ("XCAPTION", b"mm"), ("YMIN", f64(0)), ("YMAX", f64(2)), ("YCAPTION", b"mm"),
+                     ("SCANTYPE", i32(1)), ("SCANDEPTH", f64(2)), ("SCANLENGTH", f64(3)), ("AZSCANLENGTH", f64(3)),
+                     ("ELSCANLENGTH", f64(3)), ("OBJECTDISTANCE", f64(0)), ("SCANANGLE", f64(0)),
+                     ("SCANS", i32(s)), ("FRAMES", i32(f)), ("DOPPLERFLAG", i32(0)), ("CONFIG", b"\0" * 4)]:
+        out += _field(key, val)
+    out += i32(0)
+    date = struct.pack("<8H", 2024, 5, 1, 6, 7, 8, 9, 0)
+    for t in range(f):
+        for z in range(s):
+            out += struct.pack("<I", 9) + b"FRAMEDATA" + i32(0)
+            out += _field("FRAMEDATETIME", date) + _field("FRAMETIMESTAMP", f64(0.0)) + _field("FRAMELINES", i32(w))
+            out += _field("FRAMESAMPLES", np.ascontiguousarray(vols[t, z].T, "<u2").tobytes()) + i32(0)
+    path.write_bytes(out)
+    return path
+
+
+def test_bioptigen_volumes_and_errors(tmp_path):
+    from oct_foundation.data.vendor import BioptigenOCTReader
+
+    vols = np.random.default_rng(4).integers(0, 65535, size=(2, 3, H, W)).astype(np.uint16)
+    p = write_bioptigen(tmp_path / "eye_OD.OCT", vols)
+    x = load_oct(p)
+    assert x.meta["format"] == "bioptigen" and x.meta["n_volumes"] == 2 and x.meta["scan_type"] == "rect"
+    assert x.meta["laterality"] == "R" and "not decoded" in x.meta["spacing_source"]
+    np.testing.assert_array_equal(x[0].numpy(), vols[0].astype(np.float32))
+    y = load_oct(p, BioptigenOCTReader(volume_index=1, spacing=(0.05, 0.002, 0.01)))
+    np.testing.assert_array_equal(y[0].numpy(), vols[1].astype(np.float32))
+    np.testing.assert_allclose(y.meta["spacing"], (0.05, 0.002, 0.01))
+    cut = tmp_path / "cut.oct"
+    cut.write_bytes(p.read_bytes()[:-500])
+    with pytest.raises(OCTInputError, match=r"cut.oct: .*truncated"):
+        load_oct(cut)
+    other = tmp_path / "optovue.oct"
+    other.write_bytes(b"\xff" * 400)
+    with pytest.raises(OCTInputError, match=r"optovue.oct: (not a Bioptigen|cannot read Bioptigen)"):
+        load_oct(other)
