@@ -713,8 +713,10 @@ def sniff_format(head: bytes) -> str | None:
 
 class OCTVolumeReader(_OCTReaderBase):
     """One reader for every OCT format: picks NIfTI / DICOM / HEYEX VOL / NumPy, or a vendor format of
-    :mod:`oct_foundation.data.vendor` (Heidelberg E2E, Topcon FDA/FDS, Zeiss Cirrus IMG), by suffix, else by
-    magic bytes. Vendor readers run with their defaults (E2E: volume 0 of several, with meta listing them).
+    :mod:`oct_foundation.data.vendor` (Heidelberg E2E, Topcon FDA/FDS, Zeiss Cirrus IMG, Bioptigen OCT) or a
+    2D+time input of :mod:`oct_foundation.data.video` (``.mp4``/``.avi``, multi-page TIFF, a folder of PNG
+    frames: ``[C, T, H, W]``), by suffix (or folder), else by magic bytes. Vendor readers run with their
+    defaults (E2E / Bioptigen: volume 0 of several, with meta listing them).
 
     Args:
         sanitize_nan: replace NaN/Inf voxels with 0 instead of raising.
