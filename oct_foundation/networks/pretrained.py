@@ -17,6 +17,9 @@ holding pickled code is refused; ``.safetensors`` files through the safetensors 
 Every file is first converted to canonical parts named as the package's networks (the V-JEPA 2 names,
 see :data:`KEY_MAPPING`), then adapted to the receiving model's shapes:
 
+* input normalisation: V-JEPA networks were trained on ImageNet-normalised RGB; by default (``input_norm="auto"``)
+  the mean/std are folded exactly into the patch-embedding weight and bias of a V-JEPA file's RGB embedding, so
+  the model takes [0, 1] inputs and, for a gray volume, equals the file's network on its normalised RGB copy;
 * RGB -> one channel: ``sum`` over the colour axis (exact for a gray image copied to three channels) or ``mean``;
   one channel -> C channels divides by C (exact for a gray image copied to C channels);
 * tubelet (temporal kernel) and patch (spatial kernel) size changes redistribute the kernel by overlap of the
@@ -67,9 +70,17 @@ __all__ = [
     "interpolate_pos_table",
     "resample_kernel_axis",
     "adapt_patch_weight",
+    "fold_input_normalization",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]
 
 SOURCES = ("auto", "official", "hf", "vjepa1", "state_dict")
+#: ImageNet RGB mean / std, the input normalisation of V-JEPA 1 / 2 / 2.1 (inputs scaled to [0, 1] first)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: formats whose RGB patch embeddings were trained on ImageNet-normalised inputs (folded by ``input_norm="auto"``)
+_VIDEO_SOURCES = ("official", "hf", "vjepa1")
 PARTS = ("encoder", "target_encoder", "predictor")
 
 #: Documented key mapping, file name -> canonical (package) name; ``{i}`` is a block index.
@@ -131,6 +142,9 @@ class LoadReport:
     allowed_unexpected: list[str] = field(default_factory=list)
     allowed_mismatched: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: input normalisation folded into the patch embedding(s): ``{"mean": [...], "std": [...], "keys": [...]}``,
+    #: empty when nothing was folded
+    folded_normalization: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -425,6 +439,53 @@ def resample_kernel_axis(w: torch.Tensor, dim: int, new_size: int) -> torch.Tens
     return out.movedim(-1, dim).to(w.dtype)
 
 
+def fold_input_normalization(
+    weight: torch.Tensor, bias: torch.Tensor | None, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a per-channel input normalisation ``(x_c - mean_c) / std_c`` into a patch embedding.
+
+    ``weight`` is ``[E, C, (t,) p, p]`` (a Conv3d or Conv2d patch embedding without padding), ``bias`` ``[E]``
+    or ``None``. Returns ``(w', b')`` with ``w'_c = w_c / std_c`` and
+    ``b' = b - sum_c sum_kernel(w_c) * mean_c / std_c``, so the embedding of the raw input equals the original
+    embedding of the normalised input exactly (up to float rounding). Reducing ``w'`` over the channels
+    afterwards (``adapt_patch_weight``) then gives, for a gray image ``g``, the original network on the
+    normalised RGB copy of ``g``.
+    """
+    c = weight.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"input normalisation has {len(mean)} mean / {len(std)} std values, weight {c} channels")
+    if any(float(s_) <= 0 for s_ in std):
+        raise ValueError(f"std must be positive, got {tuple(std)}")
+    shape = (1, c) + (1,) * (weight.ndim - 2)
+    m = torch.as_tensor(mean, dtype=torch.float64).reshape(shape)
+    sd = torch.as_tensor(std, dtype=torch.float64).reshape(shape)
+    w64 = weight.to(torch.float64) / sd
+    b64 = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.to(torch.float64)
+    b64 = b64 - (w64 * m).flatten(1).sum(1)
+    return w64.to(weight.dtype), b64.to(weight.dtype if bias is None else bias.dtype)
+
+
+def _resolve_input_norm(input_norm, source: str, weight: torch.Tensor):
+    """``(mean, std)`` to fold into ``weight`` for the ``input_norm`` option, or ``None``."""
+    if input_norm is None or input_norm is False or input_norm == "none":
+        return None
+    if input_norm == "auto":
+        if source not in _VIDEO_SOURCES or weight.shape[1] != 3:
+            return None
+        return IMAGENET_MEAN, IMAGENET_STD
+    if input_norm == "imagenet":
+        if weight.shape[1] != 3:
+            raise ValueError(f"input_norm='imagenet' needs a 3-channel patch embedding, the file's has "
+                             f"{weight.shape[1]}")
+        return IMAGENET_MEAN, IMAGENET_STD
+    if isinstance(input_norm, Mapping):
+        return tuple(input_norm["mean"]), tuple(input_norm["std"])
+    if isinstance(input_norm, (tuple, list)) and len(input_norm) == 2:
+        return tuple(input_norm[0]), tuple(input_norm[1])
+    raise ValueError(f"input_norm must be 'auto', 'imagenet', 'none'/None, (mean, std) or "
+                     f"{{'mean': ..., 'std': ...}}, got {input_norm!r}")
+
+
 def adapt_patch_weight(
     w: torch.Tensor, shape: Sequence[int], channel_adapt: str = "sum"
 ) -> tuple[torch.Tensor, list[str]]:
@@ -714,6 +775,7 @@ def load_pretrained(
     use_target_encoder: bool = False,
     source_grid: Sequence[int] | None = None,
     pos_table: str = "interpolate",
+    input_norm: Any = "auto",
 ) -> LoadReport:
     """Load a V-JEPA checkpoint (local path or fsspec URL) into a ``VJEPA3D`` or a ``VisionTransformer3D``.
 
@@ -736,6 +798,15 @@ def load_pretrained(
         pos_table: a file position table on another grid is resampled trilinearly on ``[T, H, W]``
             (``"interpolate"``, as V-JEPA does for other input sizes) or, for sin-cos tables, recomputed exactly
             on the model's grid (``"recompute"``, what the package's ViT does for non-native input sizes).
+        input_norm: input normalisation the file's network was trained with, folded exactly into the patch
+            embedding weight and bias (:func:`fold_input_normalization`) so the model takes inputs in [0, 1] as
+            the package's transforms produce them: for a gray volume ``g`` the adapted one-channel model equals the
+            file's network on the normalised RGB copy of ``g`` (``channel_adapt="sum"``). ``"auto"`` (default)
+            folds the ImageNet mean/std (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`, what V-JEPA normalises
+            with) when the file is a V-JEPA file (``official``, ``hf``, ``vjepa1``) with an RGB patch embedding,
+            and nothing otherwise (the package's own files); ``"imagenet"`` always folds them; ``"none"`` / ``None``
+            folds nothing (the model then equals the file's network on un-normalised RGB); ``(mean, std)`` folds
+            other values. The report's ``folded_normalization`` and a note say what was folded.
 
     The target encoder is loaded from the file's target encoder when there is one (and the context encoder is
     not taken from it), else initialised as a copy of the adapted context encoder.
@@ -748,6 +819,9 @@ def load_pretrained(
         raise ValueError(f"channel_adapt must be 'sum' or 'mean', got {channel_adapt!r}")
     if pos_table not in ("interpolate", "recompute"):
         raise ValueError(f"pos_table must be 'interpolate' or 'recompute', got {pos_table!r}")
+    if isinstance(input_norm, str) and input_norm not in ("auto", "imagenet", "none"):
+        raise ValueError(f"input_norm must be 'auto', 'imagenet', 'none'/None, (mean, std) or "
+                         f"{{'mean': ..., 'std': ...}}, got {input_norm!r}")
     raw = read_checkpoint(path)
     try:
         conv = convert_checkpoint(raw, source=source)
@@ -794,6 +868,25 @@ def load_pretrained(
     for prefix, part, module in plan:
         target = module.state_dict()
         src = parts[part]
+        folded = []
+        for wkey in [k for k in src if re.fullmatch(r"patch_embed\w*\.proj\.weight", k)]:
+            try:
+                norm = _resolve_input_norm(input_norm, conv.source, src[wkey])
+                if norm is None:
+                    continue
+                bkey = wkey[: -len("weight")] + "bias"
+                w, b = fold_input_normalization(src[wkey], src.get(bkey), *norm)
+            except ValueError as e:
+                raise CheckpointError(path, f"{part}.{wkey}: {e}") from None
+            if bkey not in src and bkey not in target:
+                raise CheckpointError(path, f"{part}.{wkey}: folding the input normalisation needs a bias, "
+                                            f"and neither the file nor the model has {bkey!r}")
+            src = {**src, wkey: w, bkey: b}
+            folded += [wkey, bkey]
+            report.folded_normalization = {
+                "mean": [float(v) for v in norm[0]], "std": [float(v) for v in norm[1]],
+                "keys": report.folded_normalization.get("keys", []) + [prefix + wkey, prefix + bkey],
+            }
         notes = {k.split(":", 1)[1]: v for k, v in conv.notes.items() if k.startswith(part + ":")}
         src_grids = {k: tuple(source_grid) for k in src if k.endswith("pos_embed")} if source_grid else {}
         sd, rep = adapt_state_dict(
@@ -810,6 +903,12 @@ def load_pretrained(
                         f"{bool(module.uniform_power)}; other input sizes would use a different table"
                     )
         new_sd.update({prefix + k: v for k, v in sd.items()})
+        for k in folded:
+            if k in rep.loaded:
+                rep.loaded.remove(k)
+                rep.adapted[k] = "input mean/std folded"
+            elif k in rep.adapted:
+                rep.adapted[k] = "input mean/std folded; " + rep.adapted[k]
         report.loaded += [prefix + k for k in rep.loaded]
         report.adapted.update({prefix + k: v for k, v in rep.adapted.items()})
         report.missing += [prefix + k for k in rep.missing]
@@ -822,6 +921,14 @@ def load_pretrained(
                 )
             else:
                 report.unexpected.append(file_prefix + k)
+    if report.folded_normalization:
+        fn = report.folded_normalization
+        report.notes.append(
+            f"input normalisation (x - mean) / std with mean={tuple(round(v, 6) for v in fn['mean'])}, "
+            f"std={tuple(round(v, 6) for v in fn['std'])} folded into "
+            f"{', '.join(k for k in fn['keys'] if k.endswith('weight'))} and its bias: feed inputs in [0, 1], "
+            f"un-normalised (input_norm='none' to keep the file's weights as they are)"
+        )
     if is_vjepa and tgt_key is None:
         for k in model.target_encoder.state_dict():
             if "encoder." + k in new_sd:

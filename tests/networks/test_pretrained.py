@@ -1,5 +1,8 @@
 """Loading V-JEPA 2 / V-JEPA 1 / Hugging Face checkpoints into the package's networks.
 
+Tests comparing with the file's network on the un-normalised RGB copy pass ``input_norm="none"``; the folded
+ImageNet normalisation (the default for V-JEPA files) is tested in test_pretrained_input_norm.py.
+
 Every test writes its own tiny checkpoint in the public layout (random weights; nothing is downloaded):
 official training files are dicts of ``encoder`` / ``target_encoder`` / ``predictor`` state dicts with the
 ``module.backbone.`` prefixes; Hugging Face files are built here by renaming keys and splitting ``qkv`` into
@@ -112,7 +115,8 @@ def test_official_layout_rgb_to_gray_gives_three_channel_features(tmp_path, caps
     assert detect_format(oio.torch_load(path)) == "official"
 
     model = _encoder(in_chans=1)
-    report = load_pretrained(model, path, allow_unexpected=())  # predictor is simply not used for an encoder
+    # the predictor is simply not used for an encoder
+    report = load_pretrained(model, path, allow_unexpected=(), input_norm="none")
     assert isinstance(report, LoadReport)
     assert report.missing == [] and report.unexpected == [] and not report.mismatched
     assert "3->1 channel (sum)" in report.adapted["patch_embed.proj.weight"]
@@ -128,7 +132,7 @@ def test_official_layout_rgb_to_gray_gives_three_channel_features(tmp_path, caps
 
     # mean: the same weights divided by 3, i.e. the RGB network seeing a third of the gray value in every channel
     model_mean = _encoder(in_chans=1)
-    rep = load_pretrained(model_mean, path, channel_adapt="mean", print_report=False)
+    rep = load_pretrained(model_mean, path, channel_adapt="mean", print_report=False, input_norm="none")
     assert "(mean)" in rep.adapted["patch_embed.proj.weight"]
     with torch.no_grad():
         torch.testing.assert_close(model_mean(x), src((x / 3).repeat(1, 3, 1, 1, 1)), atol=1e-5, rtol=1e-5)
@@ -147,7 +151,7 @@ def test_hf_layout_fuses_qkv_and_loads_vjepa3d(tmp_path):
     assert detect_format(oio.torch_load(path)) == "hf"
 
     model = VJEPA3D(in_chans=1, **ENC, **PRED, num_mask_tokens=2).eval()
-    report = load_pretrained(model, path, print_report=False)
+    report = load_pretrained(model, path, print_report=False, input_norm="none")
     assert report.source == "hf"
     assert report.missing == [] and report.unexpected == []
     assert "query/key/value" in report.adapted["encoder.blocks.0.attn.qkv.weight"]
@@ -178,20 +182,20 @@ def test_official_vjepa3d_target_encoder_sources(tmp_path):
     x3 = x.repeat(1, 3, 1, 1, 1)
 
     model = VJEPA3D(in_chans=1, **ENC, **PRED).eval()
-    report = load_pretrained(model, path, print_report=False)
+    report = load_pretrained(model, path, print_report=False, input_norm="none")
     assert not report.missing and not report.unexpected
     with torch.no_grad():
         torch.testing.assert_close(model.encoder(x), enc(x3), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model.target_encoder(x), tgt_enc(x3), atol=1e-5, rtol=1e-5)
 
     both = VJEPA3D(in_chans=1, **ENC, **PRED).eval()
-    load_pretrained(both, path, use_target_encoder=True, print_report=False)
+    load_pretrained(both, path, use_target_encoder=True, print_report=False, input_norm="none")
     with torch.no_grad():
         torch.testing.assert_close(both.encoder(x), tgt_enc(x3), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(both.target_encoder(x), tgt_enc(x3), atol=1e-5, rtol=1e-5)
 
     only_target = VisionTransformer3D(in_chans=1, **ENC).eval()
-    load_pretrained(only_target, path, checkpoint_key="target_encoder", print_report=False)
+    load_pretrained(only_target, path, checkpoint_key="target_encoder", print_report=False, input_norm="none")
     with torch.no_grad():
         torch.testing.assert_close(only_target(x), tgt_enc(x3), atol=1e-5, rtol=1e-5)
 
@@ -228,7 +232,7 @@ def test_tubelet_change_keeps_embedding_of_depth_constant_volume(tmp_path, new_t
     src = _randomise(_encoder(in_chans=3, tubelet_size=2))
     path = _official_file(str(tmp_path / "t.pt"), src)
     model = _encoder(in_chans=1, tubelet_size=new_tubelet)
-    report = load_pretrained(model, path, print_report=False)
+    report = load_pretrained(model, path, print_report=False, input_norm="none")
     assert f"tubelet 2->{new_tubelet}" in report.adapted["patch_embed.proj.weight"]
 
     slice_ = torch.randn(2, 1, 1, *IMG[1:])
@@ -405,7 +409,7 @@ def test_hf_safetensors_from_memory_url(memfs):
     with memfs.open("/hub/vjepa2/model.safetensors", "wb") as f:
         f.write(st.save(legacy))
     model = _encoder(in_chans=1)
-    report = load_pretrained(model, url, print_report=False)
+    report = load_pretrained(model, url, print_report=False, input_norm="none")
     assert report.source == "hf" and not report.missing
     x = _gray()
     with torch.no_grad():
