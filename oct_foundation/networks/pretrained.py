@@ -82,10 +82,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: formats whose RGB patch embeddings were trained on ImageNet-normalised inputs (folded by ``input_norm="auto"``)
 _VIDEO_SOURCES = ("official", "hf", "vjepa1")
 PARTS = ("encoder", "target_encoder", "predictor")
+#: V-JEPA 2.1 distilled ViT-B/L files keep their (EMA) encoder under this key; it is read as the target encoder
+_EMA_KEY = "ema_encoder"
 
 #: Documented key mapping, file name -> canonical (package) name; ``{i}`` is a block index.
 KEY_MAPPING: dict[str, dict[str, str]] = {
     "official / vjepa1 (prefixes module., backbone., _orig_mod. stripped)": {
+        "ema_encoder (V-JEPA 2.1 ViT-B/L files)": "target_encoder (the released encoder; g/G files: target_encoder)",
+        "encoder (2.1): norms_block.{0..3}.*, video_mod_embed, img_mod_embed, patch_embed_img.proj.*": "same names "
+        "(VisionTransformer3D(hierarchical_norms=True, modality_embedding=True, img_temporal_dim_size=1))",
         "encoder: patch_embed.proj.{weight,bias}": "patch_embed.proj.{weight,bias}",
         "encoder: pos_embed [1, N, E] (V-JEPA 1 only)": "pos_embed (resampled on the [T, H, W] grid)",
         "encoder: blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*": "same names",
@@ -258,7 +263,7 @@ def _is_tensor_dict(obj) -> bool:
 
 def detect_format(obj: Any) -> str:
     """``official``, ``vjepa1``, ``hf`` or ``state_dict`` for a loaded checkpoint object."""
-    if isinstance(obj, Mapping) and any(isinstance(obj.get(p), Mapping) for p in PARTS):
+    if isinstance(obj, Mapping) and any(isinstance(obj.get(p), Mapping) for p in PARTS + (_EMA_KEY,)):
         enc = obj.get("encoder") if isinstance(obj.get("encoder"), Mapping) else obj.get("target_encoder")
         if isinstance(enc, Mapping) and any(_strip(k) == "pos_embed" for k in enc):
             return "vjepa1"
@@ -392,7 +397,14 @@ def convert_checkpoint(checkpoint: Any, source: str = "auto") -> ConvertedCheckp
         for p in PARTS:
             if isinstance(checkpoint.get(p), Mapping):
                 parts[p] = {_strip(k): v for k, v in checkpoint[p].items() if isinstance(v, torch.Tensor)}
-        return ConvertedCheckpoint(src, parts)
+        other = {}
+        if isinstance(checkpoint.get(_EMA_KEY), Mapping):
+            ema = {_strip(k): v for k, v in checkpoint[_EMA_KEY].items() if isinstance(v, torch.Tensor)}
+            if "target_encoder" in parts:
+                other = {f"{_EMA_KEY}.{k}": v for k, v in ema.items()}
+            else:  # V-JEPA 2.1 ViT-B/L: the EMA encoder is the released (target) encoder
+                parts["target_encoder"] = ema
+        return ConvertedCheckpoint(src, parts, other=other)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"not a state dict (got {type(checkpoint).__name__})")
     tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
@@ -665,7 +677,7 @@ def adapt_state_dict(
                 rep.loaded.append(key)
             continue
         try:
-            if key.endswith("patch_embed.proj.weight"):
+            if re.search(r"(^|\.)patch_embed\w*\.proj\.weight$", key):
                 new, how = adapt_patch_weight(val, ref.shape, channel_adapt)
                 desc = "; ".join(how)
             elif key.endswith("pos_embed"):
@@ -741,6 +753,14 @@ def _hints(report: LoadReport) -> list[str]:
             f"the file has {n_model + len(extra)} predictor mask tokens, the model {n_model}: build it with "
             f"num_mask_tokens={n_model + len(extra)} or allow_unexpected=['predictor.mask_tokens.*']"
         )
+    v21 = {"norms_block": "hierarchical_norms=True", "mod_embed": "modality_embedding=True",
+           "patch_embed_img": "img_temporal_dim_size=1"}
+    for frag, opt in v21.items():
+        if any(frag in k for k in report.unexpected):
+            hints.append(f"the file is a V-JEPA 2.1 encoder ({frag}): build the encoder with {opt} "
+                         f"(and rope_variant='rotary', interpolate_rope=True), or use a vjepa2_1 preset")
+        elif any(frag in k for k in report.missing):
+            hints.append(f"the file has no {frag} (not a V-JEPA 2.1 encoder): build the encoder without {opt}")
     if any(k.endswith("pos_embed") and not k.endswith("predictor_pos_embed") for k in report.missing):
         hints.append("the file's encoder has no additive position table (V-JEPA 2 uses RoPE): "
                      "build the model with pos_embed='rope'")

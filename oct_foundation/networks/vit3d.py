@@ -19,6 +19,15 @@ Positional information is either
   Angles are computed in float32 also under autocast (V-JEPA 2 uses the activation dtype); in float32 the two
   agree exactly.
 
+V-JEPA 2.1 options (``app/vjepa_2_1``): ``rope_variant="rotary"`` is 2.1's RoPE (interleaved angles, a true
+rotation); ``interpolate_rope=True`` rescales height/width token positions to the pretrained grid
+(``h * (G - 1) / (H' - 1)``, ``G = rope_pretrained_grid``, 16 for 256 px at patch 16); ``modality_embedding=True``
+adds a learned ``video_mod_embed`` (or ``img_mod_embed`` for single-frame input) after the patch embedding;
+``img_temporal_dim_size=1`` embeds single-frame input through ``patch_embed_img`` (tubelet 1);
+``hierarchical_norms=True`` replaces ``norm`` by four ``norms_block`` LayerNorms after the hierarchical layers
+(final norm = ``norms_block[-1]``) and :meth:`VisionTransformer3D.hierarchical_outputs` returns the normed
+outputs of those layers (for dense heads and deep supervision).
+
 Parameter names follow V-JEPA 2 (``patch_embed.proj``, ``blocks.i.norm1``, ``blocks.i.attn.qkv``,
 ``blocks.i.attn.proj``, ``blocks.i.norm2``, ``blocks.i.mlp.fc1``/``fc2``, ``norm``) so its checkpoints map 1:1.
 The transformer pieces are written here rather than taken from MONAI's ``ViT`` because MONAI's blocks use other
@@ -101,6 +110,19 @@ def token_positions(grid: Sequence[int], idx: Optional[torch.Tensor] = None, dev
 def rope_axis_dim(head_dim: int) -> int:
     """Channels of one head rotated per axis (V-JEPA 2): ``2 * ((head_dim // 3) // 2)``."""
     return 2 * ((head_dim // 3) // 2)
+
+
+#: hierarchical layers of the public V-JEPA 2.1 encoders by depth (ViT-B 12, L 24, g 40, G 48)
+VJEPA21_HIERARCHICAL_LAYERS = {12: (2, 5, 8, 11), 24: (5, 11, 17, 23), 40: (9, 19, 29, 39), 48: (11, 23, 37, 47)}
+
+
+def default_hierarchical_layers(depth: int) -> Tuple[int, ...]:
+    """V-JEPA 2.1's four hierarchical layers for its depths; other depths: the last block of each quarter."""
+    if depth in VJEPA21_HIERARCHICAL_LAYERS:
+        return VJEPA21_HIERARCHICAL_LAYERS[depth]
+    if depth < 4:
+        raise ValueError(f"hierarchical norms need depth >= 4 (or explicit hierarchical_layers), got {depth}")
+    return tuple(int(round(depth * (i + 1) / 4)) - 1 for i in range(4))
 
 
 def rope_tables(
@@ -311,6 +333,16 @@ class VisionTransformer3D(nn.Module):
         use_activation_checkpointing: recompute blocks in backward (training only) to save memory.
         norm_eps: LayerNorm epsilon (1e-6 as V-JEPA).
         uniform_power: sincos channel split (see :func:`sincos_pos_embed_3d`).
+        interpolate_rope: V-JEPA 2.1: rescale RoPE height/width positions to ``rope_pretrained_grid`` tokens
+            (a grid of one row/column keeps position 0).
+        rope_pretrained_grid: the pretrained grid side for ``interpolate_rope`` (16: 256 px at patch 16).
+        modality_embedding: V-JEPA 2.1 learned ``video_mod_embed`` / ``img_mod_embed`` ``[1, 1, E]``.
+        img_temporal_dim_size: V-JEPA 2.1: inputs with this many slices (1) go through ``patch_embed_img``
+            (tubelet 1) and get ``img_mod_embed``; None: no image branch.
+        hierarchical_norms: V-JEPA 2.1: ``norms_block`` (one LayerNorm per hierarchical layer) instead of
+            ``norm``; the output is ``norms_block[-1]`` of the last block.
+        hierarchical_layers: block indices of the hierarchical outputs (default
+            :func:`default_hierarchical_layers`; the last one must be the last block).
     """
 
     def __init__(
@@ -335,14 +367,23 @@ class VisionTransformer3D(nn.Module):
         use_activation_checkpointing: bool = False,
         norm_eps: float = 1e-6,
         uniform_power: bool = False,
+        interpolate_rope: bool = False,
+        rope_pretrained_grid: int = 16,
+        modality_embedding: bool = False,
+        img_temporal_dim_size: Optional[int] = None,
+        hierarchical_norms: bool = False,
+        hierarchical_layers: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         check_pos_options(pos_embed, rope_variant)
+        if interpolate_rope and pos_embed != "rope":
+            raise ValueError("interpolate_rope needs pos_embed='rope'")
         self.in_chans = in_chans
         self.img_size = _triple(img_size)
         self.patch_hw = _pair(patch_size)
         self.patch_size = patch_size if isinstance(patch_size, int) else self.patch_hw
         self.tubelet_size = int(tubelet_size)
+        self.img_temporal_dim_size = None if img_temporal_dim_size is None else int(img_temporal_dim_size)
         self.embed_dim = self.num_features = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
@@ -367,11 +408,45 @@ class VisionTransformer3D(nn.Module):
                 for i in range(depth)
             ]
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.interpolate_rope = bool(interpolate_rope)
+        self.rope_pretrained_grid = int(rope_pretrained_grid)
+        if self.img_temporal_dim_size is not None:
+            self.patch_embed_img = PatchEmbed3D(in_chans, embed_dim, (1, *self.patch_hw))
+        else:
+            self.patch_embed_img = None
+        self.hierarchical_norms = bool(hierarchical_norms)
+        if self.hierarchical_norms:
+            layers = tuple(int(i) for i in (hierarchical_layers if hierarchical_layers is not None
+                                             else default_hierarchical_layers(depth)))
+            if not layers or layers[-1] != depth - 1 or any(i < 0 or i >= depth for i in layers) or \
+                    list(layers) != sorted(set(layers)):
+                raise ValueError(f"hierarchical_layers must be increasing block indices ending at the last block "
+                                 f"{depth - 1}, got {list(layers)}")
+            self.hierarchical_layers = layers
+            self.norms_block = nn.ModuleList([nn.LayerNorm(embed_dim, eps=norm_eps) for _ in layers])
+            if self.out_layers is not None and any(i not in layers for i in self.out_layers):
+                raise ValueError(f"out_layers {self.out_layers} must be among hierarchical_layers {list(layers)}")
+        else:
+            self.hierarchical_layers = ()
+            self.norms_block = None
+            self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
 
         self.init_std = init_std
         self.apply(lambda m: init_vit_weights(m, init_std))
         rescale_blocks(self.blocks)
+        self.modality_embedding = bool(modality_embedding)
+        if self.modality_embedding:
+            self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            nn.init.normal_(self.video_mod_embed, std=1e-6)
+            nn.init.normal_(self.img_mod_embed, std=1e-6)
+
+    @property
+    def norm(self) -> nn.LayerNorm:
+        """The final LayerNorm: ``norm``, or ``norms_block[-1]`` with hierarchical norms (not stored twice)."""
+        if "norm" in self._modules:
+            return self._modules["norm"]
+        return self._modules["norms_block"][-1]
 
     @property
     def use_sdpa(self) -> bool:
@@ -382,9 +457,13 @@ class VisionTransformer3D(nn.Module):
         for blk in self.blocks:
             blk.attn.use_sdpa = bool(value)
 
+    def is_image_input(self, t: int) -> bool:
+        """True when ``t`` slices go through the single-frame branch ``patch_embed_img`` (V-JEPA 2.1)."""
+        return self.img_temporal_dim_size is not None and int(t) == self.img_temporal_dim_size
+
     def grid_size(self, t: int, h: int, w: int) -> Grid:
         """Token grid ``(T', H', W')`` of a ``(t, h, w)`` volume; sizes must be multiples of the patch."""
-        kt, kh, kw = self.tubelet_size, *self.patch_hw
+        kt, kh, kw = (1 if self.is_image_input(t) else self.tubelet_size), *self.patch_hw
         if t % kt or h % kh or w % kw or t < kt or h < kh or w < kw:
             raise ValueError(
                 f"input size (T={t}, H={h}, W={w}) must be positive multiples of the patch ({kt}, {kh}, {kw})"
@@ -402,7 +481,20 @@ class VisionTransformer3D(nn.Module):
 
     def rope(self, grid: Sequence[int], idx: Optional[torch.Tensor], device) -> Tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for tokens ``idx [B, K]`` (None: all tokens) of ``grid``."""
-        return rope_tables(token_positions(grid, idx, device), self.head_dim, self.rope_variant)
+        pos = token_positions(grid, idx, device)
+        if self.interpolate_rope:
+            g = float(self.rope_pretrained_grid - 1)
+            scale = [1.0] + [g / (n - 1) if n > 1 else 0.0 for n in (int(grid[1]), int(grid[2]))]
+            pos = pos * torch.tensor(scale, device=pos.device, dtype=pos.dtype)
+        return rope_tables(pos, self.head_dim, self.rope_variant)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def _norm_at(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if self.hierarchical_norms:
+            return self.norms_block[self.hierarchical_layers.index(i)](x)
+        return self.norm(x)
 
     def forward(
         self, x: torch.Tensor, masks: Optional[torch.Tensor] = None
@@ -412,10 +504,26 @@ class VisionTransformer3D(nn.Module):
         ``masks [B, K]`` (long): indices of the tokens to keep (context); only those pass through the blocks and
         their positions follow the kept indices. With ``out_layers`` returns the list of normed block outputs.
         """
+        return self._run(x, masks, hierarchical=False)
+
+    def hierarchical_outputs(self, x: torch.Tensor, masks: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Normed outputs ``[B, N|K, E]`` of the hierarchical layers (``norms_block``), shallowest first.
+
+        V-JEPA 2.1 concatenates them along the channels for its deep self-supervision; the last equals
+        ``forward``'s output.
+        """
+        if not self.hierarchical_norms:
+            raise RuntimeError("hierarchical_outputs needs hierarchical_norms=True")
+        return self._run(x, masks, hierarchical=True)
+
+    def _run(self, x: torch.Tensor, masks: Optional[torch.Tensor], hierarchical: bool):
         if x.ndim != 5:
             raise ValueError(f"expected input [B, C, T, H, W], got shape {tuple(x.shape)}")
+        image = self.is_image_input(x.shape[2])
         grid = self.grid_size(x.shape[2], x.shape[3], x.shape[4])
-        x = self.patch_embed(x)
+        x = self.patch_embed_img(x) if image else self.patch_embed(x)
+        if self.modality_embedding:
+            x = x + (self.img_mod_embed if image else self.video_mod_embed).to(x.dtype)
         if self.pos_embed is not None:
             x = x + self.interpolate_pos_encoding(grid).to(x.dtype)
         if masks is not None:
@@ -427,13 +535,18 @@ class VisionTransformer3D(nn.Module):
         if self.use_rope:
             cos, sin = self.rope(grid, masks, x.device)
         outs: List[torch.Tensor] = []
+        hier: List[torch.Tensor] = []
         for i, blk in enumerate(self.blocks):
             if self.use_activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, x, cos, sin, use_reentrant=False)
             else:
                 x = blk(x, cos, sin)
-            if self.out_layers is not None and i in self.out_layers:
-                outs.append(self.norm(x))
+            if hierarchical and i in self.hierarchical_layers:
+                hier.append(self._norm_at(i, x))
+            elif not hierarchical and self.out_layers is not None and i in self.out_layers:
+                outs.append(self._norm_at(i, x))
+        if hierarchical:
+            return hier
         if self.out_layers is not None:
             return outs
-        return self.norm(x)
+        return self._final_norm(x)
