@@ -83,7 +83,7 @@ class Predictor3D(nn.Module):
         self.mask_tokens = nn.ParameterList(
             [nn.Parameter(torch.zeros(1, 1, predictor_embed_dim)) for _ in range(num_mask_tokens)]
         )
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.predictor_blocks = nn.ModuleList(
             [
                 Block(predictor_embed_dim, num_heads, mlp_ratio, qkv_bias, 0.0, 0.0, dpr[i], use_sdpa, norm_eps)

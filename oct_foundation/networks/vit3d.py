@@ -401,7 +401,7 @@ class VisionTransformer3D(nn.Module):
         else:
             table = sincos_pos_embed_3d(embed_dim, self.native_grid, uniform_power)
             self.register_buffer("pos_embed", table[None])
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             [
                 Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], use_sdpa, norm_eps)

@@ -8,7 +8,7 @@ mean absolute error (V-JEPA 2's ``loss_exp = 1``). After each optimiser step cal
 from __future__ import annotations
 
 import copy
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ class VJEPA3D(nn.Module):
     Encoder arguments are those of :class:`VisionTransformer3D`; ``predictor_*`` those of :class:`Predictor3D`
     (same ``pos_embed`` and ``rope_variant`` as the encoder). ``num_mask_tokens`` should equal the number of
     mask configurations used in training (V-JEPA: 2, short and long range).
+    ``predictor_mlp_ratio`` (default: ``mlp_ratio``) sets the predictor's MLP width on its own (V-JEPA 2's
+    predictor is 4 whatever the encoder, e.g. ViT-g's 48/11); ``encoder_kwargs`` passes further
+    :class:`VisionTransformer3D` options to both encoders (e.g. the V-JEPA 2.1 ones: ``interpolate_rope``,
+    ``modality_embedding``, ``img_temporal_dim_size``, ``hierarchical_norms``).
     """
 
     def __init__(
@@ -53,8 +57,11 @@ class VJEPA3D(nn.Module):
         init_std: float = 0.02,
         use_activation_checkpointing: bool = False,
         uniform_power: bool = False,
+        predictor_mlp_ratio: Optional[float] = None,
+        encoder_kwargs: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
+        enc_extra = dict(encoder_kwargs or {})
         self.encoder = VisionTransformer3D(
             in_chans=in_chans,
             img_size=img_size,
@@ -72,6 +79,7 @@ class VJEPA3D(nn.Module):
             init_std=init_std,
             use_activation_checkpointing=use_activation_checkpointing,
             uniform_power=uniform_power,
+            **enc_extra,
         )
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_encoder.requires_grad_(False)
@@ -80,7 +88,7 @@ class VJEPA3D(nn.Module):
             predictor_embed_dim=predictor_embed_dim,
             depth=predictor_depth,
             num_heads=predictor_num_heads,
-            mlp_ratio=mlp_ratio,
+            mlp_ratio=mlp_ratio if predictor_mlp_ratio is None else predictor_mlp_ratio,
             qkv_bias=qkv_bias,
             pos_embed=pos_embed,
             rope_variant=rope_variant,

@@ -165,8 +165,8 @@ def test_each_21_option_matters(tmp_path):
         load_pretrained(ok, path, print_report=False)
         g2 = torch.rand(1, 1, 2, *HW)
         torch.testing.assert_close(ok(g2), ref(_rgb(g2)), atol=2e-4, rtol=1e-3)
-        with torch.no_grad():
-            ok.img_mod_embed.add_(torch.randn_like(ok.img_mod_embed))  # used for single frames, not for the two-slice volume
+        with torch.no_grad():  # img_mod_embed is for single frames only
+            ok.img_mod_embed.add_(torch.randn_like(ok.img_mod_embed))
         torch.testing.assert_close(ok(g2), ref(_rgb(g2)), atol=2e-4, rtol=1e-3)
         g1 = torch.rand(1, 1, 1, *HW)
         assert (ok(g1) - ref(_rgb(g1))).abs().max() > 1e-2

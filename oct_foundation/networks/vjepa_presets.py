@@ -1,0 +1,82 @@
+"""Architectures of every public V-JEPA 2 / 2.1 checkpoint, as ``VJEPA3D`` keyword arguments.
+
+Each entry builds the encoder (one input channel: the RGB patch embedding is reduced and the ImageNet
+normalisation folded on load, see :func:`oct_foundation.networks.pretrained.load_pretrained`) and the predictor
+of the file, so ``load_pretrained(VJEPA3D(**VJEPA_CHECKPOINT_PRESETS[name]), file)`` maps every encoder tensor
+strictly. Sizes follow the public code (facebookresearch/vjepa2 ``src/models/vision_transformer.py``,
+``src/hub/backbones.py`` and ``app/vjepa_2_1``):
+
+* V-JEPA 2.0: ViT-L/16 (1024 x 24, 16 heads), ViT-H/16 (1280 x 32, 16 heads), ViT-g/16 (1408 x 40, 22 heads,
+  MLP ratio 48/11) at 256 px, ViT-g/16 at 384 px; tubelet 2; RoPE with 2.0's tiled angles
+  (``rope_variant="vjepa2"``); predictor 12 blocks x 384, 12 heads, MLP ratio 4, 10 mask tokens.
+* V-JEPA 2.1: ViT-B/16 (768 x 12, 12 heads) and ViT-L/16 (distilled), ViT-g/16, ViT-G/16 (1664 x 48, 26 heads;
+  the public builder misspells ``mlp_ratio`` so its MLP ratio is the default 4) at 384 px; exact rotary RoPE,
+  ``interpolate_rope``, modality embeddings, the single-frame ``patch_embed_img`` and the four hierarchical
+  norms. The 2.1 predictor is not the package's predictor (it predicts the concatenated hierarchical outputs),
+  so the 2.1 entries build the 2.0-style predictor of the same width and load only the encoder from the file
+  (``allow_missing=["predictor.*"], allow_unexpected=["predictor.*"]``; the docs table says so).
+
+``img_size`` is nominal (RoPE works on any grid); the OCT defaults are one channel and the files' 16 px patches.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict
+
+__all__ = ["VJEPA_CHECKPOINT_PRESETS", "VJEPA_CHECKPOINT_FILES", "get_checkpoint_preset"]
+
+_PREDICTOR_20 = dict(predictor_embed_dim=384, predictor_depth=12, predictor_num_heads=12, predictor_mlp_ratio=4.0,
+                     num_mask_tokens=10)
+_COMMON = dict(in_chans=1, patch_size=16, tubelet_size=2, pos_embed="rope", qkv_bias=True, **_PREDICTOR_20)
+_V21_ENCODER = dict(interpolate_rope=True, rope_pretrained_grid=16, modality_embedding=True,
+                    img_temporal_dim_size=1, hierarchical_norms=True)
+
+_SIZES = {
+    "vitb": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "vitl": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),
+    "vith": dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0),
+    "vitg": dict(embed_dim=1408, depth=40, num_heads=22, mlp_ratio=48 / 11),
+    "vitG": dict(embed_dim=1664, depth=48, num_heads=26, mlp_ratio=4.0),
+}
+
+
+def _v20(size: str, px: int) -> Dict[str, Any]:
+    return dict(_COMMON, img_size=(64, px, px), rope_variant="vjepa2", **_SIZES[size])
+
+
+def _v21(size: str, px: int = 384) -> Dict[str, Any]:
+    return dict(_COMMON, img_size=(16, px, px), rope_variant="rotary", encoder_kwargs=dict(_V21_ENCODER),
+                **_SIZES[size])
+
+
+#: preset name -> ``VJEPA3D`` keyword arguments
+VJEPA_CHECKPOINT_PRESETS: Dict[str, Dict[str, Any]] = {
+    "vjepa2_vitl_256": _v20("vitl", 256),
+    "vjepa2_vith_256": _v20("vith", 256),
+    "vjepa2_vitg_256": _v20("vitg", 256),
+    "vjepa2_vitg_384": _v20("vitg", 384),
+    "vjepa2_1_vitb_384": _v21("vitb"),
+    "vjepa2_1_vitl_384": _v21("vitl"),
+    "vjepa2_1_vitg_384": _v21("vitg"),
+    "vjepa2_1_vitG_384": _v21("vitG"),
+}
+
+#: preset name -> (release file, the file's key holding the released encoder, whether the predictor loads)
+VJEPA_CHECKPOINT_FILES: Dict[str, Dict[str, Any]] = {
+    "vjepa2_vitl_256": dict(file="vitl.pt", encoder_key="encoder, target_encoder", predictor=True),
+    "vjepa2_vith_256": dict(file="vith.pt", encoder_key="encoder, target_encoder", predictor=True),
+    "vjepa2_vitg_256": dict(file="vitg.pt", encoder_key="encoder, target_encoder", predictor=True),
+    "vjepa2_vitg_384": dict(file="vitg-384.pt", encoder_key="encoder, target_encoder", predictor=True),
+    "vjepa2_1_vitb_384": dict(file="vjepa2_1_vitb_dist_vitG_384.pt", encoder_key="ema_encoder", predictor=False),
+    "vjepa2_1_vitl_384": dict(file="the 2.1 ViT-L (distilled) release file", encoder_key="ema_encoder",
+                              predictor=False),
+    "vjepa2_1_vitg_384": dict(file="the 2.1 ViT-g release file", encoder_key="target_encoder", predictor=False),
+    "vjepa2_1_vitG_384": dict(file="the 2.1 ViT-G release file", encoder_key="target_encoder", predictor=False),
+}
+
+
+def get_checkpoint_preset(name: str) -> Dict[str, Any]:
+    """A copy of the ``VJEPA3D`` keyword arguments of public checkpoint ``name``; ``KeyError`` lists the names."""
+    if name not in VJEPA_CHECKPOINT_PRESETS:
+        raise KeyError(f"unknown V-JEPA checkpoint preset {name!r}; known: {sorted(VJEPA_CHECKPOINT_PRESETS)}")
+    return copy.deepcopy(VJEPA_CHECKPOINT_PRESETS[name])

@@ -1,0 +1,86 @@
+"""Every public V-JEPA 2 / 2.1 checkpoint preset matches its file layout, name for name and shape for shape.
+
+The models are built on the ``meta`` device (no memory, no time); the file layouts are written here from the
+public code's formulas (facebookresearch/vjepa2: encoder ``patch_embed.proj`` [E, 3, 2, 16, 16], blocks with
+``qkv`` [3E, E] and MLP ``int(E * mlp_ratio)``, ``norm`` or 2.1's ``norms_block.0..3``, ``patch_embed_img``,
+``video_mod_embed``/``img_mod_embed``; 2.0 predictor 12 x 384 with 10 mask tokens), and the loader's adaptation
+must map every file tensor with nothing missing, unexpected or mismatched.
+"""
+import pytest
+import torch
+
+from oct_foundation.networks.pretrained import adapt_state_dict
+from oct_foundation.networks.vjepa3d import VJEPA3D
+from oct_foundation.networks.vjepa_presets import VJEPA_CHECKPOINT_PRESETS, get_checkpoint_preset
+
+SIZES = {  # name -> (E, depth, heads, MLP hidden, 2.1)
+    "vjepa2_vitl_256": (1024, 24, 16, 4096, False),
+    "vjepa2_vith_256": (1280, 32, 16, 5120, False),
+    "vjepa2_vitg_256": (1408, 40, 22, 6144, False),
+    "vjepa2_vitg_384": (1408, 40, 22, 6144, False),
+    "vjepa2_1_vitb_384": (768, 12, 12, 3072, True),
+    "vjepa2_1_vitl_384": (1024, 24, 16, 4096, True),
+    "vjepa2_1_vitg_384": (1408, 40, 22, 6144, True),
+    "vjepa2_1_vitG_384": (1664, 48, 26, 6656, True),
+}
+
+
+def _m(*shape):
+    return torch.empty(*shape, device="meta")
+
+
+def _blocks(prefix, n, e, hidden):
+    out = {}
+    for i in range(n):
+        p = f"{prefix}{i}."
+        out.update({p + "norm1.weight": _m(e), p + "norm1.bias": _m(e), p + "attn.qkv.weight": _m(3 * e, e),
+                    p + "attn.qkv.bias": _m(3 * e), p + "attn.proj.weight": _m(e, e), p + "attn.proj.bias": _m(e),
+                    p + "norm2.weight": _m(e), p + "norm2.bias": _m(e), p + "mlp.fc1.weight": _m(hidden, e),
+                    p + "mlp.fc1.bias": _m(hidden), p + "mlp.fc2.weight": _m(e, hidden), p + "mlp.fc2.bias": _m(e)})
+    return out
+
+
+def _official_encoder(e, depth, hidden, v21):
+    sd = {"patch_embed.proj.weight": _m(e, 3, 2, 16, 16), "patch_embed.proj.bias": _m(e)}
+    sd.update(_blocks("blocks.", depth, e, hidden))
+    if v21:
+        sd.update({"patch_embed_img.proj.weight": _m(e, 3, 1, 16, 16), "patch_embed_img.proj.bias": _m(e),
+                   "video_mod_embed": _m(1, 1, e), "img_mod_embed": _m(1, 1, e)})
+        for j in range(4):
+            sd.update({f"norms_block.{j}.weight": _m(e), f"norms_block.{j}.bias": _m(e)})
+    else:
+        sd.update({"norm.weight": _m(e), "norm.bias": _m(e)})
+    return sd
+
+
+def _official_predictor_20(e):
+    sd = {"predictor_embed.weight": _m(384, e), "predictor_embed.bias": _m(384),
+          "predictor_norm.weight": _m(384), "predictor_norm.bias": _m(384),
+          "predictor_proj.weight": _m(e, 384), "predictor_proj.bias": _m(e)}
+    sd.update({f"mask_tokens.{i}": _m(1, 1, 384) for i in range(10)})
+    sd.update(_blocks("predictor_blocks.", 12, 384, 1536))
+    return sd
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_preset_matches_public_layout(name):
+    e, depth, heads, hidden, v21 = SIZES[name]
+    with torch.device("meta"):
+        net = VJEPA3D(**get_checkpoint_preset(name))
+    assert net.encoder.num_heads == heads and net.encoder.in_chans == 1
+    assert net.encoder.rope_variant == ("rotary" if v21 else "vjepa2")
+    parts = [("encoder", _official_encoder(e, depth, hidden, v21), net.encoder.state_dict()),
+             ("target_encoder", _official_encoder(e, depth, hidden, v21), net.target_encoder.state_dict())]
+    parts.append(("predictor", _official_predictor_20(e), net.predictor.state_dict()))
+    for part, file_sd, target in parts:
+        _, rep = adapt_state_dict(file_sd, target, mask_token_keys=[k for k in target if "mask_token" in k])
+        assert not rep.missing and not rep.unexpected and not rep.mismatched, (part, rep.table())
+        assert "3->1 channel" in rep.adapted.get("patch_embed.proj.weight", "3->1 channel")
+
+
+def test_presets_are_copies_and_unknown_names_listed():
+    a = get_checkpoint_preset("vjepa2_1_vitl_384")
+    a["encoder_kwargs"]["hierarchical_norms"] = False
+    assert VJEPA_CHECKPOINT_PRESETS["vjepa2_1_vitl_384"]["encoder_kwargs"]["hierarchical_norms"] is True
+    with pytest.raises(KeyError, match="vjepa2_vitl_256"):
+        get_checkpoint_preset("vjepa2_vitx")
