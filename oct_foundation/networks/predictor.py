@@ -106,8 +106,9 @@ class Predictor3D(nn.Module):
         tgt_idx: torch.Tensor,
         grid: Sequence[int],
         mask_index: int = 0,
+        return_context: bool = False,
     ) -> torch.Tensor:
-        """Predict ``[B, Nt, E]`` target features.
+        """Predict ``[B, Nt, E]`` target features (``return_context``: ``[B, Nc + Nt, E]``, context first).
 
         Args:
             ctx_tokens: encoder output at the context positions ``[B, Nc, E]``.
@@ -115,6 +116,8 @@ class Predictor3D(nn.Module):
             tgt_idx: token indices to predict ``[B, Nt]``.
             grid: token grid ``(T', H', W')``.
             mask_index: which learned mask token to use (modulo ``num_mask_tokens``).
+            return_context: also return the predictor's outputs at the context positions (V-JEPA 2.1's dense
+                predictive loss on all tokens), in the order ``[ctx_idx, tgt_idx]``.
         """
         b, nc, _ = ctx_tokens.shape
         if ctx_idx.shape != (b, nc) or tgt_idx.ndim != 2 or tgt_idx.shape[0] != b:
@@ -142,5 +145,5 @@ class Predictor3D(nn.Module):
                 x = checkpoint(blk, x, cos, sin, use_reentrant=False)
             else:
                 x = blk(x, cos, sin)
-        x = self.predictor_norm(x[:, nc:])
+        x = self.predictor_norm(x if return_context else x[:, nc:])
         return self.predictor_proj(x)

@@ -31,7 +31,9 @@ class VJEPA3D(nn.Module):
     ``predictor_mlp_ratio`` (default: ``mlp_ratio``) sets the predictor's MLP width on its own (V-JEPA 2's
     predictor is 4 whatever the encoder, e.g. ViT-g's 48/11); ``encoder_kwargs`` passes further
     :class:`VisionTransformer3D` options to both encoders (e.g. the V-JEPA 2.1 ones: ``interpolate_rope``,
-    ``modality_embedding``, ``img_temporal_dim_size``, ``hierarchical_norms``).
+    ``modality_embedding``, ``img_temporal_dim_size``, ``hierarchical_norms``). ``dense_loss=True`` makes
+    :meth:`jepa_forward` return predictions and targets at the context tokens too (V-JEPA 2.1's dense predictive
+    loss on all tokens), so any loss over its outputs covers every token.
     """
 
     def __init__(
@@ -59,8 +61,10 @@ class VJEPA3D(nn.Module):
         uniform_power: bool = False,
         predictor_mlp_ratio: Optional[float] = None,
         encoder_kwargs: Optional[Mapping[str, Any]] = None,
+        dense_loss: bool = False,
     ):
         super().__init__()
+        self.dense_loss = bool(dense_loss)
         enc_extra = dict(encoder_kwargs or {})
         self.encoder = VisionTransformer3D(
             in_chans=in_chans,
@@ -116,7 +120,7 @@ class VJEPA3D(nn.Module):
         return F.layer_norm(h, (h.shape[-1],))
 
     def jepa_forward(
-        self, x: torch.Tensor, ctx_idx: TensorOrList, tgt_idx: TensorOrList
+        self, x: torch.Tensor, ctx_idx: TensorOrList, tgt_idx: TensorOrList, dense: Optional[bool] = None
     ) -> Tuple[TensorOrList, TensorOrList]:
         """Predictions and targets of one V-JEPA step.
 
@@ -124,6 +128,8 @@ class VJEPA3D(nn.Module):
             x: volumes ``[B, C, T, H, W]``.
             ctx_idx: context token indices ``[B, Nc]``, or a list of them (one per mask configuration).
             tgt_idx: target token indices ``[B, Nt]``, or a list matching ``ctx_idx``.
+            dense: predictions and targets at the context tokens too (``[B, Nc + Nt, E]``, context first);
+                default ``self.dense_loss``.
 
         Returns:
             ``(pred [B, Nt, E], target [B, Nt, E])``, or two lists when lists were given; the target encoder runs
@@ -138,10 +144,11 @@ class VJEPA3D(nn.Module):
             raise ValueError(f"got {len(ctx_list)} context masks but {len(tgt_list)} target masks")
         preds: List[torch.Tensor] = []
         targets: List[torch.Tensor] = []
+        dense = self.dense_loss if dense is None else bool(dense)
         for i, (ci, ti) in enumerate(zip(ctx_list, tgt_list)):
             z = self.encoder(x, masks=ci)
-            preds.append(self.predictor(z, ci, ti, grid, mask_index=i))
-            targets.append(gather_tokens(h, ti))
+            preds.append(self.predictor(z, ci, ti, grid, mask_index=i, return_context=dense))
+            targets.append(gather_tokens(h, torch.cat([ci, ti], dim=1) if dense else ti))
         if single:
             return preds[0], targets[0]
         return preds, targets
