@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict
 
-__all__ = ["VJEPA_CHECKPOINT_PRESETS", "VJEPA_CHECKPOINT_FILES", "get_checkpoint_preset"]
+__all__ = ["VJEPA_CHECKPOINT_PRESETS", "VJEPA_CHECKPOINT_FILES", "get_checkpoint_preset", "RECIPES", "recipe_args"]
 
 _PREDICTOR_20 = dict(predictor_embed_dim=384, predictor_depth=12, predictor_num_heads=12, predictor_mlp_ratio=4.0,
                      num_mask_tokens=10)
@@ -80,3 +80,27 @@ def get_checkpoint_preset(name: str) -> Dict[str, Any]:
     if name not in VJEPA_CHECKPOINT_PRESETS:
         raise KeyError(f"unknown V-JEPA checkpoint preset {name!r}; known: {sorted(VJEPA_CHECKPOINT_PRESETS)}")
     return copy.deepcopy(VJEPA_CHECKPOINT_PRESETS[name])
+
+
+#: training recipes as overrides of ``bundles/oct_vjepa_pretrain/configs/train.json`` (top-level keys, and
+#: ``network_def#num_mask_tokens``). ``vjepa2``: the published V-JEPA 2 pretraining settings: EMA momentum 0.99925
+#: constant, weight decay 0.04 constant, LR 5.25e-4, predictor 12 x 384 (12 heads) with 10 mask tokens; the masks
+#: are the bundle's default pair (8 blocks of spatial scale 0.15 + 2 of 0.7, full depth).
+#: ``vjepa1``: the bundle's defaults (V-JEPA 1 style: EMA 0.998 -> 1 linear, weight decay 0.04 -> 0.4 cosine).
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "vjepa1": {"learning_rate": 6.25e-4, "weight_decay": 0.04, "final_weight_decay": 0.4, "ema_start": 0.998,
+               "ema_end": 1.0, "ema_mode": "linear"},
+    "vjepa2": {"learning_rate": 5.25e-4, "weight_decay": 0.04, "final_weight_decay": 0.04, "ema_start": 0.99925,
+               "ema_end": 0.99925, "ema_mode": "linear", "predictor_embed_dim": 384, "predictor_depth": 12,
+               "predictor_num_heads": 12, "network_def#num_mask_tokens": 10},
+}
+
+
+def recipe_args(name: str) -> list:
+    """Command-line overrides (``["--key", "value", ...]``) of recipe ``name`` for ``python -m monai.bundle run``."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+    out = []
+    for k, v in RECIPES[name].items():
+        out += [f"--{k}", str(v)]
+    return out

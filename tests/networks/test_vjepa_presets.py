@@ -84,3 +84,29 @@ def test_presets_are_copies_and_unknown_names_listed():
     assert VJEPA_CHECKPOINT_PRESETS["vjepa2_1_vitl_384"]["encoder_kwargs"]["hierarchical_norms"] is True
     with pytest.raises(KeyError, match="vjepa2_vitl_256"):
         get_checkpoint_preset("vjepa2_vitx")
+
+
+def test_vjepa2_recipe_builds_the_published_setup_from_the_bundle_config():
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from oct_foundation.networks.vjepa_presets import RECIPES, recipe_args
+
+    cfg = Path(__file__).resolve().parents[2] / "bundles" / "oct_vjepa_pretrain" / "configs" / "train.json"
+    parser = ConfigParser()
+    parser.read_config(str(cfg))
+    for key, value in RECIPES["vjepa1"].items():  # today's defaults
+        assert parser.get(key) == value, key
+    for key in RECIPES["vjepa2"]:  # every recipe key is a real key of the config
+        assert parser.get(key, "missing") != "missing", key
+    parser.update({**RECIPES["vjepa2"], "embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": [32, 32],
+                   "d_target": 8})
+    net = parser.get_parsed_content("network_def")
+    assert len(net.predictor.mask_tokens) == 10 and len(net.predictor.predictor_blocks) == 12
+    assert net.predictor.predictor_embed_dim == 384
+    masks = parser.get_parsed_content("mask_generators")
+    assert [(m.num_blocks, tuple(m.spatial_scale)) for m in masks] == [(8, (0.15, 0.15)), (2, (0.7, 0.7))]
+    assert parser.get_parsed_content("ema_start") == parser.get_parsed_content("ema_end") == 0.99925
+    assert parser.get_parsed_content("weight_decay") == parser.get_parsed_content("final_weight_decay") == 0.04
+    assert recipe_args("vjepa2")[:2] == ["--learning_rate", "0.000525"]
