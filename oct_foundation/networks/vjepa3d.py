@@ -64,7 +64,9 @@ class VJEPA3D(nn.Module):
         dense_loss: bool = False,
     ):
         super().__init__()
-        self.dense_loss = bool(dense_loss)
+        from oct_foundation.config import parse_bool
+
+        self.dense_loss = parse_bool(dense_loss, "network_def#dense_loss")  # "false" from a command line is False
         enc_extra = dict(encoder_kwargs or {})
         self.encoder = VisionTransformer3D(
             in_chans=in_chans,

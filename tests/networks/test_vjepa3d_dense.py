@@ -46,6 +46,7 @@ def test_dense_outputs_cover_context_then_targets():
 def test_dense_with_two_mask_configurations_and_default_off():
     model = _model()
     assert model.dense_loss is False
+    assert _model(dense_loss="false").dense_loss is False and _model(dense_loss="true").dense_loss is True
     x = torch.randn(1, 1, *IMG)
     gen = torch.Generator().manual_seed(1)
     masks = [MultiBlockMask3D(num_blocks=n)(1, GRID, gen) for n in (2, 4)]
