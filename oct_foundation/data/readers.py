@@ -27,6 +27,8 @@ from monai.data import ImageReader, MetaTensor
 from monai.transforms import MapTransform
 
 from oct_foundation import io as oio
+from oct_foundation.data.validation import (ReaderLimits, check_dicom_oct, check_spacing,
+                                            check_voxels)
 from oct_foundation.errors import OCTInputError
 
 __all__ = [
@@ -138,16 +140,21 @@ class _OCTReaderBase(ImageReader):
     suffixes: tuple = ()
     fmt = "oct"
 
-    def __init__(self, sanitize_nan: bool = False, dtype=np.float32, **kwargs):
+    def __init__(self, sanitize_nan: bool = False, dtype=np.float32, max_voxels: int | None = None,
+                 assume_spacing: Sequence[float] | None = None, allow_non_oct: bool = False, **kwargs):
         """
         Args:
             sanitize_nan: replace NaN/Inf voxels with 0 instead of raising :class:`OCTInputError`.
             dtype: output dtype (``None`` keeps the file's dtype).
+            max_voxels, assume_spacing, allow_non_oct: see :class:`~oct_foundation.data.validation.ReaderLimits`
+                (``max_voxels=None``: the default limit; ``0``: none).
         """
         super().__init__()
         self.sanitize_nan = sanitize_nan
         self.dtype = dtype
         self.kwargs = kwargs
+        self.limits = ReaderLimits(assume_spacing=assume_spacing, allow_non_oct=allow_non_oct,
+                                   **({} if max_voxels is None else {"max_voxels": max_voxels}))
 
     def verify_suffix(self, filename) -> bool:
         return _has_suffix(filename, self.suffixes)
@@ -155,8 +162,14 @@ class _OCTReaderBase(ImageReader):
     def read(self, data, **kwargs):
         """Read one path (returns an :class:`OCTImage`) or a sequence of paths (returns a list)."""
         if isinstance(data, (list, tuple)):
-            return [self._read_one(str(p)) for p in data]
-        return self._read_one(str(data))
+            return [self._checked(self._read_one(str(p))) for p in data]
+        return self._checked(self._read_one(str(data)))
+
+    def _checked(self, img: OCTImage) -> OCTImage:
+        """The rules of :mod:`oct_foundation.data.validation` on what a format reader returned."""
+        check_voxels(img.filename, img.array.shape, self.limits, what="decoded data")
+        img.spacing = check_spacing(img.filename, img.spacing, self.limits)
+        return img
 
     def _read_one(self, path: str) -> OCTImage:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -258,10 +271,9 @@ class NiftiOCTReader(_OCTReaderBase):
 
         raw = _read_bytes(path)
         if raw[:2] == b"\x1f\x8b":
-            try:
-                raw = gzip.decompress(raw)
-            except (EOFError, OSError, zlib.error) as e:
-                raise OCTInputError(path, f"truncated or corrupt gzip data ({_first_line(e)})") from None
+            raw = self._gunzip_bounded(raw, path)
+        else:
+            self._check_header_shape(raw, path)
         if len(raw) < 348:
             raise OCTInputError(path, f"not a NIfTI file (only {len(raw)} bytes)")
         sizeof_hdr = int.from_bytes(raw[:4], "little")
@@ -275,11 +287,15 @@ class NiftiOCTReader(_OCTReaderBase):
             data = np.asanyarray(img.dataobj)
         except Exception as e:  # nibabel raises several types for short/corrupt data
             raise OCTInputError(path, f"cannot read NIfTI data, file truncated or corrupt ({_first_line(e)})") from None
-        zooms = [float(z) for z in img.header.get_zooms()[:3]]
+        # nibabel's header checks replace zero pixdim by 1 and negative by its absolute value: read the raw
+        # pixdim so that the validation sees what the file says
+        raw_hdr = klass.header_class.from_fileobj(_pyio.BytesIO(raw[:sizeof_hdr]), check=False)
+        ndim_sp = min(3, max(int(raw_hdr["dim"][0]), 0))
+        zooms = [float(z) for z in raw_hdr["pixdim"][1:1 + ndim_sp]]
         zooms += [1.0] * (3 - len(zooms))
         unit = img.header.get_xyzt_units()[0]
         scale = {"micron": 1e-3, "meter": 1e3}.get(unit, 1.0)
-        spacing = [z * scale if z > 0 else 1.0 for z in zooms]
+        spacing = [z * scale for z in zooms]  # validated by _checked: no silent 1 mm for a zero/negative zoom
         extra = {"orientation": "as stored: no qform/sform orientation in the file"}
         if data.ndim in (3, 4):
             ornt, codes = nifti_orientation(img, path)
@@ -297,6 +313,52 @@ class NiftiOCTReader(_OCTReaderBase):
         arr = self._finalise(data, path, channel_last=True)
         return OCTImage(arr, tuple(spacing), path, self.fmt,
                         original_affine=np.asarray(img.affine, dtype=np.float64), extra=extra)
+
+
+    def _check_header_shape(self, raw: bytes, path) -> int | None:
+        """``max_voxels`` against the header's dim field; returns the bytes the data needs (None: no header)."""
+        import nibabel as nib
+
+        if len(raw) < 348:
+            return None
+        sizeof_hdr = int.from_bytes(raw[:4], "little")
+        if sizeof_hdr not in (348, 540):
+            sizeof_hdr = int.from_bytes(raw[:4], "big")
+        klass = {348: nib.Nifti1Header, 540: nib.Nifti2Header}.get(sizeof_hdr)
+        if klass is None or len(raw) < sizeof_hdr:
+            return None
+        try:
+            hdr = klass.from_fileobj(_pyio.BytesIO(raw[:sizeof_hdr]), check=False)
+            shape = tuple(int(v) for v in hdr.get_data_shape())
+            itemsize = int(hdr.get_data_dtype().itemsize)
+            offset = int(hdr.get_data_offset())
+        except Exception:
+            return None  # the full read reports the corrupt header
+        check_voxels(path, shape, self.limits, what="NIfTI header")
+        n = 1
+        for v in shape:
+            n *= max(v, 0)
+        return max(offset, sizeof_hdr + 4) + n * itemsize
+
+    def _gunzip_bounded(self, raw: bytes, path) -> bytes:
+        """Inflate the header first and check ``max_voxels`` from it, then inflate at most the bytes the header
+        describes (a gzip bomb never expands past that)."""
+        try:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            head = d.decompress(raw, 540)
+            need = self._check_header_shape(head, path)
+            if need is not None:
+                limit = need + 64 * 1024
+            else:  # no readable header: nibabel reports it; still bounded by the limit
+                limit = self.limits.max_voxels * 8 + 1024 * 1024 if self.limits.max_voxels else 0
+            rest = d.decompress(d.unconsumed_tail, max(limit - len(head), 1) if limit else 0)
+        except (EOFError, OSError, zlib.error) as e:
+            raise OCTInputError(path, f"truncated or corrupt gzip data ({_first_line(e)})") from None
+        out = head + rest
+        if need is not None and len(out) < need:
+            raise OCTInputError(path, f"truncated or corrupt gzip data ({len(out)} bytes inflated, the header "
+                                      f"needs {need})")
+        return out
 
 
 # ----------------------------------------------------------------------------------------------- DICOM
@@ -323,6 +385,13 @@ def _positive(v) -> float | None:
     return f if f > 0 else None
 
 
+def _float_or_nan(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def dicom_spacing(ds) -> tuple[tuple[float, float, float], dict]:
     """``((sd, sh, sw), sources)`` from a (multi-frame) DICOM dataset.
 
@@ -346,8 +415,15 @@ def dicom_spacing(ds) -> tuple[tuple[float, float, float], dict]:
             sources["in_plane"] = f"{where} PixelSpacing"
             break
     if sh is None:
-        sh = sw = 1.0
-        sources["in_plane"] = "default"
+        ps = next((getattr(pm, "PixelSpacing", None) for _, pm in measures + [("top-level", ds)]
+                   if getattr(pm, "PixelSpacing", None) is not None), None)
+        if ps is not None:  # present but zero/negative/NaN: reported, so that the file is refused
+            vals = [_float_or_nan(v) for v in ps] + [float("nan")] * 2
+            sh, sw = vals[0], vals[1]
+            sources["in_plane"] = "invalid PixelSpacing"
+        else:
+            sh = sw = 1.0
+            sources["in_plane"] = "default"
     sd = None
     for where, pm in measures:
         v = _positive(getattr(pm, "SpacingBetweenSlices", None))
@@ -378,7 +454,12 @@ def dicom_spacing(ds) -> tuple[tuple[float, float, float], dict]:
             if sd is not None:
                 break
     if sd is None:
-        sd, sources["slice"] = 1.0, "default"
+        given = [getattr(pm, kw, None) for _, pm in measures + [("top-level", ds)]
+                 for kw in ("SpacingBetweenSlices", "SliceThickness") if getattr(pm, kw, None) is not None]
+        if given:  # present but zero/negative/NaN
+            sd, sources["slice"] = _float_or_nan(given[0]), "invalid SpacingBetweenSlices/SliceThickness"
+        else:
+            sd, sources["slice"] = 1.0, "default"
     return (sd, sh, sw), sources
 
 
@@ -408,6 +489,14 @@ class DicomOCTReader(_OCTReaderBase):
             sop = getattr(ds, "SOPClassUID", None)
             what = f" (SOP class {sop.name if hasattr(sop, 'name') else sop})" if sop else ""
             raise OCTInputError(path, f"DICOM has no pixel data, not an image{what}")
+        check_dicom_oct(path, ds, self.limits)
+        try:
+            header_shape = (int(getattr(ds, "NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns),
+                            int(getattr(ds, "SamplesPerPixel", 1) or 1))
+        except (AttributeError, TypeError, ValueError):
+            header_shape = None
+        if header_shape is not None:
+            check_voxels(path, header_shape, self.limits, what="DICOM header (frames x rows x columns x samples)")
         try:
             data = ds.pixel_array
         except Exception as e:
@@ -604,8 +693,7 @@ class HeidelbergVolReader(_OCTReaderBase):
             raise OCTInputError(path, f"cannot read HEYEX {kind} file{what} ({_first_line(e)})") from None
         finally:
             eyepy_log.setLevel(level)
-        spacing = tuple(s if s > 0 else 1.0 for s in spacing)
-        arr = self._finalise(data, path)
+        arr = self._finalise(data, path)  # spacing validated by _checked (no silent 1 mm)
         return OCTImage(arr, spacing, path, self.fmt, extra={"heyex_intensity": self.intensity})
 
 
@@ -679,6 +767,16 @@ class NumpyOCTReader(_OCTReaderBase):
     def _read_one(self, path: str) -> OCTImage:
         raw = _read_bytes(path)
         try:
+            f = _pyio.BytesIO(raw)
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape = read_header(f)[0]
+        except Exception:
+            shape = None  # np.load below names the problem
+        if shape is not None:
+            check_voxels(path, shape, self.limits, what=".npy header")
+        try:
             data = np.load(_pyio.BytesIO(raw), allow_pickle=False)
         except Exception as e:
             raise OCTInputError(path, f"cannot read .npy array, file truncated or corrupt ({_first_line(e)})") from None
@@ -748,6 +846,8 @@ class OCTVolumeReader(_OCTReaderBase):
             "tiff": TiffStackReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "frames": FrameFolderReader(sanitize_nan=sanitize_nan, dtype=dtype),  # last: a folder of .png
         }
+        for reader in self.readers.values():
+            reader.limits = self.limits  # one set of rules for every format (header checks run inside them)
 
     def verify_suffix(self, filename) -> bool:
         """Known suffix, or no suffix at all (DICOM files often have none; their magic bytes decide)."""
@@ -802,15 +902,34 @@ class LoadOCTd(MapTransform):
         allow_missing_keys: bool = False,
         sanitize_nan: bool = False,
         dtype=np.float32,
+        max_voxels: int | None = None,
+        assume_spacing: Sequence[float] | None = None,
+        allow_non_oct: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
-        self.reader = reader if reader is not None else OCTVolumeReader(sanitize_nan=sanitize_nan, dtype=dtype)
+        self.reader = reader if reader is not None else OCTVolumeReader(
+            sanitize_nan=sanitize_nan, dtype=dtype, max_voxels=max_voxels, assume_spacing=assume_spacing,
+            allow_non_oct=allow_non_oct)
+        self._failure: str | None = None
+
+    def __repr__(self) -> str:
+        # MONAI wraps a transform's error as "applying transform {transform}": name the file and the problem
+        base = f"LoadOCTd(keys={tuple(self.keys)})"
+        return f"{base} reading {self._failure}" if self._failure else base
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
+        self._failure = None
         for key in self.key_iterator(d):
             value = d[key]
             if isinstance(value, (torch.Tensor, np.ndarray)):
                 continue
-            d[key] = load_oct(value, self.reader)
+            try:
+                d[key] = load_oct(value, self.reader)
+            except OCTInputError as e:
+                self._failure = f"{key!r}: {e}"
+                raise
+            except Exception as e:
+                self._failure = f"{key!r}: {value}: {_first_line(e)}"
+                raise
         return d

@@ -317,6 +317,9 @@ def build_preprocessing(
     eval_full_depth: bool = False,
     percentiles: Sequence[float] = (0.5, 99.5),
     allow_missing_keys: bool = False,
+    max_voxels: int | None = None,
+    assume_spacing: Sequence[float] | None = None,
+    allow_non_oct: bool = False,
 ) -> list:
     """The standard OCT preprocessing chain, as a list of dictionary transforms (``Compose`` it).
 
@@ -337,6 +340,7 @@ def build_preprocessing(
         normalize: ``True``/``"percentile"`` (``percentiles`` -> [0, 1], clipped), ``"zscore"``, or ``False``.
         load: start with :class:`LoadOCTd` (set ``False`` when items already hold tensors).
         sanitize_nan: NaN/Inf voxels become 0 instead of an error. min_depth: refuse shorter volumes.
+        max_voxels, assume_spacing, allow_non_oct: the readers' limits (:mod:`oct_foundation.data.validation`).
     """
     from monai.transforms import (
         EnsureTyped,
@@ -355,7 +359,8 @@ def build_preprocessing(
     amk = allow_missing_keys
     out: list = []
     if load:
-        out.append(LoadOCTd(all_keys, allow_missing_keys=amk, sanitize_nan=sanitize_nan))
+        out.append(LoadOCTd(all_keys, allow_missing_keys=amk, sanitize_nan=sanitize_nan, max_voxels=max_voxels,
+                            assume_spacing=assume_spacing, allow_non_oct=allow_non_oct))
     out.append(EnsureTyped(image_keys, dtype=torch.float32, track_meta=True, allow_missing_keys=amk))
     if label_key:
         out.append(EnsureTyped([label_key], track_meta=True, allow_missing_keys=True))

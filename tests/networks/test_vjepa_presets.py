@@ -110,3 +110,41 @@ def test_vjepa2_recipe_builds_the_published_setup_from_the_bundle_config():
     assert parser.get_parsed_content("ema_start") == parser.get_parsed_content("ema_end") == 0.99925
     assert parser.get_parsed_content("weight_decay") == parser.get_parsed_content("final_weight_decay") == 0.04
     assert recipe_args("vjepa2")[:2] == ["--learning_rate", "0.000525"]
+
+
+def _bundle_parser(**overrides):
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    cfg = Path(__file__).resolve().parents[2] / "bundles" / "oct_vjepa_pretrain" / "configs" / "train.json"
+    parser = ConfigParser()
+    parser.read_config(str(cfg))
+    parser.update(overrides)
+    return parser
+
+
+@pytest.mark.parametrize("name", ["vjepa2_vitg_384", "vjepa2_1_vitl_384"])
+def test_bundle_preset_key_builds_the_checkpoint_architecture(name):
+    from oct_foundation.networks.presets import PRESETS
+
+    assert name in PRESETS
+    e, depth, heads, hidden, v21 = SIZES[name]
+    with torch.device("meta"):
+        net = _bundle_parser(preset=name, image_size=[64, 64], d_target=8).get_parsed_content("network_def")
+    assert net.encoder.embed_dim == e and len(net.encoder.blocks) == depth and net.encoder.num_heads == heads
+    assert net.encoder.img_size == (8, 64, 64)  # the bundle's input keys are kept
+    assert len(net.predictor.mask_tokens) == 10 and len(net.predictor.predictor_blocks) == 12
+    assert net.encoder.hierarchical_norms is v21 and net.target_encoder.hierarchical_norms is v21
+    _, rep = adapt_state_dict(_official_encoder(e, depth, hidden, v21), net.encoder.state_dict())
+    assert not rep.missing and not rep.unexpected and not rep.mismatched
+
+
+def test_bundle_without_preset_is_unchanged():
+    net = _bundle_parser(embed_dim=32, depth=2, num_heads=2, predictor_embed_dim=32, predictor_depth=1,
+                         predictor_num_heads=2, image_size=[32, 32], d_target=8).get_parsed_content("network_def")
+    assert isinstance(net, VJEPA3D) and net.encoder.embed_dim == 32 and len(net.predictor.mask_tokens) == 2
+    from oct_foundation.networks.presets import get_preset
+
+    with pytest.raises(KeyError, match="vjepa2_1_vitl_384"):
+        get_preset("nope")

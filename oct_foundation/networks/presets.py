@@ -1,0 +1,40 @@
+"""Named network architectures: ``PRESETS`` maps a name to ``VJEPA3D`` keyword arguments (a bundle's network_def).
+
+The registry holds the architectures of every public V-JEPA 2 / 2.1 checkpoint
+(:data:`oct_foundation.networks.vjepa_presets.VJEPA_CHECKPOINT_PRESETS`, e.g. ``vjepa2_vitl_256``,
+``vjepa2_1_vitl_384``); the package's own sizes are added beside them. :func:`build_vjepa` is what the pretraining
+bundle's ``network_def`` calls: ``--preset NAME`` replaces the architecture keys by the preset's while the bundle
+keeps its input keys (``in_chans``, ``img_size``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict
+
+from .vjepa_presets import VJEPA_CHECKPOINT_PRESETS
+
+__all__ = ["PRESETS", "get_preset", "build_vjepa"]
+
+#: preset name -> ``VJEPA3D`` keyword arguments
+PRESETS: Dict[str, Dict[str, Any]] = {}
+PRESETS.update(copy.deepcopy(VJEPA_CHECKPOINT_PRESETS))
+
+#: keys a bundle keeps from its own configuration when a preset is chosen (input geometry, not architecture)
+_INPUT_KEYS = ("in_chans", "img_size")
+
+
+def get_preset(name: str) -> Dict[str, Any]:
+    """A copy of preset ``name``'s ``VJEPA3D`` keyword arguments; ``KeyError`` lists the known names."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown network preset {name!r}; known: {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def build_vjepa(preset: str = "", **kwargs):
+    """``VJEPA3D(**kwargs)``, or with ``preset`` the preset's architecture over ``kwargs`` (input keys kept)."""
+    from .vjepa3d import VJEPA3D
+
+    if preset:
+        arch = {k: v for k, v in get_preset(preset).items() if k not in _INPUT_KEYS or k not in kwargs}
+        kwargs = {**kwargs, **arch}
+    return VJEPA3D(**kwargs)
