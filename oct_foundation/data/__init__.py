@@ -19,6 +19,7 @@ _EXPORTS = {
         "RecordSpacingd", "input_error_from", "time_as_depth", "TimeAsDepth", "TimeAsDepthd", "build_preprocessing",
     ),
     "datalist": ("load_datalist", "datalist_from_folder"),
+    "preflight": ("preflight_datalist", "probe_volume"),
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 if os.path.exists(os.path.join(os.path.dirname(__file__), "synthetic.py")):
