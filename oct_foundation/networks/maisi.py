@@ -396,7 +396,9 @@ class StackedVideoVAE(nn.Module):
             x = torch.cat(group, 0).to(device=device, dtype=torch.float32)
             with self._autocast_context(device):
                 z_mu, z_sigma = self.autoencoder.encode(x)
-                z = self.autoencoder.sampling(z_mu, z_sigma) if sample else z_mu
+                # sampling: (mean, std) are returned and averaged over overlapping windows; one noise draw per
+                # latent position happens afterwards (averaging independent draws would shrink the noise)
+                z = torch.cat([z_mu, z_sigma], 1) if sample else z_mu
             z = z.float().to(windows[0].device)
             out.extend(z.split(b, 0))
         return out
@@ -471,6 +473,9 @@ class StackedVideoVAE(nn.Module):
                 return None
             out = acc[:, :, :n] / cnt[:n].view(1, 1, -1, 1, 1)
             acc, cnt, acc_start = acc[:, :, n:], cnt[n:], acc_start + n
+            if sample:  # mean + std * eps with a single eps per latent position
+                mu, sigma = out.chunk(2, 1)
+                out = mu + sigma * torch.randn_like(sigma)
             return out * scale_value
 
         for chunk in chunks:
