@@ -153,7 +153,8 @@ class MaisiEncodeProcessor(_VolumeProcessor):
         z = self._encode(x)
         latent_path, sidecar = self.outputs(out_stem)
         info = {"input_shape": list(x.shape), "latent_shape": list(z.shape), "spacing": list(spacing),
-                "format": self.fmt, **self.network.settings()}
+                "format": self.fmt, **self.network.settings(),
+                "latents": "posterior samples" if self.network.sample else "posterior means"}
         _save_array(z, latent_path)
         io.save_json(info, sidecar)  # written last: its presence marks a finished latent
         return {"latent": os.path.basename(latent_path), **{k: info[k] for k in (

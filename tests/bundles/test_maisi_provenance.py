@@ -40,3 +40,16 @@ def _posterior_std(net, x):
             acc[:, :, s // cf:(s + win) // cf] += sigma
             cnt[s // cf:(s + win) // cf] += 1
     return acc / cnt.view(1, 1, -1, 1, 1) * net.effective_scale
+
+
+def test_sidecar_says_mean_or_sample(tmp_path):
+    import json
+
+    from oct_foundation.engines.maisi_inference import MaisiEncodeProcessor
+
+    torch.manual_seed(0)
+    for sample, word in ((False, "posterior means"), (True, "posterior samples")):
+        net = StackedVideoVAE(TINY, strategy="stack", stack_size=4, sample=sample)
+        MaisiEncodeProcessor(net)({"image": torch.rand(1, 4, 16, 16)}, str(tmp_path / word.replace(" ", "_")))
+        info = json.loads((tmp_path / (word.replace(" ", "_") + "_latent.json")).read_text())
+        assert info["latents"] == word and info["strategy"] == "stack" and info["window"] == 4
