@@ -41,9 +41,14 @@ _EXPORTS = {
     "ENCODER_SOURCES": "heads",
     "SegmentationHead": "heads",
     "ClassificationProbe": "heads",
+    # named architectures
+    "PRESETS": "presets",
+    "OCT_PRESETS": "presets",
+    "get_preset": "presets",
+    "build_vjepa": "presets",
 }
 
-_SUBMODULES = ("vit3d", "predictor", "vjepa3d", "masking", "pretrained", "maisi", "heads")
+_SUBMODULES = ("vit3d", "predictor", "vjepa3d", "masking", "pretrained", "maisi", "heads", "presets")
 
 __all__ = sorted(_EXPORTS)
 

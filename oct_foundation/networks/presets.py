@@ -13,11 +13,23 @@ from typing import Any, Dict
 
 from .vjepa_presets import VJEPA_CHECKPOINT_PRESETS
 
-__all__ = ["PRESETS", "get_preset", "build_vjepa"]
+__all__ = ["PRESETS", "OCT_PRESETS", "get_preset", "build_vjepa"]
 
 #: preset name -> ``VJEPA3D`` keyword arguments
 PRESETS: Dict[str, Dict[str, Any]] = {}
 PRESETS.update(copy.deepcopy(VJEPA_CHECKPOINT_PRESETS))
+
+#: the package's own sizes: ``vit_tiny_oct`` is the demo's network (scripts/demo.sh ``NET``/``PRED``),
+#: ``vit_small_oct`` the pretraining bundle's defaults (configs/train.json)
+OCT_PRESETS: Dict[str, Dict[str, Any]] = {
+    "vit_tiny_oct": dict(in_chans=1, img_size=(16, 64, 64), patch_size=16, tubelet_size=2, embed_dim=96, depth=4,
+                         num_heads=4, mlp_ratio=4.0, pos_embed="rope", predictor_embed_dim=64, predictor_depth=2,
+                         predictor_num_heads=4),
+    "vit_small_oct": dict(in_chans=1, img_size=(16, 128, 128), patch_size=16, tubelet_size=2, embed_dim=384,
+                          depth=12, num_heads=6, mlp_ratio=4.0, pos_embed="rope", predictor_embed_dim=192,
+                          predictor_depth=6, predictor_num_heads=6),
+}
+PRESETS.update(copy.deepcopy(OCT_PRESETS))
 
 #: keys a bundle keeps from its own configuration when a preset is chosen (input geometry, not architecture)
 _INPUT_KEYS = ("in_chans", "img_size")
