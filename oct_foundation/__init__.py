@@ -7,7 +7,7 @@ import importlib
 
 __version__ = "0.2.0"
 
-_SUBPACKAGES = ("data", "networks", "engines", "metrics", "experiments", "errors", "io")
+_SUBPACKAGES = ("data", "networks", "engines", "metrics", "experiments", "errors", "io", "config")
 
 
 def __getattr__(name):

@@ -34,16 +34,12 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".vol", ".e2e", ".npy")
 _SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md", ".log", ".yml", ".yaml", ".png", ".part")
 
 
-def as_bool(value) -> bool:
-    """``True``/``False`` from a bool or from the strings a command line passes (``--overwrite false``)."""
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("true", "1", "yes", "y", "on"):
-            return True
-        if v in ("false", "0", "no", "n", "off", ""):
-            return False
-        raise ValueError(f"not a yes/no value: {value!r}")
-    return bool(value)
+def as_bool(value, key: str = "value") -> bool:
+    """``True``/``False`` from a bool or a command-line spelling (``--overwrite false``); the one rule lives in
+    :func:`oct_foundation.config.parse_bool` (anything but true/false/yes/no/1/0 is an error naming the key)."""
+    from oct_foundation.config import parse_bool
+
+    return parse_bool(value, key)
 
 
 def anonymous_id(path: str, length: int = 16) -> str:
@@ -150,11 +146,11 @@ class BatchInference:
         self.output_dir = str(output_dir)
         self.processor = processor
         self.datalist_key = datalist_key
-        self.overwrite = as_bool(overwrite)
+        self.overwrite = as_bool(overwrite, "overwrite")
         self.id_map = _load_id_map(id_map)
         self.summary_path = io.join(self.output_dir, summary_name)
         self.index_file = index_file or None
-        self.progress = as_bool(progress)
+        self.progress = as_bool(progress, "progress_bar")
 
     def _id_for(self, path: str) -> str:
         for key in (path, os.path.basename(path)):

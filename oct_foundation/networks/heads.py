@@ -61,6 +61,8 @@ def _patch_kernel(encoder: nn.Module) -> tuple[int, int, int]:
 
 
 def _normalise_freeze(freeze: Freeze) -> Union[str, int]:
+    if isinstance(freeze, str) and freeze.strip().lower() in ("true", "false", "yes", "no"):
+        freeze = freeze.strip().lower() in ("true", "yes")  # a command-line spelling of a boolean
     if freeze is True or freeze == "all":
         return "all"
     if freeze is False or freeze in ("none", None):
