@@ -75,6 +75,10 @@ def _config_files(bundle: Path, name: str) -> list[str]:
     return [str(cfg)] if cfg.exists() else []
 
 
+#: fewest slices of a volume in :func:`tiny_cohort`
+TINY_COHORT_MIN_DEPTH = 8
+
+
 def tiny_cohort(folder) -> str:
     """A tiny synthetic cohort (6 cases) to resolve config properties against; returns its folder."""
     from oct_foundation.data.synthetic import generate_cohort
@@ -85,11 +89,16 @@ def tiny_cohort(folder) -> str:
     return folder
 
 
-def verify_bundle(bundle: Path, export: bool = True, dataset_dir: str | None = None) -> BundleCheck:
+def verify_bundle(bundle: Path, export: bool = True, dataset_dir: str | None = None,
+                  min_depth: int | None = None) -> BundleCheck:
     """Run every check on one bundle folder; never raises for a failed check, records it instead.
 
     ``dataset_dir``: a cohort to resolve the configs against (default: a tiny synthetic one made here).
+    ``min_depth``: fewest slices of its volumes; a training config's ``d_target`` is lowered to it so that
+    the preflight does not refuse the cohort (default: that of the tiny cohort when none is given).
     """
+    if dataset_dir is None:
+        min_depth = TINY_COHORT_MIN_DEPTH
     from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
     bundle = Path(bundle)
@@ -141,12 +150,16 @@ def verify_bundle(bundle: Path, export: bool = True, dataset_dir: str | None = N
         for cfg, wtype in ((train_cfg, "train"), (infer_cfg, "infer")):
             if not cfg:
                 continue
+            cfg_overrides = dict(overrides)
+            if min_depth and any("d_target" in json.loads(Path(c).read_text()) for c in cfg):
+                # a training crop deeper than the cohort's volumes is refused by the preflight
+                cfg_overrides["d_target"] = min_depth
             try:
                 # The bundle's own `initialize` (weight loading, output folders) is not run: only the
                 # properties are resolved, as the model zoo's checks do.
                 wf = _quiet(ConfigWorkflow, config_file=cfg, meta_file=str(meta_file), workflow_type=wtype,
                             logging_file=str(bundle / "configs" / "logging.conf"), init_id="_no_initialize_",
-                            **overrides)
+                            **cfg_overrides)
                 _quiet(wf.initialize)
                 absent = wf.check_properties()
                 chk.results[f"properties_{wtype}"] = "ok" if not absent else f"FAILED: missing {absent}"
@@ -223,7 +236,8 @@ def main(argv=None) -> int:
     names = args.bundles or sorted(p.name for p in (ROOT / "bundles").iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as tmp:
         cohort = tiny_cohort(tmp)
-        checks = [verify_bundle(ROOT / "bundles" / n, export=not args.no_export, dataset_dir=cohort) for n in names]
+        checks = [verify_bundle(ROOT / "bundles" / n, export=not args.no_export, dataset_dir=cohort,
+                                min_depth=TINY_COHORT_MIN_DEPTH) for n in names]
     checks.append(verify_collection(ROOT))
     width = max(len(c.bundle) for c in checks)
     for c in checks:
