@@ -28,6 +28,7 @@ __all__ = [
     "exists",
     "open_file",
     "local_path",
+    "sha256_file",
     "makedirs",
     "atomic_write",
     "atomic_output",
@@ -112,6 +113,17 @@ def open_file(path, mode: str = "rb"):
     if "r" in mode and not exists(path):
         raise OCTInputError(path, "file not found")
     return fsspec.open(_strip_file(path) if not is_url(path) else str(path), mode).open()
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (local path or fsspec URL), read in ``chunk``-byte pieces."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open_file(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
