@@ -177,6 +177,25 @@ class BatchInference:
         with io.open_file(self.summary_path, "rb") as f:
             return {r["id"]: r for r in csv.DictReader(_pyio.StringIO(f.read().decode("utf-8")))}
 
+    def _refuse_mixed(self, ids: list[str]) -> None:
+        """Before any work: finished outputs that would be kept must have been made with this run's settings
+        (a processor with ``existing_mismatch(out_stem)`` says); otherwise the folder would mix two runs."""
+        check = getattr(self.processor, "existing_mismatch", None)
+        if self.overwrite or check is None:
+            return
+        stale = []
+        for out_id in ids:
+            out_stem = io.join(self.output_dir, out_id)
+            if all(io.exists(p) for p in self.processor.outputs(out_stem)):
+                why = check(out_stem)
+                if why:
+                    stale.append((out_id, why))
+        if stale:
+            out_id, why = stale[0]
+            raise OCTInputError(self.output_dir, f"{len(stale)} finished output(s) were made with other settings "
+                                                 f"(first: {out_id}: {why}); pass --overwrite true to redo them, "
+                                                 "or write to another --output_dir")
+
     def run(self) -> list[dict]:
         """Process every input; returns the summary rows (also written to ``summary_name``)."""
         items = list_inputs(self.inputs, self.datalist_key)
@@ -192,6 +211,7 @@ class BatchInference:
             w.writerows([(i, it["image"]) for i, it in zip(ids, items)])
             io.atomic_write(self.index_file, buf.getvalue())
 
+        self._refuse_mixed(ids)
         rows: list[dict] = []
         counts = {"done": 0, "skipped": 0, "error": 0}
         iterator: Iterable = zip(ids, items)

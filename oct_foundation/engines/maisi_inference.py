@@ -35,8 +35,13 @@ __all__ = [
     "MaisiEvaluateProcessor",
     "latent_files",
     "latent_id_map",
+    "resolve_scale_factor",
     "write_reconstruction_summary",
 ]
+
+#: sidecar entries that must agree for an existing latent to be kept on a rerun (else the run refuses to mix)
+RERUN_KEYS = ("strategy", "window", "stride", "compression", "latent_channels", "scale_factor", "latents",
+              "autoencoder", "format")
 
 LATENT_SUFFIXES = ("_latent.pt", "_latent.npy")
 
@@ -153,12 +158,34 @@ class MaisiEncodeProcessor(_VolumeProcessor):
         z = self._encode(x)
         latent_path, sidecar = self.outputs(out_stem)
         info = {"input_shape": list(x.shape), "latent_shape": list(z.shape), "spacing": list(spacing),
-                "format": self.fmt, **self.network.settings(),
-                "latents": "posterior samples" if self.network.sample else "posterior means"}
+                "format": self.fmt, **self._settings()}
         _save_array(z, latent_path)
         io.save_json(info, sidecar)  # written last: its presence marks a finished latent
         return {"latent": os.path.basename(latent_path), **{k: info[k] for k in (
-            "input_shape", "latent_shape", "strategy", "window", "stride", "scale_factor")}}
+            "input_shape", "latent_shape", "strategy", "window", "stride", "scale_factor", "latents",
+            "autoencoder")}}
+
+    def _settings(self) -> dict:
+        return {**self.network.settings(), **self.network.provenance(), "format": self.fmt,
+                "scale_factor_source": getattr(self.network, "scale_factor_source", "given")}
+
+    def existing_mismatch(self, out_stem: str) -> str | None:
+        """``None`` when the finished latent at ``out_stem`` was made with this run's settings, else what differs
+        (``BatchInference`` then refuses to mix it with new latents)."""
+        try:
+            old = io.load_json(self.outputs(out_stem)[1])
+        except Exception as e:  # an unreadable sidecar is not a finished latent of this run
+            return f"unreadable sidecar ({type(e).__name__})"
+        mine = self._settings()
+        for k in RERUN_KEYS:
+            a, b = old.get(k), mine.get(k)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+                if abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b))):
+                    continue
+            elif a == b:
+                continue
+            return f"{k} was {a!r}, this run uses {b!r}"
+        return None
 
 
 def _read_latent(path: str) -> tuple[torch.Tensor, dict]:
@@ -262,6 +289,46 @@ class MaisiEvaluateProcessor(_VolumeProcessor):
                        f"{os.path.basename(out_stem)}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
         io.save_json(row, self.outputs(out_stem)[0])
         return row
+
+
+@torch.no_grad()
+def resolve_scale_factor(network: StackedVideoVAE, scale_factor=None, data=None, num_inputs: int = 4,
+                         image_key: str = "image") -> float:
+    """Set the latent scale factor of ``network`` and return it.
+
+    ``scale_factor``: a number (used as given), ``None`` (keep the network's, 1.0 when unset) or ``"auto"``:
+    ``1 / std`` of the posterior-mean latents of the first ``num_inputs`` items of ``data`` (a MONAI ``Dataset``
+    or a sequence of items ``{"image": [C, D, H, W]}``), the convention of latent diffusion. The source is kept in
+    ``network.scale_factor_source`` and written to every sidecar.
+    """
+    if scale_factor is None:
+        network.scale_factor_source = "given" if network.scale_factor is not None else "none (1.0)"
+        return network.effective_scale
+    if isinstance(scale_factor, str) and scale_factor.strip().lower() == "auto":
+        if data is None:
+            raise OCTInputError("scale_factor", "--scale_factor auto applies to encoding; decoding uses the scale "
+                                                "factor each latent's sidecar records")
+        n = min(int(num_inputs), len(data))
+        if n < 1:
+            raise OCTInputError("scale_factor", "--scale_factor auto needs at least one input to measure")
+        vols = []
+        for i in range(n):
+            x = data[i][image_key]
+            x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(np.asarray(x))
+            vols.append(x.float()[None].to(next(network.parameters()).device))
+        value = network.compute_scale_factor(vols)
+        network.scale_factor_source = f"auto: 1/std of the mean latents of {n} input(s)"
+        print(f"MAISI scale factor (auto, {n} input(s)): {value:.6g}")
+        return value
+    try:
+        value = float(scale_factor)
+    except (TypeError, ValueError):
+        raise OCTInputError("scale_factor", f"{scale_factor!r} is neither a number nor 'auto'") from None
+    if not (value > 0 and np.isfinite(value)):
+        raise OCTInputError("scale_factor", f"{scale_factor!r} must be a positive number")
+    network.scale_factor = value
+    network.scale_factor_source = "given"
+    return value
 
 
 def latent_files(folder) -> list[str]:

@@ -281,6 +281,9 @@ class StackedVideoVAE(nn.Module):
         if int(chunk_size) < 1:
             raise ValueError("chunk_size must be >= 1")
         self.scale_factor = None if scale_factor is None else float(scale_factor)
+        #: where the autoencoder weights came from: ``"sha256:<hex>"`` of the file :func:`load_maisi_weights`
+        #: read, ``"random-init"`` when it kept the random weights, ``None`` when no loader ran
+        self.weights_id: str | None = None
         self.chunk_size = int(chunk_size)
         self.sample = bool(sample)
         self.autocast = autocast
@@ -328,6 +331,13 @@ class StackedVideoVAE(nn.Module):
         w, s = self.window_and_stride
         return {"strategy": self.strategy, "window": w, "stride": s, "compression": self.compression,
                 "latent_channels": self.latent_channels, "scale_factor": self.effective_scale}
+
+    def provenance(self) -> dict[str, Any]:
+        """How latents of this network are made, for sidecars and manifests (no input information): the
+        autoencoder's identity, mean or sampled latents, and the padding of short stacks and odd sizes."""
+        return {"autoencoder": self.weights_id or "random-init (no weights loaded)",
+                "latents": "posterior samples" if self.sample else "posterior means",
+                "padding": "edge replication (last frame, last row/column); cropped on decode"}
 
     def latent_shape(self, t: int, h: int, w: int) -> tuple[int, int, int, int]:
         """``(latent_channels, T', H', W')`` for an input of ``t`` frames of ``h x w``."""
@@ -613,6 +623,7 @@ class MaisiLoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     random_init: bool = False
+    sha256: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -625,7 +636,7 @@ class MaisiLoadReport:
         def show(names):
             return ", ".join(names[:5]) + (f", ... (+{len(names) - 5})" if len(names) > 5 else "")
 
-        lines = [f"MAISI weights from {self.source}",
+        lines = [f"MAISI weights from {self.source}" + (f" (sha256 {self.sha256[:16]}...)" if self.sha256 else ""),
                  f"  {'loaded as is':<14}{len(self.loaded):>6}",
                  f"  {'adapted':<14}{0:>6}",
                  f"  {'missing':<14}{len(self.missing):>6}  {show(self.missing)}",
@@ -663,6 +674,8 @@ def load_maisi_weights(model: nn.Module, path, strict: bool = True, allow_random
     if not io.exists(path):
         if allow_random_init:
             report = MaisiLoadReport(source=str(path), random_init=True)
+            if isinstance(model, StackedVideoVAE):
+                model.weights_id = "random-init"
             if verbose:
                 print(report)
             logger.warning("%s", report)
@@ -691,4 +704,7 @@ def load_maisi_weights(model: nn.Module, path, strict: bool = True, allow_random
                                     f"{len(report.unexpected)} unexpected, {len(report.mismatched)} wrong shape "
                                     f"(first: {(report.missing + report.unexpected + report.mismatched)[0]})")
     target.load_state_dict({k: sd[k] for k in report.loaded}, strict=False)
+    report.sha256 = io.sha256_file(path)
+    if isinstance(model, StackedVideoVAE):
+        model.weights_id = f"sha256:{report.sha256}"
     return report

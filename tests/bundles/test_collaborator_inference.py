@@ -199,7 +199,8 @@ def test_outputs_and_logs_carry_no_identifier(runs, name):
     if name == "oct_maisi_vae_encode":
         side = json.loads(next(out.glob("*_latent.json")).read_text())
         assert set(side) <= {"input_shape", "latent_shape", "spacing", "format", "strategy", "window", "stride",
-                             "compression", "latent_channels", "scale_factor", "latents"}
+                             "compression", "latent_channels", "scale_factor", "latents", "autoencoder", "padding",
+                             "scale_factor_source"}
 
 
 def test_overwrite_true_redoes_finished_outputs(runs):
