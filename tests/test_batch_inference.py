@@ -153,3 +153,53 @@ def test_command_line_booleans(tmp_path):
     proc = MeanProcessor()
     BatchInference(str(d), str(out), proc, overwrite="false", progress="false").run()
     assert proc.calls == 2  # "false" from the command line must not mean "redo everything"
+
+
+def test_folder_lists_every_reader_format_and_png_frame_folders(tmp_path, memfs):
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("scan.fds", "cirrus.img", "clip.mp4", "stack.tif", "b.nii.gz", "noext", "notes.txt", "grid.png"):
+        (d / name).write_bytes(b"x")
+    (d / "frames").mkdir()
+    for i in range(3):
+        (d / "frames" / f"f{i}.png").write_bytes(b"x")
+    (d / "outputs").mkdir()  # an output folder (grids beside a CSV) is not a frame folder
+    (d / "outputs" / "a_grid.png").write_bytes(b"x")
+    (d / "outputs" / "manifest.csv").write_text("id\n")
+    names = [os.path.basename(i["image"]) for i in list_inputs(str(d))]
+    assert names == ["b.nii.gz", "cirrus.img", "clip.mp4", "frames", "noext", "scan.fds", "stack.tif"]
+    for i in range(2):
+        io.atomic_write(f"memory://vid/frames/f{i}.png", b"x")
+    io.atomic_write("memory://vid/a.avi", b"x")
+    assert [i["image"] for i in list_inputs("memory://vid")] == ["memory://vid/a.avi", "memory://vid/frames"]
+
+
+class _Settings:
+    """A processor whose finished outputs record a setting; a rerun with another value must not mix them."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def outputs(self, stem):
+        return [stem + ".json"]
+
+    def __call__(self, item, stem):
+        io.save_json({"value": self.value}, stem + ".json")
+        return {}
+
+    def existing_mismatch(self, stem):
+        old = io.load_json(stem + ".json")["value"]
+        return None if old == self.value else f"value was {old}, this run uses {self.value}"
+
+
+def test_rerun_with_other_settings_refuses_before_any_work(tmp_path):
+    d, out = _folder(tmp_path), tmp_path / "out"
+    BatchInference(str(d), str(out), _Settings(1), progress=False).run()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+    rows = BatchInference(str(d), str(out), _Settings(1), progress=False).run()
+    assert {r["status"] for r in rows} == {"skipped"}
+    with pytest.raises(OCTInputError, match=r"finished output\(s\) were made with other settings .*value was 1"):
+        BatchInference(str(d), str(out), _Settings(2), progress=False).run()
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")} == before
+    rows = BatchInference(str(d), str(out), _Settings(2), overwrite=True, progress=False).run()
+    assert {r["status"] for r in rows} == {"done"}

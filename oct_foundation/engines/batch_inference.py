@@ -20,17 +20,21 @@ import hashlib
 import io as _pyio
 import logging
 import os
+import posixpath
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from oct_foundation import io
+from oct_foundation.data.readers import OCT_SUFFIXES
 from oct_foundation.errors import OCTInputError
 
 __all__ = ["BatchInference", "anonymous_id", "as_bool", "list_inputs", "IMAGE_SUFFIXES"]
 
 logger = logging.getLogger("oct_foundation.inference")
 
-#: File types the readers understand; files without a suffix are included too (DICOM often has none).
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".vol", ".e2e", ".npy")
+#: File types the readers understand (every suffix of :class:`~oct_foundation.data.readers.OCTVolumeReader`:
+#: NIfTI, DICOM, Heidelberg, NumPy, the vendor formats, video and TIFF); files without a suffix are included too
+#: (DICOM often has none), and so are sub-folders of ``.png`` frames (one 2D+time input each).
+IMAGE_SUFFIXES = OCT_SUFFIXES
 _SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md", ".log", ".yml", ".yaml", ".png", ".part")
 
 
@@ -82,7 +86,33 @@ def list_inputs(inputs, datalist_key: str = "test", suffixes: Sequence[str] = IM
         raise OCTInputError(src, "input folder not found")
     if not io.is_url(src) and not os.path.isdir(src.replace("file://", "")):
         return [{"image": src}]
-    return [{"image": p} for p in io.list_files(src) if _is_candidate(p, suffixes)]
+    files = [{"image": p} for p in io.list_files(src) if _is_candidate(p, suffixes)]
+    return sorted(files + [{"image": d} for d in _frame_folders(src)], key=lambda it: it["image"])
+
+
+def _frame_folders(src: str) -> list[str]:
+    """Sub-folders of ``src`` (local or URL) that hold ``.png`` frames and nothing else (hidden files aside):
+    each is one video input. A folder with other files too (e.g. an output folder with grids and a CSV) is not."""
+
+    def frames_only(names) -> bool:
+        names = [posixpath.basename(str(n).rstrip("/")) for n in names]
+        names = [n for n in names if not n.startswith(".")]
+        return bool(names) and all(n.lower().endswith(".png") for n in names)
+
+    if io.is_url(src):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(src)
+        proto = src.split("://", 1)[0]
+        subs = [d for d in fs.ls(root, detail=False) if fs.isdir(d)]
+        return [f"{proto}://{d.lstrip('/')}" for d in subs if frames_only(fs.ls(d, detail=False))]
+    root = src.replace("file://", "")
+    out = []
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if not name.startswith(".") and os.path.isdir(d) and frames_only(os.listdir(d)):
+            out.append(d)
+    return out
 
 
 def _load_id_map(id_map) -> dict[str, str]:
