@@ -40,9 +40,10 @@ logger = logging.getLogger("oct_foundation.engines")
 
 class BestModelExport:
     """Evaluator handler: when ``metric_name`` improves, write the plain ``state_dict`` of ``network`` to
-    ``path`` (``models/model.pt``) atomically (rank 0 only), plus a sidecar ``<path>.json`` with the metric,
-    its value and the trainer epoch. MONAI's ``CheckpointSaver`` writes in place, so a crash during the write
-    could leave a truncated best model; this never does. The weights load with ``weights_only=True``.
+    ``path`` (``models/model.pt``) atomically (rank 0 only), with the network's description ``model.json``
+    beside it (:func:`oct_foundation.networks.model_files.save_model`; the metric under ``extra.best``), plus a
+    sidecar ``<path>.json`` with the metric, its value and the trainer epoch. MONAI's ``CheckpointSaver`` writes
+    in place, so a crash during the write could leave a truncated best model; this never does. The weights load with ``weights_only=True``.
     """
 
     def __init__(self, network: torch.nn.Module, path: str, metric_name: str, mode: str = "max"):
@@ -76,12 +77,18 @@ class BestModelExport:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and \
                 torch.distributed.get_rank() != 0:
             return
+        from oct_foundation.networks import model_files
+
         net = getattr(self.network, "module", self.network)
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        io.makedirs(io.dirname(self.path))
-        io.torch_save(state, self.path)
         # a MONAI evaluator run by ValidationHandler carries the trainer's epoch
         info = {"metric": self.metric_name, "value": value, "mode": self.mode, "epoch": int(engine.state.epoch)}
+        if model_files.init_args(net) is not None:  # weights + model.json (the network's description)
+            model_files.save_model(net, self.path, extra={"best": info})
+        else:
+            state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+            io.makedirs(io.dirname(self.path))
+            io.torch_save(state, self.path)
+            model_files.remove_stale_spec(self.path)
         io.save_json(info, self.path + ".json")
         logger.info("best %s %.4f: saved %s", self.metric_name, value, self.path)
 

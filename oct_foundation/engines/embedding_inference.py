@@ -40,11 +40,13 @@ class VJEPAEmbedding(_vjepa_base()):
     loads unchanged; only the output differs, which lets the inference config's ``network_def`` describe
     what inference writes (one ``[E]`` vector per volume) and export to TorchScript with that output.
     T, H, W must be multiples of the tubelet and patch sizes (:class:`EmbeddingProcessor` pads by edge
-    replication before calling the encoder).
+    replication before calling the encoder). ``network_args``: ``VJEPA3D`` keyword arguments as one dict (what
+    :func:`oct_foundation.networks.resolve_architecture` reads from a model file), under the keyword arguments.
     """
 
-    def __init__(self, *args, use_target_encoder: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, use_target_encoder: bool = True, network_args: Mapping[str, Any] | None = None,
+                 **kwargs):
+        super().__init__(*args, **{**dict(network_args or {}), **kwargs})
         self.use_target_encoder = bool(use_target_encoder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

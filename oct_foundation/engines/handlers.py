@@ -440,11 +440,24 @@ class ProgressiveUnfreezing:
 
 class ModelExport:
     """Writes the plain ``state_dict`` of ``network`` to ``path`` (``models/model.pt``) atomically when training
-    completes (rank 0 only). Loadable with ``torch.load(path, weights_only=True)``."""
+    completes (rank 0 only), and beside it ``model.json``, the network's description
+    (:func:`oct_foundation.networks.model_files.save_model`: import path, constructor arguments, versions,
+    sha256), from which downstream bundles build the network without being told its shape. The weights load with
+    ``torch.load(path, weights_only=True)``.
 
-    def __init__(self, network: torch.nn.Module, path: str) -> None:
+    ``network_def_args`` / ``target``: the constructor arguments and import path to record, for a network whose
+    class does not record them itself (:func:`~oct_foundation.networks.model_files.records_init_args`); ``extra``:
+    more fields for the description. A network that records nothing and is given nothing is exported as bare
+    weights (any older ``model.json`` beside them is removed).
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str, network_def_args: dict | None = None,
+                 target: str | None = None, extra: dict | None = None) -> None:
         self.network = network
         self.path = str(path)
+        self.network_def_args = network_def_args
+        self.target = target
+        self.extra = extra
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -452,9 +465,17 @@ class ModelExport:
     def __call__(self, engine: Engine | None = None) -> None:
         if _rank() != 0:
             return
-        state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
-        io.makedirs(io.dirname(self.path))
-        io.torch_save(state, self.path)
+        from oct_foundation.networks import model_files
+
+        if self.network_def_args is None and model_files.init_args(self.network) is None:
+            logger.warning("%s records no constructor arguments: %s saved without a model.json",
+                           type(self.network).__name__, self.path)
+            state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+            io.makedirs(io.dirname(self.path))
+            io.torch_save(state, self.path)
+            model_files.remove_stale_spec(self.path)
+        else:
+            model_files.save_model(self.network, self.path, self.network_def_args, self.target, self.extra)
         logger.info("saved %s", self.path)
 
 

@@ -46,9 +46,15 @@ _EXPORTS = {
     "OCT_PRESETS": "presets",
     "get_preset": "presets",
     "build_vjepa": "presets",
+    # self-describing model files (model.pt + model.json)
+    "save_model": "model_files",
+    "read_model_spec": "model_files",
+    "build_from_file": "model_files",
+    "resolve_architecture": "model_files",
+    "records_init_args": "model_files",
 }
 
-_SUBMODULES = ("vit3d", "predictor", "vjepa3d", "masking", "pretrained", "maisi", "heads", "presets")
+_SUBMODULES = ("vit3d", "predictor", "vjepa3d", "masking", "pretrained", "maisi", "heads", "presets", "model_files")
 
 __all__ = sorted(_EXPORTS)
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from oct_foundation import io as oio
 from oct_foundation.errors import CheckpointError
+from oct_foundation.networks.model_files import records_init_args
 from oct_foundation.networks.vit3d import MLP, VisionTransformer3D
 
 __all__ = [
@@ -143,6 +144,7 @@ def _upsample_stages(kernel: Sequence[int]) -> list[tuple[int, int, int]]:
     return stages or [(1, 1, 1)]
 
 
+@records_init_args
 class SegmentationNet(_EncoderMixin, nn.Module):
     """ViT encoder + light UNETR-style decoder with an image skip. ``[B, C, D, H, W] -> [B, K, D, H, W]``.
 
@@ -266,6 +268,7 @@ class AttentivePooler(nn.Module):
         return q.mean(1)
 
 
+@records_init_args
 class ClassificationNet(_EncoderMixin, nn.Module):
     """ViT encoder + probe. ``[B, C, D, H, W] -> logits [B, num_classes]``.
 

@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .model_files import records_init_args
+
 __all__ = [
     "VisionTransformer3D",
     "PatchEmbed3D",
@@ -314,6 +316,7 @@ def check_pos_options(pos_embed: str, rope_variant: str) -> None:
         raise ValueError(f"rope_variant must be one of {ROPE_VARIANTS}, got {rope_variant!r}")
 
 
+@records_init_args
 class VisionTransformer3D(nn.Module):
     """3D ViT encoder: tubelet embedding, sincos or RoPE positions, pre-norm blocks, final ``norm``.
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model_files import records_init_args
 from .predictor import Predictor3D
 from .vit3d import VisionTransformer3D, gather_tokens
 
@@ -22,6 +23,7 @@ __all__ = ["VJEPA3D"]
 TensorOrList = Union[torch.Tensor, List[torch.Tensor]]
 
 
+@records_init_args
 class VJEPA3D(nn.Module):
     """Context encoder ``encoder``, EMA copy ``target_encoder`` (frozen) and ``predictor``.
 

@@ -76,7 +76,8 @@ def test_segmentation_train_evaluate_infer(cohort, pretrain_model, tmp_path):
     assert any(k.startswith("proj.") for k in state)
     best = json.loads((models / "model.pt.json").read_text())
     assert best["metric"] == "val_mean_dice" and best["epoch"] == 1 and 0.0 <= best["value"] <= 1.0
-    assert sorted(p.name for p in models.iterdir()) == ["model.pt", "model.pt.json"]  # no partial files
+    # weights, their description (model.json) and the best-metric sidecar; no partial files
+    assert sorted(p.name for p in models.iterdir()) == ["model.json", "model.pt", "model.pt.json"]
     # frozen encoder: the exported encoder is exactly the pretrain bundle's target encoder
     for k, v in target_state.items():
         assert torch.equal(state[f"encoder.{k}"], v), k
