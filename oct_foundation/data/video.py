@@ -14,6 +14,7 @@ from __future__ import annotations
 import io as _pyio
 import posixpath
 import re
+from typing import Iterator
 
 import numpy as np
 
@@ -29,6 +30,8 @@ __all__ = [
     "TIFF_SUFFIXES",
     "FRAME_SUFFIXES",
     "to_channels",
+    "frame_reader",
+    "stream_frames",
 ]
 
 VIDEO_SUFFIXES = (".mp4", ".avi")
@@ -70,9 +73,9 @@ class _FramesBase(_OCTReaderBase):
             raise ValueError(f"channel must be 'gray', 'all' or a channel index >= 0, got {channel!r}")
         self.channel = channel
 
-    def _stack(self, frames, path, extra) -> OCTImage:
-        """``frames`` (an iterable of frames) -> OCTImage ``[C, T, H, W]``; each frame reduced as it comes."""
-        out, shape = [], None
+    def _checked_frames(self, frames, path):
+        """``frames`` (raw frames) -> ``[C, H, W]`` frames of the chosen channel, one at a time, same shape."""
+        shape = None
         for i, frame in enumerate(frames):
             c = to_channels(frame, self.channel, path)
             if self.dtype is not None:
@@ -81,7 +84,19 @@ class _FramesBase(_OCTReaderBase):
                 shape = c.shape
             elif c.shape != shape:
                 raise OCTInputError(path, f"frame {i} has shape {c.shape[1:]}, frame 0 has {shape[1:]}")
-            out.append(c)
+            yield c
+
+    def _raw_frames(self, path: str):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def iter_frames(self, path) -> Iterator[np.ndarray]:
+        """The frames of ``path`` one at a time, ``[C, H, W]`` (the reader's channel and dtype), decoded lazily:
+        a long video is never held whole (what :func:`stream_frames` and the MAISI encoder's streaming use)."""
+        return self._checked_frames(self._raw_frames(str(path)), str(path))
+
+    def _stack(self, frames, path, extra) -> OCTImage:
+        """``frames`` (an iterable of frames) -> OCTImage ``[C, T, H, W]``; each frame reduced as it comes."""
+        out = list(self._checked_frames(frames, path))
         if not out:
             raise OCTInputError(path, "no frames")
         if len(out) < 2:
@@ -98,6 +113,12 @@ class VideoReader(_FramesBase):
     fmt = "video"
 
     def _read_one(self, path: str) -> OCTImage:
+        fps: list = []
+        img = self._stack(self._raw_frames(path, fps), path, {})
+        img.extra["fps"] = fps[0] if fps else float("nan")
+        return img
+
+    def _raw_frames(self, path: str, fps: list | None = None):
         import imageio.v3 as iio
 
         if not oio.exists(path):
@@ -105,11 +126,13 @@ class VideoReader(_FramesBase):
         try:
             with oio.local_path(path) as local:
                 try:
-                    fps = float(iio.immeta(local, plugin="FFMPEG").get("fps", float("nan")))
+                    rate = float(iio.immeta(local, plugin="FFMPEG").get("fps", float("nan")))
                 except Exception as e:
                     raise OCTInputError(path, f"cannot read video, not a video or corrupt ({_first_line(e)})") \
                         from None
-                return self._stack(iio.imiter(local, plugin="FFMPEG"), path, {"fps": fps})
+                if fps is not None:
+                    fps.append(rate)
+                yield from iio.imiter(local, plugin="FFMPEG")
         except OCTInputError:
             raise
         except Exception as e:
@@ -123,16 +146,20 @@ class TiffStackReader(_FramesBase):
     fmt = "tiff"
 
     def _read_one(self, path: str) -> OCTImage:
+        return self._stack(self._raw_frames(path), path, {})
+
+    def _raw_frames(self, path: str):
         import tifffile
 
-        raw = _read(path)
         try:
-            with tifffile.TiffFile(_pyio.BytesIO(raw)) as tif:
+            with oio.local_path(path) as local, tifffile.TiffFile(local) as tif:
                 pages = tif.pages
                 if len(pages) == 1 and pages[0].ndim >= 3 and pages[0].shape[-1] not in (3, 4):
                     # one page holding [T, H, W] (tifffile's own writer for a 3D array with contiguous=True)
-                    return self._stack(pages[0].asarray(), path, {})
-                return self._stack((p.asarray() for p in pages), path, {})
+                    yield from pages[0].asarray()
+                    return
+                for p in pages:
+                    yield p.asarray()
         except OCTInputError:
             raise
         except Exception as e:
@@ -153,23 +180,47 @@ class FrameFolderReader(_FramesBase):
         names = filename if isinstance(filename, (list, tuple)) else [filename]
         return all(is_frame_folder(n) for n in names)
 
-    def _read_one(self, path: str) -> OCTImage:
-        import imageio.v3 as iio
-
+    def _files(self, path: str) -> list[str]:
         if not oio.exists(path):
             raise OCTInputError(path, "folder not found")
         files = sorted(oio.list_files(path, FRAME_SUFFIXES), key=_natural_key)
         if not files:
             raise OCTInputError(path, "folder holds no .png frames")
+        return files
 
-        def frames():
-            for f in files:
-                try:
-                    yield iio.imread(_read(f), extension=".png")
-                except Exception as e:
-                    raise OCTInputError(f, f"cannot read PNG frame ({_first_line(e)})") from None
+    def _read_one(self, path: str) -> OCTImage:
+        files = self._files(path)
+        return self._stack(self._raw_frames(path), path, {"frame_files": [posixpath.basename(f) for f in files]})
 
-        return self._stack(frames(), path, {"frame_files": [posixpath.basename(f) for f in files]})
+    def _raw_frames(self, path: str):
+        import imageio.v3 as iio
+
+        for f in self._files(path):
+            try:
+                yield iio.imread(_read(f), extension=".png")
+            except Exception as e:
+                raise OCTInputError(f, f"cannot read PNG frame ({_first_line(e)})") from None
+
+
+def frame_reader(path, channel="gray"):
+    """The frame reader (:class:`VideoReader`, :class:`TiffStackReader`, :class:`FrameFolderReader`) for
+    ``path``, or ``None`` when ``path`` is not a 2D+time input."""
+    name = str(path).lower().rstrip("/")
+    if name.endswith(VIDEO_SUFFIXES):
+        return VideoReader(channel=channel)
+    if name.endswith(TIFF_SUFFIXES):
+        return TiffStackReader(channel=channel)
+    if is_frame_folder(path):
+        return FrameFolderReader(channel=channel)
+    return None
+
+
+def stream_frames(path, channel="gray") -> Iterator[np.ndarray]:
+    """``[C, H, W]`` float32 frames of a video, multi-page TIFF or PNG folder, decoded one at a time."""
+    reader = frame_reader(path, channel)
+    if reader is None:
+        raise OCTInputError(path, "not a video (.mp4/.avi), multi-page TIFF or folder of .png frames")
+    return reader.iter_frames(path)
 
 
 def _read(path) -> bytes:

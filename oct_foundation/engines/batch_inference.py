@@ -257,7 +257,11 @@ class BatchInference:
                 counts["skipped"] += 1
             else:
                 try:
-                    data = self.loader(dict(item)) if self.loader is not None else item
+                    streams = getattr(self.processor, "streams", None)
+                    if self.loader is not None and not (streams is not None and streams(item)):
+                        data = self.loader(dict(item))
+                    else:  # no loader, or the processor reads this input itself, piece by piece
+                        data = item
                     fields = self.processor(data, out_stem) or {}
                     row = {"id": out_id, "status": "done", "reason": ""}
                     row.update(fields)

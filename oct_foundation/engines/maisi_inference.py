@@ -141,23 +141,74 @@ class MaisiEncodeProcessor(_VolumeProcessor):
         fmt: ``"pt"`` or ``"npy"`` for the latent file.
         frame_chunk: B-scans handed to the network at a time (it streams; memory does not grow with D).
         inferer: MONAI inferer that runs the streamed encoder (default ``SimpleInferer``).
+        stream_video: video / multi-page TIFF / PNG-folder paths are decoded ``frame_chunk`` frames at a time
+            (two passes: intensity range, then encode) instead of being loaded whole by ``transforms``.
     """
 
     def __init__(self, network: StackedVideoVAE, device="cpu", transforms: Callable | None = None,
-                 fmt: str = "pt", image_key: str = "image", frame_chunk: int = 64, inferer: Callable | None = None):
+                 fmt: str = "pt", image_key: str = "image", frame_chunk: int = 64, inferer: Callable | None = None,
+                 stream_video: bool = True):
         super().__init__(network, device, transforms, image_key, frame_chunk, inferer)
         if fmt not in ("pt", "npy"):
             raise ValueError(f"fmt must be 'pt' or 'npy', got {fmt!r}")
         self.fmt = fmt
+        self.stream_video = bool(stream_video)
 
     def outputs(self, out_stem: str) -> list[str]:
         return [f"{out_stem}_latent.{self.fmt}", f"{out_stem}_latent.json"]
 
+    def streams(self, item: Mapping) -> bool:
+        """Whether ``item`` is a video, multi-page TIFF or PNG frame folder given by path: those are decoded and
+        encoded ``frame_chunk`` frames at a time (``BatchInference`` then hands over the path, not the loaded
+        volume), so a long video never sits in memory whole."""
+        from oct_foundation.data.video import frame_reader
+
+        img = item.get(self.image_key)
+        return self.stream_video and isinstance(img, (str, os.PathLike)) and frame_reader(str(img)) is not None
+
+    @torch.no_grad()
+    def _encode_video(self, path: str) -> tuple[list[int], torch.Tensor]:
+        """Two passes over the frames: the intensity range (min-max to [0, 1] over the whole video, as the
+        default transforms scale a loaded volume), then the streamed encoder. Returns the input shape
+        ``[C, T, H, W]`` and the latents; memory holds ``frame_chunk`` frames and the latents, not the video."""
+        from oct_foundation.data.video import stream_frames
+
+        lo, hi, n, shape = np.inf, -np.inf, 0, None
+        for f in stream_frames(path):
+            lo, hi, n, shape = min(lo, float(f.min())), max(hi, float(f.max())), n + 1, f.shape
+        if n < 2:
+            raise OCTInputError(path, f"{n} frame(s); expected a sequence of frames")
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise OCTInputError(path, "frames contain NaN or infinite values")
+        span = hi - lo
+
+        def chunks():
+            buf = []
+            for f in stream_frames(path):
+                buf.append(f)
+                if len(buf) == self.frame_chunk:
+                    yield self._scaled(buf, lo, span)
+                    buf = []
+            if buf:
+                yield self._scaled(buf, lo, span)
+
+        z = torch.cat(list(self.network.encode_stream(chunks())), 2)[0].cpu()
+        return [int(shape[0]), n, int(shape[1]), int(shape[2])], z
+
+    def _scaled(self, frames: list, lo: float, span: float) -> torch.Tensor:
+        x = torch.from_numpy(np.stack(frames, 1))[None]  # [1, C, t, H, W]
+        x = (x - lo) / span if span > 0 else torch.zeros_like(x)
+        return x.to(self.device)
+
     def __call__(self, item: Mapping, out_stem: str) -> dict:
-        x, spacing = self._volume(item)
-        z = self._encode(x)
+        if self.streams(item):
+            shape, z = self._encode_video(str(item[self.image_key]))
+            spacing = (1.0, 1.0, 1.0)  # frames carry no physical size (the video readers' convention)
+        else:
+            x, spacing = self._volume(item)
+            shape, z = list(x.shape), self._encode(x)
         latent_path, sidecar = self.outputs(out_stem)
-        info = {"input_shape": list(x.shape), "latent_shape": list(z.shape), "spacing": list(spacing),
+        info = {"input_shape": shape, "latent_shape": list(z.shape), "spacing": list(spacing),
                 "format": self.fmt, **self._settings()}
         _save_array(z, latent_path)
         io.save_json(info, sidecar)  # written last: its presence marks a finished latent

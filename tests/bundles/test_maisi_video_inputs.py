@@ -47,3 +47,13 @@ def test_encode_video_tiff_and_png_folder_through_the_cli(tmp_path):
     for r in rows:
         z = torch.load(out / f"{r['id']}_latent.pt", weights_only=True)
         assert "x".join(map(str, z.shape)) == r["latent_shape"] and torch.isfinite(z).all()
+    # the streamed encode (default: frames decoded frame_chunk at a time, two passes) gives the latents of the
+    # encode of the whole loaded volume (--stream_video false), with frame chunks that split the stacks
+    loaded = tmp_path / "lat_loaded"
+    cmd_loaded = [c if c != str(out) else str(loaded) for c in cmd] + ["--stream_video", "false", "--frame_chunk", "3"]
+    p = subprocess.run(cmd_loaded, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    for r in rows:
+        a = torch.load(out / f"{r['id']}_latent.pt", weights_only=True)
+        b = torch.load(loaded / f"{r['id']}_latent.pt", weights_only=True)
+        assert torch.allclose(a, b, atol=1e-5), (r["input_shape"], (a - b).abs().max())
