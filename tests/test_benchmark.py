@@ -73,9 +73,11 @@ def test_same_step_same_masks_for_both_models():
 def test_maisi_and_data_tables_and_memory_probe():
     m = TINY["maisi"]
     tables = B.bench_maisi(m, warmup=0, repeats=1, memory=False)  # the probe has its own test below
-    enc, mem = tables
+    enc, mem, video = tables
     _check_complete(enc)
     _check_complete(mem, allow_text=("not measured",))
+    _check_complete(video, allow_text=("not measured",))
+    assert video.column("T (frames)") == list(m["memory_frames"])
     # the wrapper computes the same latents as the raw batched call (note written from the comparison)
     assert "max |wrapper - raw| = 0.00e+00" in enc.notes[1] or "e-0" in enc.notes[1].split("=")[1]
     assert mem.column("T (frames)") == list(m["memory_frames"])
@@ -92,6 +94,14 @@ def test_peak_memory_probe_sees_an_allocation():
     small = B.measure_peak_memory("maisi_raw", {**m, "frames": 8})
     large = B.measure_peak_memory("maisi_raw", {**m, "frames": 256})
     assert 0 <= small < large
+
+
+def test_streamed_video_file_memory_stays_below_loading_it_whole():
+    """A long video file encoded streamed costs less than loaded whole, and the gap grows with T (measured)."""
+    m = {**TINY["maisi"], "batch": 1, "size": 32, "frames": 1024}
+    streamed = B.measure_peak_memory("maisi_file_stream", m)
+    loaded = B.measure_peak_memory("maisi_file_loaded", m)
+    assert 0 <= streamed < loaded
 
 
 def test_cli_writes_markdown_with_command_and_machine(tmp_path):
