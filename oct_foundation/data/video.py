@@ -32,6 +32,9 @@ __all__ = [
     "to_channels",
     "frame_reader",
     "stream_frames",
+    "video_fps",
+    "write_frames",
+    "WRITE_FORMATS",
 ]
 
 VIDEO_SUFFIXES = (".mp4", ".avi")
@@ -221,6 +224,62 @@ def stream_frames(path, channel="gray") -> Iterator[np.ndarray]:
     if reader is None:
         raise OCTInputError(path, "not a video (.mp4/.avi), multi-page TIFF or folder of .png frames")
     return reader.iter_frames(path)
+
+
+def video_fps(path) -> float:
+    """Frames per second of an ``.mp4`` / ``.avi`` file (NaN where the container does not say)."""
+    import imageio.v3 as iio
+
+    try:
+        with oio.local_path(path) as local:
+            return float(iio.immeta(local, plugin="FFMPEG").get("fps", float("nan")))
+    except OCTInputError:
+        raise
+    except Exception as e:
+        raise OCTInputError(path, f"cannot read video, not a video or corrupt ({_first_line(e)})") from None
+
+
+#: formats :func:`write_frames` writes (``[C, T, H, W]`` in [0, 1] -> 8-bit frames, or float32 TIFF pages)
+WRITE_FORMATS = ("mp4", "avi", "tiff", "png")
+
+
+def write_frames(volume: np.ndarray, path: str, fmt: str, fps: float | None = None) -> list[str]:
+    """Write ``volume`` ``[C, T, H, W]`` (values in [0, 1]; C = 1 grey or 3 RGB) as a 2D+time file, atomically.
+
+    ``fmt``: ``"mp4"`` (H.264, yuv444p so odd sizes work; lossy), ``"avi"`` (lossless PNG codec), ``"tiff"``
+    (float32 pages, exact) or ``"png"`` (a folder ``path`` of 8-bit ``frame00000.png`` ...). ``fps`` defaults to
+    10. Returns the written paths (local or URL).
+    """
+    import imageio.v3 as iio
+
+    arr = np.asarray(volume, dtype=np.float32)
+    if arr.ndim != 4 or arr.shape[0] not in (1, 3):
+        raise ValueError(f"expected [C, T, H, W] with C 1 or 3, got shape {arr.shape}")
+    if fmt not in WRITE_FORMATS:
+        raise ValueError(f"fmt must be one of {WRITE_FORMATS}, got {fmt!r}")
+    frames = np.moveaxis(arr, 0, -1)  # [T, H, W, C]
+    rate = 10.0 if fps is None or not np.isfinite(fps) or fps <= 0 else float(fps)
+    if fmt == "tiff":
+        import tifffile
+
+        with oio.atomic_output(path) as tmp:
+            tifffile.imwrite(tmp, frames[..., 0] if frames.shape[-1] == 1 else frames)
+        return [path]
+    u8 = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if fmt == "png":
+        out = []
+        for i, f in enumerate(u8):
+            name = oio.join(path, f"frame{i:05d}.png")
+            with oio.atomic_output(name) as tmp:
+                iio.imwrite(tmp, f[..., 0] if f.shape[-1] == 1 else f, extension=".png")
+            out.append(name)
+        return out
+    rgb = np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 else u8
+    opts = ({"codec": "libx264", "pixelformat": "yuv444p", "quality": 10} if fmt == "mp4"
+            else {"codec": "png", "pixelformat": "rgb24"})
+    with oio.atomic_output(path) as tmp:
+        iio.imwrite(tmp, rgb, plugin="FFMPEG", extension=f".{fmt}", fps=rate, macro_block_size=1, **opts)
+    return [path]
 
 
 def _read(path) -> bytes:

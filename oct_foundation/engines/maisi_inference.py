@@ -209,7 +209,7 @@ class MaisiEncodeProcessor(_VolumeProcessor):
             shape, z = list(x.shape), self._encode(x)
         latent_path, sidecar = self.outputs(out_stem)
         info = {"input_shape": shape, "latent_shape": list(z.shape), "spacing": list(spacing),
-                "format": self.fmt, **self._settings()}
+                "format": self.fmt, **self._settings(), **_input_format(item.get(self.image_key))}
         _save_array(z, latent_path)
         io.save_json(info, sidecar)  # written last: its presence marks a finished latent
         return {"latent": os.path.basename(latent_path), **{k: info[k] for k in (
@@ -239,6 +239,24 @@ class MaisiEncodeProcessor(_VolumeProcessor):
         return None
 
 
+def _input_format(img) -> dict:
+    """``{"input_format": ...}`` (``mp4``/``avi``/``tiff``/``png`` frames, or ``volume``) and the video's ``fps``:
+    what :class:`MaisiDecodeProcessor` needs to write the same kind of file back (never the input's name)."""
+    if not isinstance(img, (str, os.PathLike)):
+        return {"input_format": "volume"}
+    from oct_foundation.data.video import TIFF_SUFFIXES, VIDEO_SUFFIXES, is_frame_folder, video_fps
+
+    name = str(img).lower().rstrip("/")
+    if name.endswith(VIDEO_SUFFIXES):
+        fps = video_fps(str(img))
+        return {"input_format": name.rsplit(".", 1)[1], "fps": fps if np.isfinite(fps) else None}
+    if name.endswith(TIFF_SUFFIXES):
+        return {"input_format": "tiff"}
+    if is_frame_folder(str(img)):
+        return {"input_format": "png"}
+    return {"input_format": "volume"}
+
+
 def _read_latent(path: str) -> tuple[torch.Tensor, dict]:
     stem = path[: -len(".pt")] if path.endswith(".pt") else path[: -len(".npy")]
     sidecar = stem + ".json"
@@ -264,11 +282,19 @@ class MaisiDecodeProcessor(_VolumeProcessor):
     the sidecar's scale factor is used, and the output is cropped to the original input shape.
     """
 
-    def __init__(self, network: StackedVideoVAE, device="cpu"):
+    def __init__(self, network: StackedVideoVAE, device="cpu", video_format: str = "same"):
+        from oct_foundation.data.video import WRITE_FORMATS
+
         super().__init__(network, device, transforms=lambda d: d)
+        if video_format not in ("same", "none") + WRITE_FORMATS:
+            raise OCTInputError("video_format", f"{video_format!r} is not one of same, none, "
+                                                f"{', '.join(WRITE_FORMATS)}")
+        self.video_format = video_format
 
     def outputs(self, out_stem: str) -> list[str]:
-        return [f"{out_stem}_recon.nii.gz"]
+        # the NIfTI is written last, so its presence also marks the video written before it
+        extra = [] if self.video_format in ("same", "none") else [_video_path(out_stem, self.video_format)]
+        return extra + [f"{out_stem}_recon.nii.gz"]
 
     def __call__(self, item: Mapping, out_stem: str) -> dict:
         path = str(item[self.image_key])
@@ -283,9 +309,28 @@ class MaisiDecodeProcessor(_VolumeProcessor):
             y = self._decode(z, info["input_shape"])
         finally:
             self.network.scale_factor = saved_scale
-        out = self.outputs(out_stem)[0]
-        _save_nifti(y.clamp(0, 1), info.get("spacing", (1.0, 1.0, 1.0)), out)
-        return {"recon": os.path.basename(out), "output_shape": list(y.shape), "latent_shape": list(z.shape)}
+        y = y.clamp(0, 1)
+        fmt = self.video_format
+        if fmt == "same":
+            fmt = info.get("input_format", "volume")
+        row = {}
+        if fmt not in ("none", "volume"):
+            from oct_foundation.data.video import write_frames
+
+            if y.shape[0] not in (1, 3):
+                raise OCTInputError(path, f"{y.shape[0]} channels cannot be written as {fmt} frames")
+            video = _video_path(out_stem, fmt)
+            write_frames(y.numpy(), video, fmt, fps=info.get("fps"))
+            row["video"] = os.path.basename(video.rstrip("/"))
+        out = f"{out_stem}_recon.nii.gz"
+        _save_nifti(y, info.get("spacing", (1.0, 1.0, 1.0)), out)
+        return {"recon": os.path.basename(out), **row, "output_shape": list(y.shape), "latent_shape": list(z.shape)}
+
+
+def _video_path(out_stem: str, fmt: str) -> str:
+    """``<out_stem>_recon.mp4`` / ``.avi`` / ``.tif``, or the folder ``<out_stem>_recon_frames`` for PNG."""
+    return {"mp4": f"{out_stem}_recon.mp4", "avi": f"{out_stem}_recon.avi", "tiff": f"{out_stem}_recon.tif",
+            "png": f"{out_stem}_recon_frames"}[fmt]
 
 
 def _save_grid(x: torch.Tensor, y: torch.Tensor, path: str, title: str = "") -> None:

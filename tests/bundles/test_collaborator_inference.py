@@ -200,7 +200,7 @@ def test_outputs_and_logs_carry_no_identifier(runs, name):
         side = json.loads(next(out.glob("*_latent.json")).read_text())
         assert set(side) <= {"input_shape", "latent_shape", "spacing", "format", "strategy", "window", "stride",
                              "compression", "latent_channels", "scale_factor", "latents", "autoencoder", "padding",
-                             "scale_factor_source"}
+                             "scale_factor_source", "input_format", "fps"}
 
 
 def test_overwrite_true_redoes_finished_outputs(runs):

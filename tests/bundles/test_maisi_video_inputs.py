@@ -57,3 +57,26 @@ def test_encode_video_tiff_and_png_folder_through_the_cli(tmp_path):
         a = torch.load(out / f"{r['id']}_latent.pt", weights_only=True)
         b = torch.load(loaded / f"{r['id']}_latent.pt", weights_only=True)
         assert torch.allclose(a, b, atol=1e-5), (r["input_shape"], (a - b).abs().max())
+
+    # decode writes each input's kind of file back beside the NIfTI (--video_format same, the default):
+    # .avi -> .avi, TIFF -> TIFF, PNG folder -> PNG folder, with the input's frame count and size
+    from oct_foundation.data import LoadOCTd
+
+    rec = tmp_path / "rec"
+    cmd_decode = [c for c in cmd if c not in ("--datalist", str(datalist))]
+    cmd_decode[cmd_decode.index("--config_file") + 1] = \
+        f"['{BUNDLE / 'configs' / 'inference.json'}', '{BUNDLE / 'configs' / 'decode.json'}']"
+    cmd_decode[cmd_decode.index("--output_dir") + 1] = str(rec)
+    p = subprocess.run(cmd_decode + ["--latent_dir", str(out)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    kinds = {r["input_shape"]: r["id"] for r in rows}
+    expect = {"1x6x16x24": "_recon.avi", "1x5x16x16": "_recon.tif", "1x4x16x16": "_recon_frames"}
+    for shape, suffix in expect.items():
+        path = rec / f"{kinds[shape]}{suffix}"
+        assert path.exists() and (rec / f"{kinds[shape]}_recon.nii.gz").exists(), sorted(os.listdir(rec))
+        back = LoadOCTd(keys=["image"])({"image": str(path)})["image"]
+        assert "x".join(map(str, back.shape)) == shape
+        side = json.loads((out / f"{kinds[shape]}_latent.json").read_text())
+        assert side["input_format"] == {"_recon.avi": "avi", "_recon.tif": "tiff", "_recon_frames": "png"}[suffix]
+    assert json.loads((out / f"{kinds['1x6x16x24']}_latent.json").read_text())["fps"] == 10.0
