@@ -46,13 +46,17 @@ RERUN_KEYS = ("strategy", "window", "stride", "compression", "latent_channels", 
 LATENT_SUFFIXES = ("_latent.pt", "_latent.npy")
 
 
-def default_maisi_transforms(keys: Sequence[str] = ("image",)):
-    """Read with ``LoadOCTd`` and scale intensities of each volume to [0, 1] (MAISI's input range)."""
+def default_maisi_transforms(keys: Sequence[str] = ("image",), max_voxels: int | None = None,
+                             assume_spacing: Sequence[float] | None = None, allow_non_oct: bool = False):
+    """Read with ``LoadOCTd`` (the readers' limits: ``max_voxels``, ``assume_spacing``, ``allow_non_oct``, see
+    :mod:`oct_foundation.data.validation`) and scale intensities of each volume to [0, 1] (MAISI's input range)."""
     from monai.transforms import Compose, ScaleIntensityd
 
     from oct_foundation.data import LoadOCTd
 
-    return Compose([LoadOCTd(keys=list(keys)), ScaleIntensityd(keys=list(keys), minv=0.0, maxv=1.0)])
+    return Compose([LoadOCTd(keys=list(keys), max_voxels=max_voxels, assume_spacing=assume_spacing,
+                             allow_non_oct=allow_non_oct),
+                    ScaleIntensityd(keys=list(keys), minv=0.0, maxv=1.0)])
 
 
 class _VolumeProcessor:

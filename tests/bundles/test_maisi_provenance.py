@@ -132,3 +132,21 @@ def test_encode_sidecar_names_the_autoencoder_scale_auto_and_refuses_mixed_rerun
         {"random-init"}
     log = _cli(*common, "--scale_factor", "fast", expect_ok=False)
     assert "neither a number nor 'auto'" in log
+
+
+def test_encode_applies_the_readers_limits_from_the_command_line(tmp_path):
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 16, 16)).astype(np.float32),
+                             np.diag([0.1, 0.004, 0.01, 1])), str(data / "v.nii.gz"))
+    out = tmp_path / "lat"
+    _cli("--dataset_dir", str(data), "--output_dir", str(out), "--allow_random_init", "true",
+         "--weights_path", str(tmp_path / "none.pt"), "--max_voxels", "1000")
+    with open(out / "manifest.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "error" and "max_voxels=1000" in row["reason"]
