@@ -42,7 +42,12 @@ def epoch_losses(run_dir: str) -> list[float]:
     return epoch_scalars(run_dir, "train/epoch_loss")
 
 
+#: the supervised segmentation baseline's row (``--model unet``: MONAI UNet, no pretraining)
+BASELINE = "UNet baseline (no pretraining)"
+
+
 def _seg_report(out: str, src: str):
+    """``src``: ``pretrained``, ``random`` (frozen encoders) or ``unet`` (the supervised baseline)."""
     names = [f"segmentation_{src}"] + (["segmentation"] if src == "pretrained" else [])  # older demo folders
     for name in names:
         rep = _json(os.path.join(out, name, "runs", "eval", "segmentation_metrics.json"))
@@ -84,6 +89,10 @@ def comparison_lines(out: str) -> list[str]:
         if seg[src] or clf[src]:
             rows.append(f"| {src} | {_fmt(s.get('dice_mean'))} | {_fmt(s.get('iou_mean'))} | {_fmt(c.get('accuracy'))}"
                         f" | {_fmt(c.get('macro_f1'))} | {_fmt(c.get('auroc'))} |")
+    seg["unet"] = _seg_report(out, "unet")
+    if seg["unet"]:
+        s = seg["unet"]
+        rows.append(f"| {BASELINE} | {_fmt(s.get('dice_mean'))} | {_fmt(s.get('iou_mean'))} | n/a | n/a | n/a |")
     if not rows:
         return []
     n_seg = (seg["pretrained"] or seg["random"] or {}).get("n_cases")
@@ -120,6 +129,20 @@ def comparison_lines(out: str) -> list[str]:
                   f"{' (' + ', '.join(wins) + ')' if wins else ''}; random init is better on {len(losses)}"
                   f"{' (' + ', '.join(losses) + ')' if losses else ''}."
                   + ("" if len(wins) == len(verdicts) else " See docs/scientific_check.md for what is known.")]
+    if seg["unet"]:
+        base = _case_dice(seg["unet"])
+        extra = []
+        for src in ("pretrained", "random"):
+            if seg[src]:
+                a = _case_dice(seg[src])
+                common = sorted(set(a) & set(base))
+                if len(common) >= 2:
+                    r = compare_per_case([a[k] for k in common], [base[k] for k in common])
+                    extra.append(f"- segmentation mean Dice, frozen {src} encoder minus the UNet baseline: "
+                                 f"{verdict(r, f'{src} encoder', 'UNet baseline')}")
+        if extra:
+            lines += ["", "Against the supervised baseline (MONAI UNet trained from scratch on the same split, "
+                      "paired bootstrap over test volumes):", "", *extra]
     return lines
 
 

@@ -53,6 +53,20 @@ def test_summary_table_and_paired_verdicts(tmp_path):
     assert cases.splitlines()[0] == "case,group,label,predicted,prob_normal,prob_fluid,prob_drusen"
 
 
+def test_segmentation_baseline_row_and_verdict(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, size=(12, 1, 2, 6, 6))
+    noisy = np.where(rng.random(labels.shape) < 0.5, rng.integers(0, 3, size=labels.shape), labels)
+    _segmentation(tmp_path, "pretrained", labels, noisy)
+    _segmentation(tmp_path, "random", labels, noisy)
+    _segmentation(tmp_path, "unet", labels, labels)  # the supervised baseline: perfect
+    text = summarise(str(tmp_path))
+    row = [ln for ln in text.splitlines() if ln.startswith("| UNet baseline (no pretraining) |")]
+    assert len(row) == 1 and [v.strip() for v in row[0].split("|")[2:-1]] == ["1.000", "1.000", "n/a", "n/a", "n/a"]
+    assert "- segmentation mean Dice, frozen pretrained encoder minus the UNet baseline: UNet baseline better" in text
+    assert "- segmentation mean Dice, frozen random encoder minus the UNet baseline: UNet baseline better" in text
+
+
 def test_pretraining_loss_and_collapse_monitor_lines(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

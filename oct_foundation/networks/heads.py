@@ -426,6 +426,9 @@ def load_encoder_weights(
         raise ValueError(f"encoder source must be one of {ENCODER_SOURCES}, got {source!r}")
     net = getattr(net, "module", net)  # DistributedDataParallel / DataParallel wrapper
     encoder = getattr(net, "encoder", net)
+    if source != "random" and not hasattr(encoder, "patch_embed"):
+        raise ValueError(f"{type(net).__name__} has no ViT encoder to load {source!r} weights into (the UNet "
+                         "baseline trains from scratch: use encoder_source 'random')")
     if source == "random":
         report = _report(path, "random")
         report.notes.append("encoder kept at its random initialisation")
