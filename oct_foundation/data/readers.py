@@ -811,7 +811,7 @@ def sniff_format(head: bytes) -> str | None:
 
 class OCTVolumeReader(_OCTReaderBase):
     """One reader for every OCT format: picks NIfTI / DICOM / HEYEX VOL / NumPy, or a vendor format of
-    :mod:`oct_foundation.data.vendor` (Heidelberg E2E, Topcon FDA/FDS, Zeiss Cirrus IMG, Bioptigen OCT) or a
+    :mod:`oct_foundation.data.vendor` (Heidelberg E2E, Topcon FDA/FDS, Zeiss Cirrus IMG, Bioptigen / Optovue OCT) or a
     2D+time input of :mod:`oct_foundation.data.video` (``.mp4``/``.avi``, multi-page TIFF, a folder of PNG
     frames: ``[C, T, H, W]``), by suffix (or folder), else by magic bytes. Vendor readers run with their
     defaults (E2E / Bioptigen: volume 0 of several, with meta listing them).
@@ -829,14 +829,15 @@ class OCTVolumeReader(_OCTReaderBase):
     def __init__(self, sanitize_nan: bool = False, dtype=np.float32, heyex_intensity: str = "display",
                  npy_spacing: Sequence[float] = (1.0, 1.0, 1.0), **kwargs):
         super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
-        from oct_foundation.data.vendor import (BioptigenOCTReader, HeidelbergE2EReader, TopconOCTReader,
-                                                ZeissImgReader)
+        from oct_foundation.data.vendor import (BioptigenOCTReader, HeidelbergE2EReader, OptovueOCTReader,
+                                                TopconOCTReader, ZeissImgReader)
         from oct_foundation.data.video import FrameFolderReader, TiffStackReader, VideoReader
 
         self.readers = {
             "e2e": HeidelbergE2EReader(sanitize_nan=sanitize_nan, dtype=dtype),  # before "heyex": owns .e2e
             "topcon": TopconOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "zeiss": ZeissImgReader(sanitize_nan=sanitize_nan, dtype=dtype),
+            "optovue": OptovueOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),  # .OCT with a .txt spec
             "bioptigen": BioptigenOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "nifti": NiftiOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),
             "dicom": DicomOCTReader(sanitize_nan=sanitize_nan, dtype=dtype),

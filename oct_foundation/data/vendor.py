@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io as _pyio
 import logging
+import os
 import posixpath
 import re
 from typing import Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "ZeissImgReader",
     "HeidelbergE2EReader",
     "BioptigenOCTReader",
+    "OptovueOCTReader",
     "BIOPTIGEN_SUFFIXES",
     "TOPCON_SUFFIXES",
     "ZEISS_SUFFIXES",
@@ -344,7 +346,8 @@ class BioptigenOCTReader(_OCTReaderBase):
     gives one-B-scan volumes); ``volume_index`` picks one (default 0, a warning when there are several) and
     meta gives ``n_volumes``, ``scan_type`` (linear, rect, rad) and ``laterality`` (OD/OS in the file name).
     Spacing is not decoded by oct-converter 0.7.0: ``spacing`` ``(sd, sh, sw)`` from the user, else 1.0 mm
-    (said in ``spacing_source``). Optovue ``.OCT`` files share the suffix and are refused with that name.
+    (said in ``spacing_source``). Optovue ``.OCT`` files share the suffix: those have a ``.txt`` file spec beside
+    them and go to :class:`OptovueOCTReader`; one without it is refused with that name.
     """
 
     suffixes = BIOPTIGEN_SUFFIXES
@@ -368,7 +371,7 @@ class BioptigenOCTReader(_OCTReaderBase):
                     reader = BOCT(local)
                 except InvalidOCTReaderError:
                     raise OCTInputError(
-                        path, "not a Bioptigen .OCT file (Optovue .OCT files share the suffix and are not read)"
+                        path, "not a Bioptigen .OCT file (an Optovue .OCT needs its .txt file spec beside it)"
                     ) from None
                 vols = reader.read_oct_volume()
                 scan_type = reader.bioptigen_scan_type_map.get(
@@ -378,8 +381,8 @@ class BioptigenOCTReader(_OCTReaderBase):
         except OCTInputError:
             raise
         except Exception as e:
-            raise OCTInputError(path, f"cannot read Bioptigen .OCT file, truncated or corrupt ({_first_line(e)})") \
-                from None
+            raise OCTInputError(path, f"cannot read Bioptigen .OCT file, truncated or corrupt ({_first_line(e)}); "
+                                      "an Optovue .OCT needs its .txt file spec beside it") from None
         if not vols:
             raise OCTInputError(path, "Bioptigen .OCT file holds no frames")
         index = 0 if self.volume_index is None else self.volume_index
@@ -395,6 +398,93 @@ class BioptigenOCTReader(_OCTReaderBase):
         arr = self._finalise(data, path)
         extra = {"spacing_source": source, "laterality": v.laterality or "", "n_volumes": len(vols),
                  "volume_index": index % len(vols), "scan_type": scan_type}
+        return OCTImage(arr, spacing, path, self.fmt, extra=extra)
+
+
+# ----------------------------------------------------------------------------------------------- Optovue
+def _optovue_spec(path: str) -> str:
+    """The Optovue ``.txt`` file spec beside ``path`` (``scan.OCT`` -> ``scan.txt``, local or URL)."""
+    return posixpath.splitext(str(path))[0] + ".txt"
+
+
+class OptovueOCTReader(_OCTReaderBase):
+    """Optovue ``.OCT`` (raw ``float32`` B-scans, no header) with its ``.txt`` file spec beside it.
+
+    The spec (``Window Height``, ``Scan Length`` / ``Scan Usage`` per volume, ``Eye Scanned``) is parsed by
+    oct-converter's ``POCT``. The voxels are read here, each volume at its own offset: oct-converter 0.7.0 reads
+    every volume of a multi-volume file from offset 0 (all its volumes would be the first one). Each stored
+    B-scan is ``[A-scans, depth]`` and becomes ``[H, W]`` (depth x A-scans) as oct-converter turns it.
+    ``volume_index`` picks a volume (default 0, a warning when there are several); meta gives ``n_volumes`` and
+    ``laterality``. The spec holds no B-scan geometry (its physical sizes are those of the fundus video):
+    ``spacing`` ``(sd, sh, sw)`` from the user, else 1.0 mm (said in ``spacing_source``). A ``.OCT`` without the
+    ``.txt`` beside it is read as Bioptigen (which has a header of its own).
+    """
+
+    suffixes = BIOPTIGEN_SUFFIXES
+    fmt = "optovue"
+
+    def __init__(self, volume_index: int | None = None, spacing: Sequence[float] | None = None,
+                 sanitize_nan: bool = False, dtype=np.float32, **kwargs):
+        super().__init__(sanitize_nan=sanitize_nan, dtype=dtype, **kwargs)
+        self.volume_index = None if volume_index is None else int(volume_index)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+
+    def verify_suffix(self, filename) -> bool:
+        names = filename if isinstance(filename, (list, tuple)) else [filename]
+        return all(str(n).lower().endswith(BIOPTIGEN_SUFFIXES) and oio.exists(_optovue_spec(n)) for n in names)
+
+    def _read_one(self, path: str) -> OCTImage:
+        import tempfile
+
+        from oct_converter.readers import POCT
+
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        spec = _optovue_spec(path)
+        if not oio.exists(spec):
+            raise OCTInputError(path, f"Optovue .OCT needs its file spec {posixpath.basename(spec)} beside it")
+        with oio.open_file(spec, "rb") as f:
+            spec_bytes = f.read()
+        with tempfile.TemporaryDirectory(prefix="oct_optovue_") as tmp:
+            local = os.path.join(tmp, "scan.oct")
+            open(local, "wb").close()  # POCT checks that the volume exists; the voxels are read below
+            with open(os.path.join(tmp, "scan.txt"), "wb") as f:
+                f.write(spec_bytes)
+            try:
+                reader = POCT(local)
+                reader._read_filespec()
+                scans, info = list(reader.scan_info), dict(reader.file_info)
+            except Exception as e:
+                raise OCTInputError(spec, f"cannot read the Optovue file spec ({_first_line(e)})") from None
+        if not scans:
+            raise OCTInputError(spec, "Optovue file spec lists no scan (no 'Scan Length' / 'Scan Usage' lines)")
+        with oio.open_file(path, "rb") as f:
+            raw = f.read()
+        if len(raw) % 4:
+            raise OCTInputError(path, f"{len(raw)} bytes is not a whole number of float32 voxels")
+        need = sum(v["height"] * v["length"] * v["number"] for v in scans)
+        data = np.frombuffer(raw, dtype=np.float32)
+        if data.size < need:
+            raise OCTInputError(path, f"Optovue .OCT truncated: {data.size} voxels, the spec needs {need}")
+        index = 0 if self.volume_index is None else self.volume_index
+        if not -len(scans) <= index < len(scans):
+            raise OCTInputError(path, f"volume_index {index} out of range: the file holds {len(scans)} volume(s)")
+        if self.volume_index is None and len(scans) > 1:
+            logger.warning("%s holds %d volumes; reading volume 0 (pass volume_index to pick another)",
+                           path, len(scans))
+        index %= len(scans)
+        offset = sum(v["height"] * v["length"] * v["number"] for v in scans[:index])
+        v = scans[index]
+        n = v["height"] * v["length"] * v["number"]
+        vol = data[offset:offset + n].reshape(v["number"], v["length"], v["height"])
+        vol = np.rot90(vol, axes=(1, 2))  # [D, length, height] -> [D, height, length], as POCT turns each B-scan
+        spacing, source = ((self.spacing, "user") if self.spacing is not None
+                           else ((1.0, 1.0, 1.0), "not in the Optovue file spec: 1.0 mm; pass spacing"))
+        arr = self._finalise(np.ascontiguousarray(vol), path)
+        extra = {"spacing_source": source, "laterality": info.get("laterality", ""), "n_volumes": len(scans),
+                 "volume_index": index,
+                 "volumes": [{"n_bscans": int(w["number"]), "height": int(w["height"]), "length": int(w["length"])}
+                             for w in scans]}
         return OCTImage(arr, spacing, path, self.fmt, extra=extra)
 
 

@@ -270,3 +270,39 @@ def test_bioptigen_volumes_and_errors(tmp_path):
     other.write_bytes(b"\xff" * 400)
     with pytest.raises(OCTInputError, match=r"optovue.oct: (not a Bioptigen|cannot read Bioptigen)"):
         load_oct(other)
+
+
+def _optovue_pair(folder, volumes, eye="OD"):
+    """An Optovue .OCT (raw float32 B-scans [A-scans, depth], volume after volume) and its .txt file spec, in
+    the layout oct-converter's POCT parses; returns the .OCT path and the expected [D, H, W] arrays."""
+    rng = np.random.default_rng(3)
+    lines, raw, expected = [], [], []
+    for height, length, number in volumes:
+        lines += [f"Window Height = {height}", f"Scan Length = {length}", f"Scan Usage = {number}"]
+        stored = rng.random((number, length, height)).astype(np.float32)
+        raw.append(stored.tobytes())
+        expected.append(np.stack([np.rot90(b) for b in stored]))
+    lines.append(f"Eye Scanned = {eye}")
+    path = folder / "scan_1.OCT"
+    path.write_bytes(b"".join(raw))
+    (folder / "scan_1.txt").write_text("\n".join(lines) + "\n", encoding="iso-8859-1")
+    return path, expected
+
+
+def test_optovue_every_volume_at_its_own_offset(tmp_path):
+    from oct_foundation.data.vendor import OptovueOCTReader
+
+    path, expected = _optovue_pair(tmp_path, [(12, 10, 3), (8, 6, 2)])
+    img = load_oct(str(path))  # .OCT with a .txt beside it: Optovue, not Bioptigen
+    assert img.shape == (1, 3, 12, 10) and np.array_equal(img[0].numpy(), expected[0])
+    second = OptovueOCTReader(volume_index=1, spacing=(0.1, 0.003, 0.02)).read(str(path))
+    assert np.array_equal(second.array[0], expected[1]) and second.spacing == (0.1, 0.003, 0.02)
+    assert second.extra["n_volumes"] == 2 and second.extra["laterality"] == "R"
+    with pytest.raises(OCTInputError, match="volume_index 2 out of range"):
+        OptovueOCTReader(volume_index=2).read(str(path))
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(OCTInputError, match="scan_1.OCT.*truncated"):
+        load_oct(str(path))
+    (tmp_path / "scan_1.txt").unlink()  # without its spec the file goes to the Bioptigen reader, which says why
+    with pytest.raises(OCTInputError, match="Bioptigen .OCT.*Optovue .OCT needs its .txt"):
+        load_oct(str(path))
