@@ -1,4 +1,5 @@
-"""oct_maisi_vae_encode through the real CLI on 2D+time inputs: an .avi, a multi-page TIFF and a PNG folder."""
+"""oct_maisi_vae_encode through the real CLI on 2D+time inputs: an .avi, an .mp4, a multi-page TIFF and a PNG
+folder (encode streamed and loaded whole, decode back to each kind)."""
 from __future__ import annotations
 
 import csv
@@ -24,13 +25,16 @@ def test_encode_video_tiff_and_png_folder_through_the_cli(tmp_path):
     clip = rng.integers(0, 255, size=(6, 16, 24, 3)).astype(np.uint8)
     iio.imwrite(data / "clip.avi", clip, plugin="FFMPEG", fps=10, codec="png", pixelformat="rgb24",
                 macro_block_size=1)
+    iio.imwrite(data / "clip.mp4", rng.integers(0, 255, size=(7, 16, 16, 3)).astype(np.uint8), plugin="FFMPEG",
+                fps=12, codec="libx264", pixelformat="yuv444p", macro_block_size=1)
     tifffile.imwrite(data / "stack.tif", rng.integers(0, 255, size=(5, 16, 16)).astype(np.uint8))
     frames = data / "frames"
     frames.mkdir()
     for i in range(4):
         iio.imwrite(frames / f"frame{i}.png", rng.integers(0, 255, size=(16, 16)).astype(np.uint8))
     datalist = data / "datalist.json"
-    datalist.write_text(json.dumps({"test": [{"image": "clip.avi"}, {"image": "stack.tif"}, {"image": "frames"}]}))
+    datalist.write_text(json.dumps({"test": [{"image": "clip.avi"}, {"image": "clip.mp4"}, {"image": "stack.tif"},
+                                           {"image": "frames"}]}))
     out = tmp_path / "lat"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
            "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--bundle_root", str(BUNDLE),
@@ -42,8 +46,8 @@ def test_encode_video_tiff_and_png_folder_through_the_cli(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     with open(out / "manifest.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["status"] for r in rows] == ["done"] * 3, rows
-    assert sorted(r["input_shape"] for r in rows) == ["1x4x16x16", "1x5x16x16", "1x6x16x24"]
+    assert [r["status"] for r in rows] == ["done"] * 4, rows
+    assert sorted(r["input_shape"] for r in rows) == ["1x4x16x16", "1x5x16x16", "1x6x16x24", "1x7x16x16"]
     for r in rows:
         z = torch.load(out / f"{r['id']}_latent.pt", weights_only=True)
         assert "x".join(map(str, z.shape)) == r["latent_shape"] and torch.isfinite(z).all()
@@ -71,12 +75,17 @@ def test_encode_video_tiff_and_png_folder_through_the_cli(tmp_path):
                        text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     kinds = {r["input_shape"]: r["id"] for r in rows}
-    expect = {"1x6x16x24": "_recon.avi", "1x5x16x16": "_recon.tif", "1x4x16x16": "_recon_frames"}
+    expect = {"1x6x16x24": "_recon.avi", "1x7x16x16": "_recon.mp4", "1x5x16x16": "_recon.tif",
+              "1x4x16x16": "_recon_frames"}
     for shape, suffix in expect.items():
         path = rec / f"{kinds[shape]}{suffix}"
         assert path.exists() and (rec / f"{kinds[shape]}_recon.nii.gz").exists(), sorted(os.listdir(rec))
         back = LoadOCTd(keys=["image"])({"image": str(path)})["image"]
         assert "x".join(map(str, back.shape)) == shape
         side = json.loads((out / f"{kinds[shape]}_latent.json").read_text())
-        assert side["input_format"] == {"_recon.avi": "avi", "_recon.tif": "tiff", "_recon_frames": "png"}[suffix]
+        assert side["input_format"] == {"_recon.avi": "avi", "_recon.mp4": "mp4", "_recon.tif": "tiff",
+                                        "_recon_frames": "png"}[suffix]
     assert json.loads((out / f"{kinds['1x6x16x24']}_latent.json").read_text())["fps"] == 10.0
+    from oct_foundation.data.video import video_fps
+
+    assert video_fps(str(rec / f"{kinds['1x7x16x16']}_recon.mp4")) == 12.0  # written at the input's rate
