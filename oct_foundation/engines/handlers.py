@@ -6,7 +6,6 @@ Each handler has ``attach(engine)`` so that a bundle lists it in ``train#handler
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -210,19 +209,13 @@ class JEPAStatsLogger(_TensorBoardWriter):
             self._writer.flush()
 
 
-_CKPT_RE = re.compile(r"_(\d+)\.pt$")
-
-
 def latest_checkpoint(save_dir: str, prefix: str = "checkpoint") -> str | None:
-    """The checkpoint with the highest epoch number in ``save_dir`` (names ``<prefix>_<epoch>.pt``), or None."""
-    if not save_dir or not os.path.isdir(save_dir):
-        return None
-    best, best_n = None, -1
-    for f in glob.glob(os.path.join(save_dir, f"{prefix}_*.pt")):
-        m = _CKPT_RE.search(f)
-        if m and int(m.group(1)) > best_n:
-            best, best_n = f, int(m.group(1))
-    return best
+    """The checkpoint with the highest epoch number in ``save_dir`` (names ``<prefix>_<epoch>.pt``; a local folder
+    or an fsspec URL), or None."""
+    from oct_foundation.engines.runs import find_checkpoints
+
+    found = find_checkpoints(save_dir, prefix)
+    return found[-1][1] if found else None
 
 
 def resolve_resume(resume: str | None, save_dir: str, prefix: str = "checkpoint") -> str:
@@ -239,8 +232,26 @@ def resolve_resume(resume: str | None, save_dir: str, prefix: str = "checkpoint"
     return str(resume)
 
 
+class _URLSaver:
+    """Ignite save handler for an fsspec URL folder (``gs://``, ``memory://``): each checkpoint is written with
+    :func:`oct_foundation.io.torch_save` (complete or not at all); rank 0 only."""
+
+    def __init__(self, dirname: str) -> None:
+        self.dirname = str(dirname).rstrip("/")
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if _rank() == 0:
+            io.torch_save(checkpoint, io.join(self.dirname, filename))
+
+    def remove(self, filename: str) -> None:
+        if _rank() == 0:
+            io.remove(io.join(self.dirname, filename))
+
+
 class TrainingCheckpoint:
-    """Atomic, resumable training checkpoints with Ignite ``Checkpoint`` + ``DiskSaver(atomic=True)``.
+    """Atomic, resumable training checkpoints with Ignite ``Checkpoint`` + ``DiskSaver(atomic=True)`` (local
+    folders) or :func:`oct_foundation.io.torch_save` (fsspec URLs such as ``gs://``; never a local folder named
+    ``gs:``).
 
     Saves ``save_dict`` (use ``JEPATrainer.checkpoint_objects()``: network, optimizer, schedulers, trainer state,
     scaler) as ``<save_dir>/<prefix>_<epoch>.pt`` every ``save_interval`` epochs and at the end, keeping the last
@@ -249,6 +260,8 @@ class TrainingCheckpoint:
 
     ``save_dict=None`` takes ``engine.checkpoint_objects()`` of the engine it is attached to, so that a bundle
     config does not need a reference from the handler list back to the trainer (a circular reference).
+    ``run`` (the config's ``@training_run``, a :class:`~oct_foundation.engines.runs.TrainingRun`) is stored in
+    every checkpoint under ``run``, so that ``--resume latest`` only continues checkpoints of the same run config.
     """
 
     def __init__(
@@ -259,8 +272,10 @@ class TrainingCheckpoint:
         n_saved: int | None = 2,
         prefix: str = "checkpoint",
         save_final: bool = True,
+        run: Any = None,
     ) -> None:
         self.save_dir = str(save_dir)
+        self.run = run
         self.save_dict = dict(save_dict) if save_dict is not None else None
         self.save_interval = max(1, int(save_interval))
         self.n_saved = n_saved
@@ -273,7 +288,12 @@ class TrainingCheckpoint:
 
         if self.save_dict is None:
             self.save_dict = engine.checkpoint_objects()
-        saver = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
+        if self.run is not None:
+            self.save_dict = {**self.save_dict, "run": self.run}
+        if io.is_url(self.save_dir):
+            saver = _URLSaver(self.save_dir)
+        else:
+            saver = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
         self.checkpoint = Checkpoint(
             self.save_dict,
             saver,
@@ -297,29 +317,56 @@ class TrainingCheckpoint:
     def last_checkpoint(self) -> str | None:
         if self.checkpoint is None or self.checkpoint.last_checkpoint is None:
             return None
-        return os.path.join(self.save_dir, str(self.checkpoint.last_checkpoint))
+        return io.join(self.save_dir, str(self.checkpoint.last_checkpoint))
 
 
 class ResumeCheckpoint:
-    """Resume training from ``load_path`` (see :func:`resolve_resume`) with MONAI ``CheckpointLoader`` and the
-    engine's ``checkpoint_objects()`` (network, optimizer, schedulers, trainer state, scaler). An empty
-    ``load_path`` does nothing (fresh start)."""
+    """Resume training from ``load_path`` (see :func:`oct_foundation.engines.runs.start_training_run`) into
+    ``load_dict`` (default: the engine's ``checkpoint_objects()``: network, optimizer, schedulers, trainer state,
+    scaler) when the engine starts, as MONAI's ``CheckpointLoader`` does (the engine keeps its own ``max_epochs``,
+    so a resumed run may train longer). The file is read with :func:`oct_foundation.io.torch_load`: a local path
+    or fsspec URL, weights only (a file that would run code, text, an HTML page or junk is refused naming the
+    file). An empty ``load_path`` does nothing (fresh start)."""
 
-    def __init__(self, load_path: str | None, map_location: Any = "cpu", strict: bool = True) -> None:
+    def __init__(self, load_path: str | None, load_dict: Mapping | None = None, map_location: Any = "cpu",
+                 strict: bool = True) -> None:
         self.load_path = str(load_path) if load_path else ""
+        self.load_dict = dict(load_dict) if load_dict is not None else None
         self.map_location = map_location
         self.strict = strict
 
     def attach(self, engine: Engine) -> None:
         if not self.load_path:
             return
-        from monai.handlers import CheckpointLoader
+        if self.load_dict is None:
+            self.load_dict = engine.checkpoint_objects()
+        engine.add_event_handler(Events.STARTED, self)
 
-        CheckpointLoader(
-            load_path=self.load_path, load_dict=engine.checkpoint_objects(), map_location=self.map_location,
-            strict=self.strict,
-        ).attach(engine)
-        logger.info("resuming from %s", self.load_path)
+    def __call__(self, engine: Engine) -> None:
+        from ignite.handlers import Checkpoint
+
+        from oct_foundation.errors import CheckpointError
+
+        checkpoint = io.torch_load(self.load_path, map_location=self.map_location)
+        if not isinstance(checkpoint, Mapping):
+            raise CheckpointError(self.load_path, f"not a training checkpoint (a {type(checkpoint).__name__})")
+        missing = [k for k in self.load_dict if k not in checkpoint]
+        if missing and self.strict:
+            raise CheckpointError(self.load_path, f"not a checkpoint of this training: no {missing} in it (it has "
+                                                  f"{sorted(checkpoint)})")
+        prior_max_epochs = engine.state.max_epochs
+        try:
+            Checkpoint.load_objects(to_load={k: v for k, v in self.load_dict.items() if k in checkpoint},
+                                    checkpoint=dict(checkpoint), strict=self.strict)
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(self.load_path, f"does not fit this training run ({first})") from None
+        if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
+            raise CheckpointError(self.load_path, f"holds epoch {engine.state.epoch}, more than this run's "
+                                                  f"num_epochs {prior_max_epochs}; pass a larger --num_epochs to "
+                                                  "train further")
+        engine.state.max_epochs = prior_max_epochs
+        logger.info("resuming from %s (epoch %d)", self.load_path, engine.state.epoch)
 
 
 class EpochSeed:
@@ -547,18 +594,27 @@ class RepresentationRankMonitor(_TensorBoardWriter):
     ``engine.network.target_encoder`` and ``engine.network.encoder`` (full volumes, no masks, eval mode,
     ``torch.no_grad()``, on ``engine.state.device``). All tokens of each encoder are stacked into ``[sum N, E]``
     and scored with :func:`oct_foundation.metrics.representation.effective_rank`: participation ratio and RankMe.
+    The mean-pooled feature of each volume (what the downstream bundles use) is scored too: the participation
+    ratio of the ``[volumes, E]`` matrix (``*_pooled_effective_rank``; at most ``volumes - 1``, so give
+    ``max_volumes`` well above the rank to be checked) and the smallest per-dimension standard deviation over the
+    volumes (``*_min_feature_std``; a dimension that no longer varies between volumes is dead), and the smallest
+    per-dimension standard deviation over all tokens (``*_token_min_std``).
 
-    Results go to ``engine.state.metrics`` (``target_effective_rank``, ``context_effective_rank``,
-    ``target_rankme``, ``context_rankme``), to the log (one INFO line per check), to TensorBoard as
-    ``<tag_prefix>/<name>`` with the epoch as step when ``log_dir`` is set, and ``self.history`` (one dict per
-    check). With ``warn_below`` a participation ratio below it logs a WARNING (representation collapse likely).
+    Results go to ``engine.state.metrics`` (the names in ``METRICS``, each for ``target`` and ``context``), to
+    the log (one INFO line per check), to TensorBoard as ``<tag_prefix>/<name>`` with the epoch as step when
+    ``log_dir`` is set, and ``self.history`` (one dict per check). With ``warn_below`` a token participation ratio
+    below it, or a pooled one below it when there are more volumes than ``warn_below``, logs a WARNING
+    (representation collapse likely); with ``warn_min_std`` so does a pooled-feature dimension whose standard
+    deviation is below it.
 
     The encoders' train/eval modes and every random state (torch, CUDA, NumPy, ``random``, the loader's random
     MONAI transforms) are restored afterwards, so training proceeds exactly as without the monitor. Under
     ``torch.distributed`` only rank 0 runs it.
     """
 
-    METRICS = ("target_effective_rank", "context_effective_rank", "target_rankme", "context_rankme")
+    METRICS = ("target_effective_rank", "context_effective_rank", "target_rankme", "context_rankme",
+               "target_pooled_effective_rank", "context_pooled_effective_rank", "target_min_feature_std",
+               "context_min_feature_std", "target_token_min_std", "context_token_min_std")
 
     def __init__(
         self,
@@ -569,6 +625,7 @@ class RepresentationRankMonitor(_TensorBoardWriter):
         warn_below: float | None = None,
         image_key: str = "image",
         tag_prefix: str = "collapse",
+        warn_min_std: float | None = None,
         name: str = "oct_foundation.engines",
     ) -> None:
         if int(max_volumes) < 1:
@@ -578,6 +635,7 @@ class RepresentationRankMonitor(_TensorBoardWriter):
         self.max_volumes = int(max_volumes)
         self.log_dir = log_dir
         self.warn_below = None if warn_below is None else float(warn_below)
+        self.warn_min_std = None if warn_min_std is None else float(warn_min_std)
         self.image_key = image_key
         self.tag_prefix = tag_prefix
         self.logger = logging.getLogger(name)
@@ -605,18 +663,20 @@ class RepresentationRankMonitor(_TensorBoardWriter):
 
     @staticmethod
     @torch.no_grad()
-    def _tokens(encoder: torch.nn.Module, volumes: list, device) -> torch.Tensor:
-        """All tokens of ``encoder`` over the volumes, ``[sum N, E]`` (float32, CPU)."""
+    def _tokens(encoder: torch.nn.Module, volumes: list, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """All tokens of ``encoder`` over the volumes, ``[sum N, E]``, and their mean per volume, ``[volumes, E]``
+        (float32, CPU)."""
         was_training = encoder.training
         encoder.eval()
         try:
-            out = []
+            out, pooled = [], []
             for x in volumes:
-                tokens = encoder(x.to(device))  # [b, N, E]
-                out.append(tokens.float().reshape(-1, tokens.shape[-1]).cpu())
+                tokens = encoder(x.to(device)).float().cpu()  # [b, N, E]
+                out.append(tokens.reshape(-1, tokens.shape[-1]))
+                pooled.append(tokens.mean(1))
         finally:
             encoder.train(was_training)
-        return torch.cat(out)
+        return torch.cat(out), torch.cat(pooled)
 
     def compute(self, network: torch.nn.Module, device: Any = "cpu") -> dict[str, float]:
         """The four numbers for a ``VJEPA3D`` ``network`` (random states untouched)."""
@@ -630,14 +690,20 @@ class RepresentationRankMonitor(_TensorBoardWriter):
                 "target": self._tokens(network.target_encoder, volumes, device),
                 "context": self._tokens(network.encoder, volumes, device),
             }
-        if feats["target"].shape[0] < 2:
-            raise _NotEnoughData(f"{feats['target'].shape[0]} token(s); the effective rank needs at least 2")
+        if feats["target"][0].shape[0] < 2:
+            raise _NotEnoughData(f"{feats['target'][0].shape[0]} token(s); the effective rank needs at least 2")
         out = {}
-        for which, f in feats.items():
+        nan = float("nan")
+        for which, (f, pooled) in feats.items():
             out[f"{which}_effective_rank"] = effective_rank(f, "participation")
             out[f"{which}_rankme"] = effective_rank(f, "rankme")
-        out["embed_dim"] = int(feats["target"].shape[1])
-        out["tokens"] = int(feats["target"].shape[0])
+            many = pooled.shape[0] >= 2  # one volume has no spread between volumes
+            out[f"{which}_pooled_effective_rank"] = effective_rank(pooled, "participation") if many else nan
+            out[f"{which}_min_feature_std"] = float(pooled.std(0).min()) if many else nan
+            out[f"{which}_token_min_std"] = float(f.std(0).min())
+        out["embed_dim"] = int(feats["target"][0].shape[1])
+        out["tokens"] = int(feats["target"][0].shape[0])
+        out["volumes"] = int(feats["target"][1].shape[0])
         return out
 
     def __call__(self, engine: Engine) -> None:
@@ -653,23 +719,39 @@ class RepresentationRankMonitor(_TensorBoardWriter):
         self.history.append({"epoch": epoch, **r})
         self.logger.info(
             "epoch %d: effective rank (participation) target %.2f context %.2f, RankMe target %.2f context %.2f "
-            "(embedding dim %d, %d tokens)",
+            "(embedding dim %d, %d tokens); pooled features of %d volumes: effective rank target %.2f context "
+            "%.2f, smallest per-dimension std target %.4f context %.4f (tokens: %.4f / %.4f)",
             epoch, r["target_effective_rank"], r["context_effective_rank"], r["target_rankme"],
-            r["context_rankme"], r["embed_dim"], r["tokens"],
+            r["context_rankme"], r["embed_dim"], r["tokens"], r["volumes"], r["target_pooled_effective_rank"],
+            r["context_pooled_effective_rank"], r["target_min_feature_std"], r["context_min_feature_std"],
+            r["target_token_min_std"], r["context_token_min_std"],
         )
         if self.warn_below is not None:
             for which in ("target", "context"):
-                v = r[f"{which}_effective_rank"]
-                if v < self.warn_below:
+                checks = [("effective rank", r[f"{which}_effective_rank"])]
+                if r["volumes"] > self.warn_below:  # the pooled rank of n volumes is at most n - 1
+                    checks.append(("pooled-feature effective rank", r[f"{which}_pooled_effective_rank"]))
+                for what, v in checks:
+                    if v < self.warn_below:
+                        self.logger.warning(
+                            "epoch %d: representation collapse is likely: %s encoder %s %.2f < %.2f "
+                            "(of %d dims); see %s (Watching for collapse)",
+                            epoch, which, what, v, self.warn_below, r["embed_dim"], COLLAPSE_DOC,
+                        )
+        if self.warn_min_std is not None:
+            for which in ("target", "context"):
+                v = r[f"{which}_min_feature_std"]
+                if v < self.warn_min_std:
                     self.logger.warning(
-                        "epoch %d: representation collapse is likely: %s encoder effective rank %.2f < %.2f "
-                        "(of %d dims); see %s (Watching for collapse)",
-                        epoch, which, v, self.warn_below, r["embed_dim"], COLLAPSE_DOC,
+                        "epoch %d: representation collapse is likely: %s encoder pooled-feature dimension with "
+                        "std %.4f < %.4f over %d volumes; see %s (Watching for collapse)",
+                        epoch, which, v, self.warn_min_std, r["volumes"], COLLAPSE_DOC,
                     )
         w = self.writer
         if w is not None:
             for k in self.METRICS:
-                w.add_scalar(f"{self.tag_prefix}/{k}", r[k], epoch)
+                if r[k] == r[k]:  # NaN (a single volume) is not written
+                    w.add_scalar(f"{self.tag_prefix}/{k}", r[k], epoch)
             w.flush()
 
     def _completed(self, engine: Engine) -> None:

@@ -121,3 +121,33 @@ def test_detects_collapsed_encoder_restores_modes_and_random_states(caplog):
     assert not caplog.records
     with pytest.raises(ValueError, match="max_volumes"):
         RepresentationRankMonitor(loader, max_volumes=0)
+
+
+def test_pooled_rank_and_min_std_flag_dead_dimensions(caplog):
+    net = tiny_vjepa()
+    with torch.no_grad():  # target encoder: only features 0 and 1 survive the final LayerNorm
+        net.target_encoder.norm.weight.zero_()
+        net.target_encoder.norm.weight[:2] = 1.0
+        net.target_encoder.norm.bias.zero_()
+    data = [{"image": v["image"][None]} for v in volumes(6)]  # six batches of one volume
+    r = RepresentationRankMonitor(data, max_volumes=6).compute(net)
+    assert r["volumes"] == 6
+    assert r["target_min_feature_std"] == pytest.approx(0.0, abs=1e-6)
+    assert r["target_token_min_std"] == pytest.approx(0.0, abs=1e-6)
+    assert 1.0 <= r["target_pooled_effective_rank"] <= 2.0 + 1e-6
+    assert r["context_min_feature_std"] > 1e-3 and r["context_token_min_std"] > 1e-2
+    assert 2.0 < r["context_pooled_effective_rank"] <= 5.0 + 1e-6  # 6 volumes: at most 5
+
+    class Engine:  # the attributes __call__ reads from an ignite engine
+        network = net
+        state = type("S", (), {"epoch": 3, "device": "cpu", "metrics": {}})()
+
+    monitor = RepresentationRankMonitor(data, max_volumes=6, warn_below=3.0, warn_min_std=0.01)
+    with caplog.at_level(logging.INFO, logger="oct_foundation.engines"):
+        monitor(Engine)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("target encoder pooled-feature effective rank" in w for w in warnings)
+    assert any("target encoder pooled-feature dimension with std" in w for w in warnings)
+    assert not any("context encoder pooled-feature dimension" in w for w in warnings)
+    assert Engine.state.metrics["target_min_feature_std"] == pytest.approx(0.0, abs=1e-6)
+    assert any("pooled features of 6 volumes" in r.getMessage() for r in caplog.records)
