@@ -33,7 +33,7 @@ import json
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 
-__all__ = ["OCTConfigError", "parse_bool", "check_cli", "type_overrides", "RUN_ARGUMENTS"]
+__all__ = ["OCTConfigError", "parse_bool", "check_cli", "type_overrides", "running_config", "RUN_ARGUMENTS"]
 
 class OCTConfigError(ValueError):
     """A command-line key or value that the bundle config does not declare or cannot take."""
@@ -198,3 +198,12 @@ def check_cli() -> Optional[Dict[str, Any]]:
     parser.parse(reset=True)
     return typed
 
+
+
+def running_config() -> Optional[Dict[str, Any]]:
+    """The config (files merged with the command-line overrides, as typed by :func:`check_cli`) of the bundle
+    workflow whose ``initialize``/``run`` item is being evaluated, or ``None`` outside one."""
+    workflow, _, _ = _find_frames()
+    if workflow is None:
+        return None
+    return workflow.parser.get()

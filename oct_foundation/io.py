@@ -4,6 +4,13 @@ Every reader, datalist, checkpoint loader and writer in the package goes through
 ``gs://bucket/x.nii.gz`` path works wherever a local path does. Writes are atomic: data goes to a
 temporary sibling first and is moved into place only when complete, so an interrupted write never leaves
 a truncated output behind and never replaces a finished one with a partial one.
+
+Remote paths fail fast: every call that asks a remote filesystem (anything but local files and ``memory://``)
+about a path (connect, exists, list, open, small reads, remove) runs under a deadline of :func:`remote_timeout`
+seconds (default 30, environment variable ``OCT_FOUNDATION_REMOTE_TIMEOUT``), so an endpoint that refuses or never
+answers gives an :class:`~oct_foundation.errors.OCTInputError` naming the URL instead of minutes of retries or a
+hang. Whole-file transfers (a full read, an upload) may take longer than that; HTTP(S) and Google Cloud Storage
+get the same number as their socket timeouts, so a transfer that stalls fails too.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,6 +33,10 @@ from oct_foundation.errors import CheckpointError, OCTInputError
 __all__ = [
     "is_url",
     "join",
+    "isdir",
+    "remove",
+    "remote_timeout",
+    "REMOTE_TIMEOUT_ENV",
     "exists",
     "open_file",
     "local_path",
@@ -74,24 +86,134 @@ def dirname(path) -> str:
     return os.path.dirname(os.path.abspath(_strip_file(s)))
 
 
+REMOTE_TIMEOUT_ENV = "OCT_FOUNDATION_REMOTE_TIMEOUT"
+DEFAULT_REMOTE_TIMEOUT = 30.0
+# fsspec protocols that never leave this process or machine: no deadline needed
+_IN_PROCESS = ("memory", "file", "local")
+
+
+def remote_timeout() -> float:
+    """Seconds a remote filesystem call may take before it fails: ``$OCT_FOUNDATION_REMOTE_TIMEOUT`` or 30."""
+    raw = os.environ.get(REMOTE_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REMOTE_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise OCTInputError(REMOTE_TIMEOUT_ENV, f"{raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise OCTInputError(REMOTE_TIMEOUT_ENV, f"{raw!r} must be a positive number of seconds")
+    return value
+
+
+def _protocol(path) -> str:
+    return str(path).split("://", 1)[0].lower() if is_url(path) else "file"
+
+
+def _is_remote(path) -> bool:
+    return is_url(path) and _protocol(path) not in _IN_PROCESS
+
+
+def _remote(url, what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` for remote ``url``, failing after :func:`remote_timeout` seconds with an error
+    naming the URL (the call runs in a daemon thread, so a socket that never answers cannot hold the process)."""
+    if not _is_remote(url):
+        return fn(*args, **kwargs)
+    timeout = remote_timeout()
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    worker = threading.Thread(target=target, name=f"oct-remote:{url}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise OCTInputError(url, f"no answer within {timeout:g} s while {what} (offline, or the endpoint does not "
+                                 f"respond); set {REMOTE_TIMEOUT_ENV} to wait longer") from None
+    if "error" in box:
+        e = box["error"]
+        if isinstance(e, (OCTInputError, CheckpointError, FileNotFoundError)):
+            raise e
+        if isinstance(e, (OSError, TimeoutError)) or type(e).__module__.split(".")[0] in ("aiohttp", "asyncio",
+                                                                                       "requests", "google"):
+            raise OCTInputError(url, f"cannot reach it while {what} ({type(e).__name__}: {e})") from None
+        raise e
+    return box.get("value")
+
+
+def _storage_options(path) -> dict:
+    """Socket timeouts for the remote filesystems that take them (the deadline of :func:`_remote` covers all)."""
+    proto = _protocol(path)
+    t = remote_timeout()
+    if proto in ("http", "https"):
+        try:
+            import aiohttp
+        except ImportError:  # fsspec's HTTP filesystem needs aiohttp anyway
+            return {}
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)}}
+    if proto in ("gs", "gcs"):
+        return {"requests_timeout": t}
+    return {}
+
+
 def _fs(path):
-    fs, p = fsspec.core.url_to_fs(_strip_file(path) if not is_url(path) else str(path))
-    return fs, p
+    if not is_url(path):
+        return fsspec.core.url_to_fs(_strip_file(path))
+    return _remote(path, "connecting", fsspec.core.url_to_fs, str(path), **_storage_options(path))
 
 
 def exists(path) -> bool:
     if not is_url(path):
         return os.path.exists(_strip_file(path))
-    fs, p = _fs(path)
-    return fs.exists(p)
+
+    def check():
+        fs, p = _fs(path)
+        return fs.exists(p)
+
+    return _remote(path, "checking that it exists", check)
+
+
+def isdir(path) -> bool:
+    """True for a local folder or a URL prefix that holds files."""
+    if not is_url(path):
+        return os.path.isdir(_strip_file(path))
+
+    def check():
+        fs, p = _fs(path)
+        return fs.isdir(p)
+
+    return _remote(path, "checking that it is a folder", check)
+
+
+def remove(path) -> None:
+    """Remove one file (local or URL); a missing file is not an error."""
+    if not is_url(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_strip_file(path))
+        return
+
+    def rm():
+        fs, p = _fs(path)
+        if fs.exists(p):
+            fs.rm_file(p)
+
+    _remote(path, "removing it", rm)
 
 
 def makedirs(path) -> None:
     if not is_url(path):
         os.makedirs(_strip_file(path), exist_ok=True)
         return
-    fs, p = _fs(path)
-    fs.makedirs(p, exist_ok=True)
+
+    def mk():
+        fs, p = _fs(path)
+        fs.makedirs(p, exist_ok=True)
+
+    _remote(path, "creating the folder", mk)
 
 
 def list_files(path, suffixes=None) -> list[str]:
@@ -100,19 +222,67 @@ def list_files(path, suffixes=None) -> list[str]:
         root = Path(_strip_file(path))
         files = [str(p) for p in root.iterdir() if p.is_file()]
     else:
-        fs, p = _fs(path)
+        def ls():
+            fs, p = _fs(path)
+            return [f for f in fs.ls(p, detail=False) if fs.isfile(f)]
+
         proto = str(path).split("://", 1)[0]
-        files = [f"{proto}://{f.lstrip('/')}" for f in fs.ls(p, detail=False) if fs.isfile(f)]
+        files = [f"{proto}://{f.split('://', 1)[-1].lstrip('/')}" for f in _remote(path, "listing the folder", ls)]
     if suffixes:
         files = [f for f in files if any(f.lower().endswith(s) for s in suffixes)]
     return sorted(files)
 
 
+class _DeadlineFile:
+    """A remote file object whose reads and writes fail after :func:`remote_timeout` seconds, naming the URL."""
+
+    def __init__(self, f, url: str) -> None:
+        self._f = f
+        self._url = url
+
+    _SMALL = 16 * 1024 * 1024  # reads up to this size run under the deadline; larger ones are transfers
+
+    def read(self, size: int = -1):
+        if size is None or size < 0 or size > self._SMALL:
+            return self._f.read(size)
+        return _remote(self._url, "reading it", self._f.read, size)
+
+    def readinto(self, b):
+        if len(b) > self._SMALL:
+            return self._f.readinto(b)
+        return _remote(self._url, "reading it", self._f.readinto, b)
+
+    def readline(self, *args):
+        return _remote(self._url, "reading it", self._f.readline, *args)
+
+    def write(self, data):
+        return self._f.write(data)
+
+    def close(self):
+        return _remote(self._url, "closing it", self._f.close)
+
+    def __iter__(self):
+        return iter(self.readline, b"" if "b" in getattr(self._f, "mode", "rb") else "")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def open_file(path, mode: str = "rb"):
-    """``fsspec.open`` for any path; a missing file raises :class:`OCTInputError` naming it."""
+    """``fsspec.open`` for any path; a missing file raises :class:`OCTInputError` naming it. Remote files are
+    opened, read and written under the :func:`remote_timeout` deadline."""
     if "r" in mode and not exists(path):
         raise OCTInputError(path, "file not found")
-    return fsspec.open(_strip_file(path) if not is_url(path) else str(path), mode).open()
+    if not is_url(path):
+        return fsspec.open(_strip_file(path), mode).open()
+    f = _remote(path, "opening it", lambda: fsspec.open(str(path), mode, **_storage_options(path)).open())
+    return _DeadlineFile(f, str(path)) if _is_remote(path) else f
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
@@ -162,9 +332,13 @@ def atomic_output(path) -> Iterator[str]:
         tmp = os.path.join(tmpdir, f"part{suffix}")
         try:
             yield tmp
-            fs, p = _fs(target)
-            fs.makedirs(posixpath.dirname(p), exist_ok=True)
-            fs.put_file(tmp, p)
+            def put():
+                fs, p = _fs(target)
+                fs.makedirs(posixpath.dirname(p), exist_ok=True)
+                fs.put_file(tmp, p)
+
+            _remote(target, "connecting", _fs, target)  # an endpoint that never answers fails here, fast
+            put()
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         return
@@ -218,19 +392,64 @@ def save_json(obj, path, indent: int = 2) -> None:
     atomic_write(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
-def torch_load(path, map_location="cpu"):
+def _not_a_checkpoint(head: bytes, size: int) -> str | None:
+    """Why bytes starting with ``head`` (of a file of ``size`` bytes) cannot be a PyTorch checkpoint, or None."""
+    if size == 0:
+        return "empty file (0 bytes), not a PyTorch checkpoint"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip format / legacy pickle
+        return None
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in stripped[:1024]:
+        return ("an HTML/XML page, not a PyTorch checkpoint (a download that returned an error or sign-in page "
+                "instead of the file?)")
+    sample = head[:4096]
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\x00" not in text and sum(c.isprintable() or c in "\r\n\t" for c in text) >= 0.95 * len(text):
+        first = text.strip().splitlines()[0][:60] if text.strip() else ""
+        if first.startswith("version https://git-lfs"):
+            return "a Git LFS pointer (text), not the weights it points to; fetch the file itself"
+        return f"a text file, not a PyTorch checkpoint (it starts with {first!r})"
+    return None
+
+
+def torch_load(path, map_location="cpu", mmap: bool = False):
     """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only, never pickled code).
 
-    A file that holds anything else (a pickled callable, a custom class) is refused with
-    :class:`CheckpointError` naming the file.
+    Every refusal is a :class:`CheckpointError` naming the file and the problem: a file that would run code (a
+    pickled callable, a custom class), an empty file, a text file, an HTML error page, a Git LFS pointer, a
+    truncated archive or junk bytes. ``mmap=True`` memory-maps a local file (tensors are read when used).
     """
     import pickle
 
     import torch
 
-    with open_file(path, "rb") as f:
-        buf = io.BytesIO(f.read())
+    local = not is_url(path)
+    if local:
+        p = _strip_file(path)
+        if not os.path.isfile(p):
+            raise OCTInputError(path, "file not found" if not os.path.exists(p) else "a folder, not a file")
+        size = os.path.getsize(p)
+        with open(p, "rb") as f:
+            head = f.read(4096)
+        source = p if mmap else None
+    else:
+        with open_file(path, "rb") as f:
+            data = f.read()
+        size, head, source = len(data), data[:4096], None
+    problem = _not_a_checkpoint(head, size)
+    if problem:
+        raise CheckpointError(path, problem)
     try:
+        if source is not None:
+            return torch.load(source, map_location=map_location, weights_only=True, mmap=True)
+        if local:
+            with open(p, "rb") as f:
+                buf = io.BytesIO(f.read())
+        else:
+            buf = io.BytesIO(data)
         return torch.load(buf, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         import re
@@ -241,8 +460,12 @@ def torch_load(path, map_location="cpu"):
                                         "(tensors, numbers, strings, containers) are loaded") from None
         raise CheckpointError(path, "not a readable PyTorch checkpoint (corrupt, or not a checkpoint)") from None
     except Exception as e:  # junk bytes can fail anywhere in the unpickler (IndexError, KeyError, struct.error...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({first})") from None
+        msg = str(e).strip()
+        if "central directory" in msg or "zip archive" in msg or "file_read_error" in msg.lower():
+            raise CheckpointError(path, f"truncated or corrupt: the checkpoint's zip archive is incomplete "
+                                        f"({size} bytes; {msg.splitlines()[0]})") from None
+        first = msg.splitlines()[0] if msg else type(e).__name__
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
 
 
 def torch_save(obj, path) -> None:
