@@ -526,6 +526,12 @@ def mask_generator_for_depth(mask_generator, d_full: int | None, d_target: int |
     """
     if not rescale or not d_target or not d_full:
         return mask_generator
+    gens = mask_generator if isinstance(mask_generator, (list, tuple)) else [mask_generator]
+    if int(d_full) != int(d_target) and all(tuple(m.temporal_scale) == (1.0, 1.0) for m in gens):
+        # a block spanning the whole depth masks the same fraction at any depth: nothing to rescale
+        logger.info("mask_rescale: every mask block spans the full depth (temporal_scale 1.0), so the masked "
+                    "fraction is already the same at d_target=%s and d_full=%s; rescaling changes nothing "
+                    "(it acts on temporal_scale < 1)", d_target, d_full)
     if isinstance(mask_generator, (list, tuple)):
         return [m.rescale_for_d_target(int(d_full), int(d_target)) for m in mask_generator]
     return mask_generator.rescale_for_d_target(int(d_full), int(d_target))

@@ -258,3 +258,18 @@ def test_stats_logger_tensorboard_export_and_evaluator(tmp_path, caplog):
     fresh = tiny_net(seed=9)
     fresh.load_state_dict(sd)
     assert torch.equal(fresh.encoder.blocks[0].attn.qkv.weight, net.encoder.blocks[0].attn.qkv.weight)
+
+
+def test_mask_rescale_says_when_it_has_nothing_to_rescale(caplog):
+    import logging
+
+    from oct_foundation.engines.jepa_trainer import mask_generator_for_depth
+    from oct_foundation.networks.masking import MultiBlockMask3D, default_mask_generators
+
+    with caplog.at_level(logging.INFO, logger="oct_foundation.engines"):
+        out = mask_generator_for_depth(default_mask_generators(), 64, 16, True)
+    assert [m.d_target for m in out] == [16, 16] and "changes nothing" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="oct_foundation.engines"):
+        mask_generator_for_depth(MultiBlockMask3D(temporal_scale=(0.3, 0.5)), 64, 16, True)
+    assert "changes nothing" not in caplog.text
