@@ -148,7 +148,7 @@ def _remote(url, what: str, fn, *args, **kwargs):
 def _storage_options(path) -> dict:
     """Socket timeouts for the remote filesystems that take them (the deadline of :func:`_remote` covers all)."""
     proto = _protocol(path)
-    t = remote_timeout()
+    t = remote_timeout() + 5.0  # a little over the deadline, so a stalled metadata call is reported by it
     if proto in ("http", "https"):
         try:
             import aiohttp
