@@ -473,14 +473,31 @@ class VisionTransformer3D(nn.Module):
             )
         return (t // kt, h // kh, w // kw)
 
+    def pos_table_is_exact(self) -> bool:
+        """Whether the stored table is the exact sin-cos table of the nominal grid (as built; a loaded table may be
+        another grid's table interpolated to it, or learned). Cached per buffer version."""
+        key = (self.pos_embed.data_ptr(), self.pos_embed._version, str(self.pos_embed.device))
+        if getattr(self, "_exact_key", None) != key:
+            exact = sincos_pos_embed_3d(self.embed_dim, self.native_grid, self.uniform_power)[None]
+            self._exact = bool(torch.allclose(self.pos_embed.detach().float().cpu(), exact, atol=1e-5))
+            self._exact_key = key
+        return self._exact
+
     def interpolate_pos_encoding(self, grid: Sequence[int]) -> torch.Tensor:
-        """sincos table for ``grid`` ``[1, N, E]``: the stored buffer at the nominal grid, else the exact table."""
+        """sincos table for ``grid`` ``[1, N, E]``, one rule for every grid so that training and inference at
+        different depths encode positions alike: the stored buffer at the nominal grid; elsewhere the exact
+        table when the buffer is exact, else the buffer resampled trilinearly (``align_corners``) to ``grid``."""
         if self.pos_embed is None:
             raise RuntimeError("this encoder uses RoPE and has no additive position embedding")
-        if tuple(int(g) for g in grid) == tuple(self.native_grid):
+        grid = tuple(int(g) for g in grid)
+        if grid == tuple(self.native_grid):
             return self.pos_embed
-        table = sincos_pos_embed_3d(self.embed_dim, grid, self.uniform_power)
-        return table[None].to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        if self.pos_table_is_exact():
+            table = sincos_pos_embed_3d(self.embed_dim, grid, self.uniform_power)[None]
+            return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        from oct_foundation.networks.pretrained import interpolate_pos_table
+
+        return interpolate_pos_table(self.pos_embed, self.native_grid, grid)
 
     def rope(self, grid: Sequence[int], idx: Optional[torch.Tensor], device) -> Tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for tokens ``idx [B, K]`` (None: all tokens) of ``grid``."""

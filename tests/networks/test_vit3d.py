@@ -335,3 +335,23 @@ def test_traceable_and_lazy_package_exports():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape-dependent Python branches are fixed here
         traced = torch.jit.trace(model, (x,))
     torch.testing.assert_close(traced(x), model(x))
+
+
+def test_sincos_tables_follow_one_rule_at_every_grid():
+    """Nominal grid: the stored table. Other grids: the exact table while the stored one is exact, else the stored
+    table resampled (e.g. a V-JEPA 1 table interpolated on load), so depths are encoded alike at every grid."""
+    from oct_foundation.networks.pretrained import interpolate_pos_table
+
+    model = VisionTransformer3D(img_size=(8, 32, 32), patch_size=8, tubelet_size=2, embed_dim=48, depth=1,
+                                num_heads=2, pos_embed="sincos")
+    native, other = model.native_grid, (8, 4, 4)
+    assert model.pos_table_is_exact()
+    assert torch.allclose(model.interpolate_pos_encoding(other), sincos_pos_embed_3d(48, other)[None])
+    # a table from another grid (as a pretrained file's, resampled to this model's grid on load)
+    loaded = interpolate_pos_table(sincos_pos_embed_3d(48, (8, 4, 4))[None], (8, 4, 4), native)
+    model.pos_embed.copy_(loaded)
+    assert not model.pos_table_is_exact()
+    assert torch.equal(model.interpolate_pos_encoding(native), model.pos_embed)
+    got = model.interpolate_pos_encoding(other)
+    assert torch.allclose(got, interpolate_pos_table(loaded, native, other))
+    assert not torch.allclose(got, sincos_pos_embed_3d(48, other)[None], atol=1e-3)
