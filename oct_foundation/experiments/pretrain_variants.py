@@ -65,6 +65,7 @@ class VariantSettings:
     predictor_depth: int = 2
     predictor_num_heads: int = 4
     dense_loss: bool = False
+    temporal_scale: Sequence[float] = (1.0, 1.0)  # (min, max) fraction of the slices one mask block covers
     epochs: int = 5
     batch_size: int = 4
     learning_rate: float = 5e-4
@@ -169,7 +170,7 @@ def pretrain_variant(volumes, settings: VariantSettings):
     dataset = Dataset([{"image": x} for x in volumes], transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True)
     net = VJEPA3D(**settings.network_kwargs())
-    masks = mask_generator_for_depth(default_mask_generators(), settings.d_full, settings.d_target, True)
+    masks = mask_generator_for_depth(default_mask_generators(tuple(settings.temporal_scale)), settings.d_full, settings.d_target, True)
     total = settings.epochs * len(loader)
     lr = settings.learning_rate
     opt = torch.optim.AdamW(build_param_groups(net, lr, settings.weight_decay), lr=lr)
