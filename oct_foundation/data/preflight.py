@@ -103,8 +103,12 @@ def preflight_datalist(
     max_voxels: int | None = None,
     assume_spacing: Sequence[float] | None = None,
     allow_non_oct: bool = False,
+    name: str | None = None,
 ) -> dict:
     """Check every item of ``sections`` of ``datalist``; returns ``{section: good items}``.
+
+    ``datalist`` is a datalist JSON path (local or URL) or a dict ``{section: items}`` already loaded (e.g. the
+    items of a folder without a datalist); ``name`` is what errors call it (default: the path, or "datalist").
 
     Bad items (missing ``required_keys``, unreadable header, not 3D, depth < ``min_depth``, invalid
     spacing, over ``max_voxels``) are all listed in one :class:`OCTInputError`; with ``skip_bad_items`` they
@@ -114,8 +118,9 @@ def preflight_datalist(
     limits = ReaderLimits(assume_spacing=assume_spacing, allow_non_oct=allow_non_oct,
                           **({} if max_voxels is None else {"max_voxels": max_voxels}))
     out, bad = {}, []
+    source = name or (datalist if not isinstance(datalist, dict) else "datalist")
     for section in sections:
-        items = load_datalist(datalist, section)
+        items = list(datalist.get(section, [])) if isinstance(datalist, dict) else load_datalist(datalist, section)
         good = []
         for i, item in enumerate(items):
             reasons = []
@@ -143,7 +148,7 @@ def preflight_datalist(
         lines = "\n".join(f"  {b['section']}[{b['position']}] {b['file'] or '<no file>'}: {b['reason']}"
                           for b in bad)
         if not skip_bad_items:
-            raise OCTInputError(datalist, f"{len(bad)} bad item(s) (pass --skip_bad_items true to train on the "
+            raise OCTInputError(source, f"{len(bad)} bad item(s) (pass --skip_bad_items true to train on the "
                                           f"rest):\n{lines}")
         logger.warning("skipping %d bad item(s):\n%s", len(bad), lines)
         if report_dir:
@@ -152,5 +157,5 @@ def preflight_datalist(
                           columns=["section", "position", "file", "reason"])
         for section in sections:
             if not out[section] and section == sections[0]:
-                raise OCTInputError(datalist, f"no usable items left in '{section}' after skipping:\n{lines}")
+                raise OCTInputError(source, f"no usable items left in '{section}' after skipping:\n{lines}")
     return out

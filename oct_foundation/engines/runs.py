@@ -50,7 +50,7 @@ NOT_IN_RUN_ID = frozenset({
     "num_epochs", "resume", "resume_path", "overwrite",
     # how it is watched, fed and placed
     "progress_bar", "num_workers", "cache_rate", "log_interval", "val_interval", "save_interval", "n_saved",
-    "rank_interval", "rank_max_volumes", "rank_warn_below", "mse_threshold", "val_batch_size", "device",
+    "rank_interval", "rank_max_volumes", "rank_warn_below", "rank_warn_min_std", "mse_threshold", "val_batch_size", "device",
     "dist_backend", "backend", "ddp_kwargs", "ddp_device_ids",
     # input checks (they decide which items are read, not how the model is trained)
     "skip_bad_items", "max_voxels", "assume_spacing", "allow_non_oct",
