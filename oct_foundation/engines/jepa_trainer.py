@@ -31,6 +31,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
 __all__ = [
+    "batch_depth_positions",
     "JEPATrainer",
     "JEPAEvaluator",
     "prepare_batch_image",
@@ -67,6 +68,25 @@ def prepare_batch_image(batchdata, device, non_blocking: bool = False, image_key
     if x.ndim != 5:
         raise ValueError(f"expected a batch [B, C, D, H, W], got shape {tuple(x.shape)}")
     return x.to(device=device, non_blocking=non_blocking, dtype=torch.float32)
+
+
+def batch_depth_positions(batchdata, network, x: torch.Tensor, image_key: str = "image") -> torch.Tensor:
+    """Depth positions ``[B, T']`` of the token rows of a batch from the ``slice_indices`` that
+    ``DepthSubsampled`` records in each item's meta (collated to ``[B, d]``), for ``slice_positions``."""
+    from oct_foundation.networks.vit3d import slice_token_positions
+
+    img = batchdata[image_key] if isinstance(batchdata, Mapping) else batchdata
+    meta = getattr(img, "meta", None) or {}
+    idx = meta.get("slice_indices")
+    if idx is None:
+        raise ValueError("slice_positions needs the slice indices of each volume: the batch meta has no "
+                         "'slice_indices' (the transforms must include DepthSubsampled, i.e. set d_target)")
+    idx = torch.as_tensor(idx)
+    if idx.ndim == 1:
+        idx = idx[None].expand(x.shape[0], -1)
+    if idx.shape[0] != x.shape[0] or idx.shape[1] != x.shape[2]:
+        raise ValueError(f"slice_indices {tuple(idx.shape)} do not match the batch [B={x.shape[0]}, D={x.shape[2]}]")
+    return slice_token_positions(idx, int(network.encoder.tubelet_size)).to(x.device)
 
 
 def size_for_epoch(schedule: Mapping | None, epoch: int) -> tuple[int, int] | None:
@@ -114,8 +134,8 @@ class _JEPAObjective(torch.nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, x, ctx_idx, tgt_idx):
-        return self.network.jepa_forward(x, ctx_idx, tgt_idx)
+    def forward(self, x, ctx_idx, tgt_idx, depth_positions=None):
+        return self.network.jepa_forward(x, ctx_idx, tgt_idx, depth_positions=depth_positions)
 
 
 class JEPATrainer(Trainer):
@@ -145,6 +165,9 @@ class JEPATrainer(Trainer):
             parameters changes, e.g. after progressive unfreezing); needs an initialised process group.
         ddp_kwargs: extra ``DistributedDataParallel`` arguments.
         train_handlers: handlers attached to the trainer.
+        slice_positions: token depth positions from each volume's kept slice indices
+            (:func:`~oct_foundation.networks.vit3d.slice_token_positions`), so that a depth-subsampled training
+            volume and a full volume at inference place each B-scan at the same depth position.
     """
 
     def __init__(
@@ -172,6 +195,7 @@ class JEPATrainer(Trainer):
         ddp_kwargs: dict | None = None,
         train_handlers: Sequence | None = None,
         iteration_update: Callable | None = None,
+        slice_positions: bool = False,
     ) -> None:
         if int(grad_accumulation) < 1:
             raise ValueError(f"grad_accumulation must be >= 1, got {grad_accumulation!r}")
@@ -204,6 +228,7 @@ class JEPATrainer(Trainer):
         self.mask_seed = int(mask_seed)
         self.clip_grad = clip_grad
         self.distributed = bool(distributed)
+        self.slice_positions = bool(slice_positions)
         self.ddp_kwargs = dict(ddp_kwargs or {})
         # fp16 needs loss scaling; bf16 has the fp32 range and does not. Created here (not in run()) so that the
         # checkpoint dict can reference it before training starts.
@@ -308,7 +333,9 @@ class JEPATrainer(Trainer):
         engine.state.output = {Keys.IMAGE: x}
         with sync:
             with autocast:
-                pred, target = module(x, ctx_idx, tgt_idx)
+                depth = (batch_depth_positions(batchdata, engine.network, x, engine.image_key)
+                         if engine.slice_positions else None)
+                pred, target = module(x, ctx_idx, tgt_idx, depth)
                 engine.fire_event(IterationEvents.FORWARD_COMPLETED)
                 loss = engine.network.jepa_loss(_float(pred), _float(target))
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
@@ -373,6 +400,7 @@ class JEPAEvaluator(Evaluator):
         amp, amp_dtype: autocast as for :class:`JEPATrainer`.
         key_val_metric: optional ``{name: ignite Metric}``; default averages the loss.
         val_handlers: handlers attached to the evaluator.
+        slice_positions: as for :class:`JEPATrainer` (use the trainer's setting).
     """
 
     def __init__(
@@ -390,6 +418,7 @@ class JEPAEvaluator(Evaluator):
         key_val_metric: dict | None = None,
         additional_metrics: dict | None = None,
         val_handlers: Sequence | None = None,
+        slice_positions: bool = False,
     ) -> None:
         from ignite.metrics import Average
 
@@ -413,6 +442,7 @@ class JEPAEvaluator(Evaluator):
         self.mask_seed = int(mask_seed)
         self.image_key = image_key
         self.amp_dtype = _dtype(amp_dtype)
+        self.slice_positions = bool(slice_positions)
 
     def _iteration(self, engine: "JEPAEvaluator", batchdata) -> dict:
         if batchdata is None:
@@ -428,7 +458,9 @@ class JEPAEvaluator(Evaluator):
                     else contextlib.nullcontext())
         engine.network.eval()
         with torch.no_grad(), autocast:
-            pred, target = engine.network.jepa_forward(x, ctx_idx, tgt_idx)
+            depth = (batch_depth_positions(batchdata, engine.network, x, engine.image_key)
+                     if engine.slice_positions else None)
+            pred, target = engine.network.jepa_forward(x, ctx_idx, tgt_idx, depth_positions=depth)
             loss = engine.network.jepa_loss(_float(pred), _float(target))
         engine.state.output = {Keys.IMAGE: x, Keys.LOSS: loss.detach().float()}
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

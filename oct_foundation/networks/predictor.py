@@ -26,6 +26,7 @@ from .vit3d import (
     rescale_blocks,
     rope_tables,
     sincos_pos_embed_3d,
+    sincos_pos_embed_at,
     token_positions,
 )
 
@@ -107,6 +108,7 @@ class Predictor3D(nn.Module):
         grid: Sequence[int],
         mask_index: int = 0,
         return_context: bool = False,
+        depth_positions: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Predict ``[B, Nt, E]`` target features (``return_context``: ``[B, Nc + Nt, E]``, context first).
 
@@ -118,6 +120,8 @@ class Predictor3D(nn.Module):
             mask_index: which learned mask token to use (modulo ``num_mask_tokens``).
             return_context: also return the predictor's outputs at the context positions (V-JEPA 2.1's dense
                 predictive loss on all tokens), in the order ``[ctx_idx, tgt_idx]``.
+            depth_positions: ``[B, T']`` depth positions of the token rows (the encoder's, see
+                :func:`~oct_foundation.networks.vit3d.slice_token_positions`) instead of ``0..T'-1``.
         """
         b, nc, _ = ctx_tokens.shape
         if ctx_idx.shape != (b, nc) or tgt_idx.ndim != 2 or tgt_idx.shape[0] != b:
@@ -130,8 +134,12 @@ class Predictor3D(nn.Module):
         token = self.mask_tokens[mask_index % len(self.mask_tokens)]
         pred = token.expand(b, nt, -1).to(x.dtype)
         if not self.use_rope:
-            table = sincos_pos_embed_3d(self.predictor_embed_dim, grid, self.uniform_power)
-            table = table[None].to(device=x.device).expand(b, -1, -1)
+            if depth_positions is not None:
+                pos = token_positions(grid, None, x.device, depth_positions)
+                table = sincos_pos_embed_at(self.predictor_embed_dim, pos, self.uniform_power).expand(b, -1, -1)
+            else:
+                table = sincos_pos_embed_3d(self.predictor_embed_dim, grid, self.uniform_power)
+                table = table[None].to(device=x.device).expand(b, -1, -1)
             x = x + gather_tokens(table, ctx_idx)
             pred = pred + gather_tokens(table, tgt_idx)
         x = torch.cat([x, pred], dim=1)
@@ -139,7 +147,8 @@ class Predictor3D(nn.Module):
         sin: Optional[torch.Tensor] = None
         if self.use_rope:
             idx = torch.cat([ctx_idx, tgt_idx], dim=1)
-            cos, sin = rope_tables(token_positions(grid, idx), self.head_dim, self.rope_variant)
+            cos, sin = rope_tables(token_positions(grid, idx, depth_positions=depth_positions), self.head_dim,
+                                   self.rope_variant)
         for blk in self.predictor_blocks:
             if self.use_activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, x, cos, sin, use_reentrant=False)

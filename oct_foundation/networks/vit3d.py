@@ -52,6 +52,8 @@ __all__ = [
     "Block",
     "MLP",
     "sincos_pos_embed_3d",
+    "sincos_pos_embed_at",
+    "slice_token_positions",
     "token_positions",
     "rope_tables",
     "apply_rope",
@@ -75,6 +77,26 @@ def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([out.sin(), out.cos()], dim=1)
 
 
+def _sincos_dims(embed_dim: int, uniform_power: bool) -> Tuple[int, int, int]:
+    if uniform_power:
+        d_dim = h_dim = w_dim = int(math.ceil(embed_dim / 6) * 2)
+    else:
+        d_dim, h_dim, w_dim = embed_dim // 2, embed_dim // 4, embed_dim // 4
+    if d_dim % 2 or h_dim % 2 or d_dim + h_dim + w_dim < embed_dim:
+        raise ValueError(f"sincos position embedding needs embed_dim divisible by 8, got {embed_dim}")
+    return d_dim, h_dim, w_dim
+
+
+def sincos_pos_embed_at(embed_dim: int, positions: torch.Tensor, uniform_power: bool = False) -> torch.Tensor:
+    """The 3D sine-cosine embedding of :func:`sincos_pos_embed_3d` at (possibly fractional) token positions
+    ``[..., 3]`` (t, h, w) -> ``[..., embed_dim]`` (float32)."""
+    d_dim, h_dim, w_dim = _sincos_dims(embed_dim, uniform_power)
+    flat = positions.reshape(-1, 3).cpu()
+    table = torch.cat([_sincos_1d(d_dim, flat[:, 0]), _sincos_1d(h_dim, flat[:, 1]), _sincos_1d(w_dim, flat[:, 2])],
+                      dim=1)
+    return table[:, :embed_dim].float().reshape(*positions.shape[:-1], embed_dim).to(positions.device)
+
+
 def sincos_pos_embed_3d(embed_dim: int, grid: Sequence[int], uniform_power: bool = False) -> torch.Tensor:
     """Fixed 3D sine-cosine table for a token grid ``(T', H', W')`` -> ``[T'*H'*W', embed_dim]`` (float32).
 
@@ -83,12 +105,7 @@ def sincos_pos_embed_3d(embed_dim: int, grid: Sequence[int], uniform_power: bool
     token raster order (t, h, w), so the table of any grid is exact, never interpolated.
     """
     t, h, w = (int(g) for g in grid)
-    if uniform_power:
-        d_dim = h_dim = w_dim = int(math.ceil(embed_dim / 6) * 2)
-    else:
-        d_dim, h_dim, w_dim = embed_dim // 2, embed_dim // 4, embed_dim // 4
-    if d_dim % 2 or h_dim % 2 or d_dim + h_dim + w_dim < embed_dim:
-        raise ValueError(f"sincos position embedding needs embed_dim divisible by 8, got {embed_dim}")
+    d_dim, h_dim, w_dim = _sincos_dims(embed_dim, uniform_power)
     gd, gh, gw = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
     table = torch.cat(
         [_sincos_1d(d_dim, gd.reshape(-1)), _sincos_1d(h_dim, gh.reshape(-1)), _sincos_1d(w_dim, gw.reshape(-1))],
@@ -97,16 +114,51 @@ def sincos_pos_embed_3d(embed_dim: int, grid: Sequence[int], uniform_power: bool
     return table[:, :embed_dim].float()
 
 
-def token_positions(grid: Sequence[int], idx: Optional[torch.Tensor] = None, device=None) -> torch.Tensor:
-    """Integer (t, h, w) coordinates of tokens as float32.
+def token_positions(grid: Sequence[int], idx: Optional[torch.Tensor] = None, device=None,
+                    depth_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(t, h, w) coordinates of tokens as float32.
 
     ``idx`` None -> all tokens ``[1, N, 3]``; ``idx [B, K]`` (token indices in raster order) -> ``[B, K, 3]``.
+    ``depth_positions [B, T']`` (e.g. :func:`slice_token_positions`) replaces the integer depth coordinate ``t``
+    of every token by the position of its slices in the full volume (fractional; result ``[B, K, 3]``).
     """
     _, h, w = (int(g) for g in grid)
     if idx is None:
         idx = torch.arange(int(grid[0]) * h * w, device=device)[None]
     hw = h * w
-    return torch.stack([idx // hw, (idx % hw) // w, idx % w], dim=-1).float()
+    pos = torch.stack([idx // hw, (idx % hw) // w, idx % w], dim=-1).float()
+    if depth_positions is None:
+        return pos
+    depth = torch.as_tensor(depth_positions, dtype=torch.float32, device=pos.device)
+    if depth.ndim != 2 or depth.shape[1] != int(grid[0]):
+        raise ValueError(f"depth_positions must be [B, T'={int(grid[0])}], got {tuple(depth.shape)}")
+    b = max(depth.shape[0], pos.shape[0])
+    t_idx = (idx // hw).long().expand(b, -1)
+    pos = pos.expand(b, -1, -1).clone()
+    pos[..., 0] = depth.expand(b, -1).gather(1, t_idx)
+    return pos
+
+
+def slice_token_positions(slice_indices, tubelet_size: int) -> torch.Tensor:
+    """Depth positions ``[B, T']`` of the tokens of depth-subsampled volumes, in the full volume's token units.
+
+    ``slice_indices [B, d]`` (or ``[d]``): the kept slices of each volume (``DepthSubsampled`` records them in the
+    meta). A token covers ``tubelet_size`` consecutive kept slices; its position is the mean of their indices,
+    shifted and scaled so that the full volume (indices ``0..D-1``) gets the integer positions ``0..D/k-1`` it has
+    without this option: a subsampled training volume and the full volume then place each B-scan at the same
+    depth position (RoPE takes fractional positions; the sin-cos table is evaluated at them).
+    """
+    idx = torch.as_tensor(slice_indices, dtype=torch.float64)
+    if idx.ndim == 1:
+        idx = idx[None]
+    if idx.ndim != 2:
+        raise ValueError(f"slice_indices must be [B, d] or [d], got shape {tuple(idx.shape)}")
+    k = int(tubelet_size)
+    n = idx.shape[1] // k
+    if n < 1:
+        raise ValueError(f"{idx.shape[1]} slice indices are fewer than one tubelet of {k}")
+    mean = idx[:, : n * k].reshape(idx.shape[0], n, k).mean(-1)
+    return ((mean - (k - 1) / 2.0) / k).float()
 
 
 def rope_axis_dim(head_dim: int) -> int:
@@ -499,9 +551,11 @@ class VisionTransformer3D(nn.Module):
 
         return interpolate_pos_table(self.pos_embed, self.native_grid, grid)
 
-    def rope(self, grid: Sequence[int], idx: Optional[torch.Tensor], device) -> Tuple[torch.Tensor, torch.Tensor]:
-        """RoPE tables for tokens ``idx [B, K]`` (None: all tokens) of ``grid``."""
-        pos = token_positions(grid, idx, device)
+    def rope(self, grid: Sequence[int], idx: Optional[torch.Tensor], device,
+             depth_positions: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables for tokens ``idx [B, K]`` (None: all tokens) of ``grid`` (``depth_positions``: see
+        :func:`token_positions`)."""
+        pos = token_positions(grid, idx, device, depth_positions)
         if self.interpolate_rope:
             g = float(self.rope_pretrained_grid - 1)
             scale = [1.0] + [g / (n - 1) if n > 1 else 0.0 for n in (int(grid[1]), int(grid[2]))]
@@ -517,16 +571,19 @@ class VisionTransformer3D(nn.Module):
         return self.norm(x)
 
     def forward(
-        self, x: torch.Tensor, masks: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, masks: Optional[torch.Tensor] = None, depth_positions: Optional[torch.Tensor] = None
     ) -> Union[torch.Tensor, List[torch.Tensor]]:
         """Encode ``x [B, C, T, H, W]`` -> tokens ``[B, N, E]`` (or ``[B, K, E]`` with ``masks``).
 
         ``masks [B, K]`` (long): indices of the tokens to keep (context); only those pass through the blocks and
-        their positions follow the kept indices. With ``out_layers`` returns the list of normed block outputs.
+        their positions follow the kept indices. ``depth_positions [B, T']``: depth positions of the token rows
+        (:func:`slice_token_positions` of the kept slices) instead of ``0..T'-1``. With ``out_layers`` returns the
+        list of normed block outputs.
         """
-        return self._run(x, masks, hierarchical=False)
+        return self._run(x, masks, hierarchical=False, depth_positions=depth_positions)
 
-    def hierarchical_outputs(self, x: torch.Tensor, masks: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def hierarchical_outputs(self, x: torch.Tensor, masks: Optional[torch.Tensor] = None,
+                             depth_positions: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Normed outputs ``[B, N|K, E]`` of the hierarchical layers (``norms_block``), shallowest first.
 
         V-JEPA 2.1 concatenates them along the channels for its deep self-supervision; the last equals
@@ -534,9 +591,10 @@ class VisionTransformer3D(nn.Module):
         """
         if not self.hierarchical_norms:
             raise RuntimeError("hierarchical_outputs needs hierarchical_norms=True")
-        return self._run(x, masks, hierarchical=True)
+        return self._run(x, masks, hierarchical=True, depth_positions=depth_positions)
 
-    def _run(self, x: torch.Tensor, masks: Optional[torch.Tensor], hierarchical: bool):
+    def _run(self, x: torch.Tensor, masks: Optional[torch.Tensor], hierarchical: bool,
+             depth_positions: Optional[torch.Tensor] = None):
         if x.ndim != 5:
             raise ValueError(f"expected input [B, C, T, H, W], got shape {tuple(x.shape)}")
         image = self.is_image_input(x.shape[2])
@@ -544,7 +602,13 @@ class VisionTransformer3D(nn.Module):
         x = self.patch_embed_img(x) if image else self.patch_embed(x)
         if self.modality_embedding:
             x = x + (self.img_mod_embed if image else self.video_mod_embed).to(x.dtype)
-        if self.pos_embed is not None:
+        if self.pos_embed is not None and depth_positions is not None:
+            if not self.pos_table_is_exact():
+                raise ValueError("depth positions need RoPE or the exact sin-cos table; this encoder's table was "
+                                 "loaded from another grid (a fractional position has no entry in it)")
+            pos = token_positions(grid, None, x.device, depth_positions)
+            x = x + sincos_pos_embed_at(self.embed_dim, pos, self.uniform_power).to(x.dtype)
+        elif self.pos_embed is not None:
             x = x + self.interpolate_pos_encoding(grid).to(x.dtype)
         if masks is not None:
             if masks.ndim != 2 or masks.shape[0] != x.shape[0]:
@@ -553,7 +617,7 @@ class VisionTransformer3D(nn.Module):
         cos: Optional[torch.Tensor] = None
         sin: Optional[torch.Tensor] = None
         if self.use_rope:
-            cos, sin = self.rope(grid, masks, x.device)
+            cos, sin = self.rope(grid, masks, x.device, depth_positions)
         outs: List[torch.Tensor] = []
         hier: List[torch.Tensor] = []
         for i, blk in enumerate(self.blocks):

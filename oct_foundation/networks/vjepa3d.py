@@ -118,13 +118,14 @@ class VJEPA3D(nn.Module):
         return self.encoder.grid_size(t, h, w)
 
     @torch.no_grad()
-    def target_features(self, x: torch.Tensor) -> torch.Tensor:
+    def target_features(self, x: torch.Tensor, depth_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Layer-normed target-encoder tokens of all positions ``[B, N, E]`` (no gradient)."""
-        h = self.target_encoder(x)
+        h = self.target_encoder(x, depth_positions=depth_positions)
         return F.layer_norm(h, (h.shape[-1],))
 
     def jepa_forward(
-        self, x: torch.Tensor, ctx_idx: TensorOrList, tgt_idx: TensorOrList, dense: Optional[bool] = None
+        self, x: torch.Tensor, ctx_idx: TensorOrList, tgt_idx: TensorOrList, dense: Optional[bool] = None,
+        depth_positions: Optional[torch.Tensor] = None,
     ) -> Tuple[TensorOrList, TensorOrList]:
         """Predictions and targets of one V-JEPA step.
 
@@ -134,13 +135,15 @@ class VJEPA3D(nn.Module):
             tgt_idx: target token indices ``[B, Nt]``, or a list matching ``ctx_idx``.
             dense: predictions and targets at the context tokens too (``[B, Nc + Nt, E]``, context first);
                 default ``self.dense_loss``.
+            depth_positions: ``[B, T']`` depth positions of the token rows for the encoders and the predictor
+                (:func:`~oct_foundation.networks.vit3d.slice_token_positions` of the kept slices).
 
         Returns:
             ``(pred [B, Nt, E], target [B, Nt, E])``, or two lists when lists were given; the target encoder runs
             once for all mask configurations.
         """
         grid = self.encoder.grid_size(x.shape[2], x.shape[3], x.shape[4])
-        h = self.target_features(x)
+        h = self.target_features(x, depth_positions)
         single = isinstance(ctx_idx, torch.Tensor)
         ctx_list = [ctx_idx] if isinstance(ctx_idx, torch.Tensor) else list(ctx_idx)
         tgt_list = [tgt_idx] if isinstance(tgt_idx, torch.Tensor) else list(tgt_idx)
@@ -150,8 +153,9 @@ class VJEPA3D(nn.Module):
         targets: List[torch.Tensor] = []
         dense = self.dense_loss if dense is None else bool(dense)
         for i, (ci, ti) in enumerate(zip(ctx_list, tgt_list)):
-            z = self.encoder(x, masks=ci)
-            preds.append(self.predictor(z, ci, ti, grid, mask_index=i, return_context=dense))
+            z = self.encoder(x, masks=ci, depth_positions=depth_positions)
+            preds.append(self.predictor(z, ci, ti, grid, mask_index=i, return_context=dense,
+                                        depth_positions=depth_positions))
             targets.append(gather_tokens(h, torch.cat([ci, ti], dim=1) if dense else ti))
         if single:
             return preds[0], targets[0]
