@@ -214,6 +214,7 @@ def score_encoder(encoder, x_tr, y_tr, x_te, y_te) -> dict[str, Any]:
         "pooled_min_std": float(f_te.std(0).min()), "token_min_std": float(tokens.std(0).min()),
         "auroc": float(pooled["auroc"]), "accuracy": float(pooled["accuracy"]),
         "knn20": knn_top1(f_tr, y_tr, f_te, y_te, k=20),
+        "probabilities": np.asarray(res["probabilities"]).tolist(),
     }
 
 
@@ -252,7 +253,8 @@ def run_variant(out: str, name: str, settings: VariantSettings, random_init: boo
                               centred=True)
         x_tr, x_te = ([sub({"image": x})["image"] for x in xs] for xs in (x_tr, x_te))
     rec: dict[str, Any] = {"name": name, "settings": dataclasses.asdict(settings), "random_init": bool(random_init),
-                           "n_unlabelled": len(x_unl), "n_probe_train": len(x_tr), "n_heldout": len(x_te)}
+                           "n_unlabelled": len(x_unl), "n_probe_train": len(x_tr), "n_heldout": len(x_te),
+                           "heldout_labels": [int(v) for v in y_te]}
     t0 = time.time()
     if random_init:
         for s in settings.random_seeds:
@@ -285,18 +287,55 @@ def _row(name: str, enc: str, rec: dict[str, Any]) -> str:
             f"{r['accuracy']:.3f} | {r['knn20']:.3f} |")
 
 
+def compare(out: str, a: str, b: str, n_resamples: int = 2000) -> dict[str, Any]:
+    """Paired, class-stratified bootstrap of ``a`` minus ``b`` over the held-out volumes (AUROC, accuracy);
+    ``a`` / ``b`` are ``variant:encoder`` (e.g. ``dense:target``, ``random:random_0``) of finished variants."""
+    from oct_foundation.metrics.comparison import compare_classifiers
+
+    recs = []
+    for spec in (a, b):
+        name, sep, enc = spec.partition(":")
+        path = io.join(out, "variants", f"{name}.json")
+        if not sep or not io.exists(path):
+            raise ValueError(f"--compare {spec!r}: expected variant:encoder of a finished variant ({path})")
+        rec = io.load_json(path)
+        if enc not in rec or "probabilities" not in rec[enc]:
+            raise ValueError(f"--compare {spec!r}: {path} has no encoder {enc!r} with probabilities")
+        recs.append(rec)
+    if recs[0]["heldout_labels"] != recs[1]["heldout_labels"]:
+        raise ValueError(f"--compare {a} {b}: the two variants were scored on different held-out volumes")
+    res = compare_classifiers(np.asarray(recs[0]["heldout_labels"]), recs[0][a.partition(":")[2]]["probabilities"],
+                              recs[1][b.partition(":")[2]]["probabilities"], metrics=("auroc", "accuracy"),
+                              n_resamples=n_resamples)
+    return {m: {k: v for k, v in r.items() if k in ("estimate", "ci_low", "ci_high")} for m, r in res.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oct_foundation.experiments.pretrain_variants",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (cohorts are cached there; finished variants "
                                                      "are skipped)")
-    parser.add_argument("--name", required=True, help="variant name (file name of its result)")
+    parser.add_argument("--name", help="variant name (file name of its result)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="paired bootstrap of A minus B (variant:encoder of finished variants); no training")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a VariantSettings field, e.g. dense_loss=true, augment=crop,flip, ema_start=0.996")
     parser.add_argument("--random", action="store_true", help="score random-init encoders instead of pretraining")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.compare:
+        try:
+            res = compare(args.out, *args.compare)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for m, r in res.items():
+            print(f"{args.compare[0]} minus {args.compare[1]}: {m} {r['estimate']:+.3f} "
+                  f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+        return 0
+    if not args.name:
+        parser.error("--name is required (unless --compare)")
     try:
         settings = VariantSettings(**{**PRESETS[args.preset], **parse_overrides(args.overrides)})
         build_augmentation(settings.augment, settings.image_size)  # refuse a bad name before any work
@@ -308,7 +347,9 @@ def main(argv=None) -> int:
           "AUROC | accuracy | kNN-20 |")
     for enc in _encoders(rec):
         print(_row(args.name, enc, rec))
-    print(json.dumps({k: v for k, v in rec.items() if k != "settings"}, default=str)[:2000])
+    slim = {k: ({kk: vv for kk, vv in v.items() if kk != "probabilities"} if isinstance(v, dict) else v)
+            for k, v in rec.items() if k not in ("settings", "heldout_labels")}
+    print(json.dumps(slim, default=str)[:2000])
     return 0
 
 

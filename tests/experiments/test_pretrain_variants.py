@@ -21,7 +21,7 @@ def _run(*args):
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
-def test_variant_and_random_reference(tmp_path):
+def test_variant_and_random_reference(tmp_path, capsys):
     out = str(tmp_path / "pv")
     p = _run("--out", out, "--name", "dense_aug", "--set", "dense_loss=true", "--set", "augment=crop,flip,intensity",
              "--set", "ema_start=0.996", "--set", "eval_depth=subsampled")
@@ -50,6 +50,13 @@ def test_variant_and_random_reference(tmp_path):
     # a finished variant is not recomputed
     assert main(["--out", out, "--name", "random", "--random", "--preset", "smoke"]) == 0
     assert (tmp_path / "pv" / "variants.md").read_text().count("| random |") == 1
+    # paired bootstrap between two finished encoders on the same held-out volumes
+    capsys.readouterr()
+    assert main(["--out", out, "--compare", "dense_aug:target", "random:random_0"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("dense_aug:target minus random:random_0: auroc ")
+    assert main(["--out", out, "--compare", "dense_aug:target", "nothing:random_0"]) == 2
+    assert "nothing:random_0" in capsys.readouterr().err
 
 
 def test_bad_settings_are_refused(tmp_path, capsys):
