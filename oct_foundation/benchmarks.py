@@ -72,6 +72,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "maisi": {"num_channels": (4, 4, 4), "frames": 8, "size": 16, "batch": 1, "stack_size": 4,
                   "chunk_size": 2, "memory_frames": (8, 16), "memory_size": 16},
         "data": {"depth": 8, "size": 16, "d_targets": (2, 4)},
+        "large": {"preset": "vit_tiny_oct", "frames": 8, "size": 32},
         "warmup": 0, "repeats": 1,
     },
     "quick": {
@@ -80,6 +81,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "maisi": {"num_channels": (8, 8, 8), "frames": 16, "size": 32, "batch": 2, "stack_size": 4,
                   "chunk_size": 4, "memory_frames": (16, 64, 256, 512), "memory_size": 32},
         "data": {"depth": 32, "size": 64, "d_targets": (4, 8, 16)},
+        "large": {"preset": "vjepa2_vitl_256", "frames": 16, "size": 128},
         "warmup": 1, "repeats": 5,
     },
     "default": {
@@ -88,6 +90,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "maisi": {"num_channels": (16, 32, 32), "frames": 32, "size": 64, "batch": 2, "stack_size": 4,
                   "chunk_size": 8, "memory_frames": (16, 64, 256, 512), "memory_size": 32},
         "data": {"depth": 128, "size": 256, "d_targets": (8, 16, 32, 64)},
+        "large": {"preset": "vjepa2_vitl_256", "frames": 64, "size": 256},
         "warmup": 1, "repeats": 3,
     },
 }
@@ -286,12 +289,12 @@ def _repo_root() -> str:
 
 
 def measure_peak_memory(case: str, params: dict, device: str = "cpu", threads: int | None = None,
-                        timeout: float = 600) -> float:
+                        timeout: float = 600, with_time: bool = False):
     """Peak memory (MiB) of one benchmark ``case`` measured in a fresh Python subprocess.
 
     The subprocess builds the case (:data:`_CASES`), calls it once, then measures a second call with
     :func:`peak_memory_mb`, so imports, model construction, lazy initialisation and earlier measurements do not
-    leak into the number.
+    leak into the number. ``with_time``: return ``{"peak_mb", "seconds"}`` (wall time of the measured call).
     """
     spec = json.dumps({"case": case, "params": params, "device": device, "threads": threads})
     env = dict(os.environ)
@@ -306,7 +309,7 @@ def measure_peak_memory(case: str, params: dict, device: str = "cpu", threads: i
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"memory probe {case} {params} failed: {tail[0]}")
     last = proc.stdout.strip().splitlines()[-1]
-    return float(json.loads(last)["peak_mb"])
+    return float(json.loads(last)["peak_mb"]) if not with_time else json.loads(last)
 
 
 def _probe_main(spec_json: str) -> None:
@@ -319,8 +322,9 @@ def _probe_main(spec_json: str) -> None:
     # one untimed call first: lazy initialisation (kernels paged in, CUDA context, AdamW state) stays out of
     # the figure, which is the memory a steady-state call adds
     work()
+    t0 = time.perf_counter()
     peak = peak_memory_mb(work, device)
-    print(json.dumps({"peak_mb": peak}))
+    print(json.dumps({"peak_mb": peak, "seconds": time.perf_counter() - t0}))
 
 
 # ------------------------------------------------------------------------------------------------ JEPA
@@ -795,6 +799,82 @@ def _case_maisi_file(stream: bool):
     return build
 
 
+def _official_layout_file(preset: str, folder: str) -> str:
+    """A checkpoint in the public V-JEPA 2 release layout (``encoder`` / ``target_encoder`` with
+    ``module.backbone.`` keys, an RGB tubelet embedding) of ``preset``'s encoder, random weights; returns its path."""
+    from oct_foundation.networks.presets import get_preset
+    from oct_foundation.networks.vit3d import VisionTransformer3D
+
+    kw = _encoder_kwargs(get_preset(preset))
+    torch.manual_seed(0)
+    rgb = VisionTransformer3D(**{**kw, "in_chans": 3})
+    sd = {f"module.backbone.{k}": v for k, v in rgb.state_dict().items()}
+    path = os.path.join(folder, f"{preset}_official_layout.pt")
+    torch.save({"encoder": sd, "target_encoder": sd}, path)
+    return path
+
+
+def _encoder_kwargs(preset_kwargs: dict) -> dict:
+    """``VisionTransformer3D`` arguments of a ``VJEPA3D`` preset (the encoder only)."""
+    from oct_foundation.networks.vit3d import VisionTransformer3D
+    import inspect
+
+    names = set(inspect.signature(VisionTransformer3D.__init__).parameters) - {"self"}
+    kw = {k: v for k, v in preset_kwargs.items() if k in names}
+    kw.update(preset_kwargs.get("encoder_kwargs") or {})
+    return kw
+
+
+def _case_large_embed(params, device):
+    """A public-size encoder (``params["preset"]``) built, loaded strictly from an official-layout file (one
+    channel adapted, ImageNet normalisation folded) and embedding one ``[1, 1, frames, size, size]`` volume in
+    bf16 autocast, no gradients: the work measured is the embedding."""
+    import tempfile
+
+    from oct_foundation.networks.presets import get_preset
+    from oct_foundation.networks.pretrained import load_pretrained
+    from oct_foundation.networks.vit3d import VisionTransformer3D
+
+    kw = _encoder_kwargs(get_preset(params["preset"]))
+    with tempfile.TemporaryDirectory(prefix="oct_bench_large_") as tmp:
+        path = _official_layout_file(params["preset"], tmp)
+        enc = VisionTransformer3D(**{**kw, "in_chans": 1}).eval()
+        report = load_pretrained(enc, path, print_report=False)
+    if not report.ok:
+        raise RuntimeError(f"strict load failed: {report}")
+    enc = enc.to(device)
+    x = torch.rand(1, 1, int(params["frames"]), int(params["size"]), int(params["size"]), device=device)
+
+    def run():
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            return enc(x).mean(1)
+
+    return run
+
+
+def bench_large(p: dict, device: str = "cpu", threads: int | None = None) -> list[Table]:
+    """Peak memory and time of embedding one full-size volume with a public-size encoder (issue: real sizes)."""
+    from oct_foundation.networks.presets import get_preset
+
+    kw = _encoder_kwargs(get_preset(p["preset"]))
+    grid = (int(p["frames"]) // int(kw.get("tubelet_size", 2)), int(p["size"]) // int(kw.get("patch_size", 16)),
+            int(p["size"]) // int(kw.get("patch_size", 16)))
+    t = Table(f"Public-size encoder: {p['preset']} embedding one volume, bf16 autocast",
+              ["encoder", "volume", "tokens", "peak (MiB)", "seconds", "parameters (M)"])
+    got = measure_peak_memory("large_embed", p, device=device, threads=threads, timeout=1800, with_time=True)
+    from oct_foundation.networks.vit3d import VisionTransformer3D
+
+    with torch.device("meta"):
+        n_params = sum(q.numel() for q in VisionTransformer3D(**{**kw, "in_chans": 1}).parameters()) / 1e6
+    t.add(p["preset"], f"1x1x{p['frames']}x{p['size']}x{p['size']}", grid[0] * grid[1] * grid[2], got["peak_mb"],
+          got["seconds"], n_params)
+    t.notes.append("Built from the preset, loaded strictly from a checkpoint written in the public release layout "
+                   "(random weights; RGB patch embedding adapted to one channel), then the embedding measured in a "
+                   "fresh subprocess (second call; peak = resident memory the call adds on top of the loaded "
+                   "weights; SDPA attention, no gradients).")
+    return [t]
+
+
 #: Cases a memory subprocess can build: name -> ``(params, device) -> work`` closure.
 _CASES: dict[str, Callable[[dict, torch.device], Callable[[], Any]]] = {
     "jepa_ours": _case_jepa_ours,
@@ -805,14 +885,17 @@ _CASES: dict[str, Callable[[dict, torch.device], Callable[[], Any]]] = {
     "maisi_raw": _case_maisi("raw"),
     "maisi_file_stream": _case_maisi_file(True),
     "maisi_file_loaded": _case_maisi_file(False),
+    "large_embed": _case_large_embed,
 }
 
 
 # ------------------------------------------------------------------------------------------------ driver
-SECTIONS = ("jepa", "maisi", "data")
+SECTIONS = ("jepa", "maisi", "data", "large")
+#: sections run when none are named (``large`` builds a public-size encoder: minutes on a CPU, ask for it)
+DEFAULT_SECTIONS = ("jepa", "maisi", "data")
 
 
-def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequence[str] = SECTIONS,
+def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequence[str] = DEFAULT_SECTIONS,
                    memory: bool = True, threads: int | None = None, progress: bool = True) -> dict:
     """Run the chosen sections at a preset of :data:`SIZES`; returns ``{"machine", "size", "tables", "seconds"}``."""
     if size not in SIZES:
@@ -838,6 +921,8 @@ def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequenc
             tables += bench_jepa(cfg["jepa"], device, w, r, memory, threads=torch.get_num_threads())
         elif sec == "maisi":
             tables += bench_maisi(cfg["maisi"], device, w, r, memory, threads=torch.get_num_threads())
+        elif sec == "large":
+            tables += bench_large(cfg["large"], device, threads=torch.get_num_threads())
         else:
             tables += bench_data(cfg["data"], w, r)
         seconds[sec] = time.perf_counter() - s0
@@ -964,7 +1049,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="size preset (overrides --quick)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
+    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                        help="comma list of " + ",".join(SECTIONS) + " (default " + ",".join(DEFAULT_SECTIONS) + ")")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default=None, help="write the Markdown report here (atomically)")
     args = parser.parse_args(argv)

@@ -113,3 +113,10 @@ def test_cli_writes_markdown_with_command_and_machine(tmp_path):
         assert key in text
     with pytest.raises(ValueError, match="sections"):
         B.run_benchmarks("tiny", sections=["nope"])
+
+
+def test_large_section_loads_a_public_layout_file_and_embeds():
+    (t,) = B.bench_large(TINY["large"], threads=1)
+    _check_complete(t)
+    (row,) = t.rows
+    assert row[0] == TINY["large"]["preset"] and row[2] == 16 and row[3] >= 0 and row[4] > 0
