@@ -93,3 +93,49 @@ def test_type_overrides_rules():
             type_overrides(declared, bad)
     assert [parse_bool(v) for v in ("true", "FALSE", "Yes", "no", "1", "0", 1, 0, True)] == \
         [True, False, True, False, True, False, True, False, True]
+
+
+def _probe(config):
+    """A ``run`` list that prints every boolean key of ``config`` (as the workflow resolves it) in one line."""
+    keys = _bool_keys(config)
+    return "[\"$print('PROBE', repr({" + ", ".join(f"'{k}': @{k}" for k in keys) + "}))\"]", keys
+
+
+# every config as it is run: the diffusion training config only with the inference config it extends
+BOOL_CASES = [(b, ["inference.json", "train_diffusion.json"] if f == ["train_diffusion.json"] else f) for b, f in CASES]
+
+
+@pytest.mark.parametrize("bundle,files", BOOL_CASES, ids=[f"{b}:{'+'.join(f)}" for b, f in BOOL_CASES])
+def test_every_boolean_key_typed_false_on_the_command_line_is_false(bundle, files, tmp_path):
+    """``--key false`` (and ``"[false, false]"`` for lists) for every boolean key at once, on the real command
+    line; ``initialize`` is only the command-line check (no data or weights needed), ``run`` prints the values."""
+    config = _merged(bundle, files)
+    run, keys = _probe(config)
+    assert keys, f"{bundle} {files}: no boolean keys found"
+    args = ["--bundle_root", str(tmp_path / "root"), "--initialize", '["$oct_foundation.config.check_cli()"]',
+            "--run", run]
+    for key, value in keys.items():
+        args += [f"--{key}", value]
+    proc = _cli(bundle, files, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("PROBE ")), None)
+    assert line is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    got = ast.literal_eval(line[len("PROBE "):])
+    assert set(got) == set(keys)
+    for key, value in got.items():
+        declared = config[key]
+        expected = [False] * len(declared) if isinstance(declared, list) else False
+        assert value == expected and all(v is False for v in (value if isinstance(value, list) else [value])), \
+            f"--{key} {keys[key]} reached the config as {value!r}"
+
+
+def test_freeze_false_means_no_frozen_encoder_parameter(tmp_path):
+    """``--freeze false`` for both downstream bundles: the built network trains every encoder parameter."""
+    tiny = ["--d_target", "4", "--image_size", "[32, 32]", "--patch_size", "8", "--embed_dim", "32", "--depth", "2",
+            "--num_heads", "2", "--encoder_source", "random"]
+    for bundle in ("oct_disease_classification", "oct_layer_segmentation"):
+        run = "[\"$print('PROBE', all(p.requires_grad for p in @network_def.encoder.parameters()))\"]"
+        proc = _cli(bundle, ["train.json"], "--bundle_root", str(tmp_path / bundle), "--freeze", "false",
+                    "--initialize", '["$oct_foundation.config.check_cli()"]', "--run", run, *tiny)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "PROBE True" in proc.stdout, (bundle, proc.stdout[-2000:])
