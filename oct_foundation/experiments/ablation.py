@@ -634,7 +634,8 @@ def run_pipeline(unit_dir: str, settings: ExperimentSettings, runner: BundleRunn
            "models_dir": os.path.join(pdir, "models"), **settings.pretrain, **dict(pretrain_overrides or {})}
     if on_stage:
         on_stage("pretrain")
-    run = BundleRun(PRETRAIN_BUNDLE, pdir, pre, history=True)
+    # a unit that is not done is run again from its start: its earlier, unfinished results are replaced
+    run = BundleRun(PRETRAIN_BUNDLE, pdir, {**pre, "overwrite": True}, history=True)
     record["pretrain_log"] = run.log_path
     record["pretrain_history"] = run.history_path
     runner(run)
@@ -656,7 +657,7 @@ def run_pipeline(unit_dir: str, settings: ExperimentSettings, runner: BundleRunn
         if on_stage:
             on_stage(f"{task} training")
         train = BundleRun(bundle, tdir, {**base, "encoder_source": "model_pt", "encoder_path": encoder,
-                                          "use_target_encoder": True}, history=True, log_name="train.log")
+                                          "use_target_encoder": True, "overwrite": True}, history=True, log_name="train.log")
         record[f"{task}_log"] = train.log_path
         record[f"{task}_history"] = train.history_path
         runner(train)
