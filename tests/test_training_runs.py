@@ -110,9 +110,10 @@ def _raised(excinfo, kind=CheckpointError):
 def test_memory_checkpoints_resume_only_the_same_run(memfs, cohort, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ckpt = "memory://oct_runs/ckpt"
-    common = dict(dataset_dir=str(cohort), bundle_root=str(tmp_path / "root"), ckpt_dir=ckpt)
+    common = dict(dataset_dir=str(cohort), bundle_root=str(tmp_path / "root"), ckpt_dir=ckpt,
+                  models_dir="memory://oct_runs/models")
     _run(num_epochs=1, **common)
-    assert memfs.exists("/oct_runs/ckpt/checkpoint_1.pt")
+    assert memfs.exists("/oct_runs/ckpt/checkpoint_1.pt") and memfs.exists("/oct_runs/models/model.pt")
     first = checkpoint_run(f"{ckpt}/checkpoint_1.pt")
     assert len(first["run_id"]) == 12 and first["settings"]["embed_dim"] == 32
 
