@@ -68,7 +68,8 @@ def test_cli_training_refuses_before_the_first_step(datalist, tmp_path):
     assert not (tmp_path / "runs" / "checkpoints").exists() or not any((tmp_path / "runs" / "checkpoints").iterdir())
 
 
-# the other training configs check their data the same way: (bundle, config files, extra keys)
+# the other training configs check their data the same way (their pipelines resample depth, so no minimum
+# depth): (bundle, config files, extra keys)
 OTHER_TRAINING = [
     ("oct_vjepa_pretrain", ["train.json"], ["--d_target", "4", "--d_full", "8"]),
     ("oct_disease_classification", ["train.json"], ["--d_target", "4", "--encoder_path", "never_read.pt"]),
@@ -79,7 +80,9 @@ OTHER_TRAINING = [
 
 def test_cli_every_training_config_checks_its_data_and_skip_bad_items(tmp_path):
     good = [{"image": _vol(tmp_path / f"g{i}.nii.gz"), "class": i % 2} for i in range(3)]
-    short = {"image": _vol(tmp_path / "short.nii.gz", d=2), "class": 0}
+    flat = tmp_path / "flat.nii.gz"  # a single B-scan, not a volume
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.float32), np.eye(4)), str(flat))
+    short = {"image": str(flat), "class": 0}
     (tmp_path / "junk.nii.gz").write_bytes(b"\x1f\x8bjunk")
     junk = {"image": str(tmp_path / "junk.nii.gz"), "class": 1}
     datalist = tmp_path / "datalist.json"
@@ -103,7 +106,7 @@ def test_cli_every_training_config_checks_its_data_and_skip_bad_items(tmp_path):
         assert p.returncode != 0, where
         # the diffusion config trains on the training list only; the others check validation too
         n_bad = 1 if files[-1] == "train_diffusion.json" else 2
-        assert f"{n_bad} bad item(s)" in log and "short.nii.gz: depth 2 < 4" in log, where
+        assert f"{n_bad} bad item(s)" in log and "flat.nii.gz: expected a 3D volume" in log, where
         assert ("junk.nii.gz" in log) == (n_bad == 2), where
         assert not (out / "runs" / "checkpoints").exists(), where
 
@@ -116,5 +119,5 @@ def test_cli_every_training_config_checks_its_data_and_skip_bad_items(tmp_path):
     with open(out / "runs" / "checkpoints" / "bad_items.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["section"], r["position"], Path(r["file"]).name) for r in rows] == \
-        [("training", "3", "short.nii.gz"), ("validation", "1", "junk.nii.gz")]
+        [("training", "3", "flat.nii.gz"), ("validation", "1", "junk.nii.gz")]
     assert (out / "runs" / "checkpoints" / "checkpoint_1.pt").exists()

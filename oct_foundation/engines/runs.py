@@ -51,7 +51,8 @@ NOT_IN_RUN_ID = frozenset({
     # how it is watched, fed and placed
     "progress_bar", "num_workers", "cache_rate", "log_interval", "val_interval", "save_interval", "n_saved",
     "rank_interval", "rank_max_volumes", "rank_warn_below", "rank_warn_min_std", "mse_threshold", "val_batch_size", "device",
-    "dist_backend", "backend", "ddp_kwargs", "ddp_device_ids",
+    "dist_backend", "backend", "ddp_kwargs", "ddp_device_ids", "compile_mode", "attention_backend",
+    "activation_checkpointing",
     # input checks (they decide which items are read, not how the model is trained)
     "skip_bad_items", "max_voxels", "assume_spacing", "allow_non_oct",
     # sampling / inference settings of configs merged with training (latent diffusion)
