@@ -11,8 +11,8 @@
 # Sizes are set for a 2-core CPU (15-25 minutes). As a foundation model is used, the encoder is pretrained on
 # unlabelled volumes (UNLABELLED cases of another seed, labels unused; 0 pretrains on the labelled training split)
 # and the downstream heads see few labels: the labelled cohort is split 40/10/50, so the pretrained-vs-random
-# comparison is scored on half the cases (36 of 72), with paired bootstrap intervals. A run this short needs a
-# faster EMA than V-JEPA's 0.998 (see bundles/oct_vjepa_pretrain/docs/README.md and docs/scientific_check.md).
+# comparison is scored on half the cases (36 of 72), with paired bootstrap intervals. Pretraining uses V-JEPA 2.1's
+# dense loss and V-JEPA's EMA 0.998: the least collapsed setting found (docs/scientific_check.md, round 4).
 # Knobs: OUT, CASES, SPLIT, UNLABELLED, LESION_SCALE (1: focal lesions; see docs/scientific_check.md),
 # PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
 # Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
@@ -59,7 +59,7 @@ if [ ! -f "$OUT/pretrain/models/model.pt" ]; then
     "$PY" -m monai.bundle run training --config_file "$B/oct_vjepa_pretrain/configs/train.json" \
       --dataset_dir "$PRETRAIN_DATA" --bundle_root "$OUT/pretrain" --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
       "${NET[@]}" "${PRED[@]}" "${COMMON[@]}" --d_full 32 --num_epochs "$PRETRAIN_EPOCHS" "${PRETRAIN_OPTS[@]}" \
-      --batch_size 4 --log_interval 20 --cache_rate 1.0 --ema_start 0.99
+      --batch_size 4 --log_interval 20 --cache_rate 1.0 --ema_start 0.998 --dense_loss true
 else echo "=== 2/7 pretrained model exists: $OUT/pretrain/models/model.pt"; fi
 
 # 3. Embeddings (collaborator-style inference on a folder of NIfTI files)
