@@ -89,6 +89,27 @@ def batch_depth_positions(batchdata, network, x: torch.Tensor, image_key: str = 
     return slice_token_positions(idx, int(network.encoder.tubelet_size)).to(x.device)
 
 
+#: ``torch.compile`` modes accepted by ``compile_mode``
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: names of ``attention_backend`` -> ``torch.nn.attention.SDPBackend`` members (``auto``: no restriction)
+ATTENTION_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                      "cudnn": "CUDNN_ATTENTION"}
+
+
+def attention_context(backend: str | None = "auto") -> Callable[[], Any]:
+    """A factory of context managers restricting scaled-dot-product attention to ``backend`` (see
+    :data:`ATTENTION_BACKENDS`; ``"auto"``/None: PyTorch's choice)."""
+    name = "auto" if backend in (None, "") else str(backend).lower()
+    if name == "auto":
+        return contextlib.nullcontext
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend must be auto or one of {sorted(ATTENTION_BACKENDS)}, got {backend!r}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    member = getattr(SDPBackend, ATTENTION_BACKENDS[name])
+    return lambda: sdpa_kernel([member])
+
+
 def size_for_epoch(schedule: Mapping | None, epoch: int) -> tuple[int, int] | None:
     """In-plane size ``(H, W)`` for the 0-based ``epoch`` from ``{"0": [32, 32], "2": [64, 64]}``.
 
@@ -168,6 +189,10 @@ class JEPATrainer(Trainer):
         slice_positions: token depth positions from each volume's kept slice indices
             (:func:`~oct_foundation.networks.vit3d.slice_token_positions`), so that a depth-subsampled training
             volume and a full volume at inference place each B-scan at the same depth position.
+        compile_mode: ``torch.compile`` the JEPA forward (``"default"``, ``"reduce-overhead"``,
+            ``"max-autotune"``; ``None``/``"none"``: eager). The loss equals the eager one (tested on CPU).
+        attention_backend: scaled-dot-product attention kernels allowed during the step: ``"auto"`` (PyTorch's
+            choice), ``"math"``, ``"flash"``, ``"efficient"`` (memory-efficient, CUDA) or ``"cudnn"``.
     """
 
     def __init__(
@@ -196,6 +221,8 @@ class JEPATrainer(Trainer):
         train_handlers: Sequence | None = None,
         iteration_update: Callable | None = None,
         slice_positions: bool = False,
+        compile_mode: str | None = None,
+        attention_backend: str = "auto",
     ) -> None:
         if int(grad_accumulation) < 1:
             raise ValueError(f"grad_accumulation must be >= 1, got {grad_accumulation!r}")
@@ -229,6 +256,11 @@ class JEPATrainer(Trainer):
         self.clip_grad = clip_grad
         self.distributed = bool(distributed)
         self.slice_positions = bool(slice_positions)
+        self.compile_mode = None if compile_mode in (None, "", "none", "None", False) else str(compile_mode)
+        if self.compile_mode not in (None,) + COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of none, {', '.join(COMPILE_MODES)}; got {compile_mode!r}")
+        self._attention = attention_context(attention_backend)  # validates the name now
+        self._compiled = None
         self.ddp_kwargs = dict(ddp_kwargs or {})
         # fp16 needs loss scaling; bf16 has the fp32 range and does not. Created here (not in run()) so that the
         # checkpoint dict can reference it before training starts.
@@ -276,6 +308,14 @@ class JEPATrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
 
     def _forward_module(self) -> torch.nn.Module:
+        module = self._eager_module()
+        if self.compile_mode is None:
+            return module
+        if self._compiled is None or self._compiled[0] is not module:
+            self._compiled = (module, torch.compile(module, mode=self.compile_mode))
+        return self._compiled[1]
+
+    def _eager_module(self) -> torch.nn.Module:
         if not self.distributed:
             return self._objective
         signature = tuple(p.requires_grad for p in self.network.parameters())
@@ -331,7 +371,7 @@ class JEPATrainer(Trainer):
         autocast = (torch.autocast(device_type=device.type, dtype=engine.amp_dtype) if engine.amp
                     else contextlib.nullcontext())
         engine.state.output = {Keys.IMAGE: x}
-        with sync:
+        with sync, engine._attention():
             with autocast:
                 depth = (batch_depth_positions(batchdata, engine.network, x, engine.image_key)
                          if engine.slice_positions else None)
