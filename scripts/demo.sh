@@ -6,7 +6,8 @@
 #   3. embeddings of every test volume at full depth           -> $OUT/embeddings
 #   4. MAISI stacked encode / decode / reconstruction quality  -> $OUT/maisi
 #   5. disease classification: pretrained vs random encoder    -> $OUT/classification_{pretrained,random}
-#   6. layer segmentation: pretrained vs random encoder       -> $OUT/segmentation_{pretrained,random}
+#   6. layer segmentation: pretrained vs random encoder, and a -> $OUT/segmentation_{pretrained,random}
+#      supervised MONAI UNet baseline (no pretraining)         -> $OUT/segmentation_unet
 #   7. latent diffusion: autoencoder, U-Net, samples, Frechet  -> $OUT/latent_diffusion
 # Sizes are set for a 2-core CPU (15-25 minutes). As a foundation model is used, the encoder is pretrained on
 # unlabelled volumes (UNLABELLED cases of another seed, labels unused; 0 pretrains on the labelled training split)
@@ -29,7 +30,7 @@ else
   PRETRAIN_DATA="$OUT/cohort"; PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-12}"; PRETRAIN_OPTS=(--warmup_epochs 2 --learning_rate 0.001)
 fi
 PROBE_EPOCHS="${PROBE_EPOCHS:-15}"
-SEG_EPOCHS="${SEG_EPOCHS:-3}"
+SEG_EPOCHS="${SEG_EPOCHS:-10}"  # 3 left the head unconverged (docs/scientific_check.md, "Layer segmentation head")
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 B="$ROOT/bundles"
 # One encoder shape for every step (the downstream bundles must build what pretraining saved).
@@ -104,6 +105,20 @@ downstream() {  # STEP BUNDLE OUTPUT_PREFIX WHAT EPOCHS [extra training override
 downstream 5/7 oct_disease_classification classification "disease classification linear probe" "$PROBE_EPOCHS" \
   --learning_rate 0.01
 downstream 6/7 oct_layer_segmentation segmentation "layer segmentation head" "$SEG_EPOCHS"
+# 6. The supervised baseline: MONAI's UNet (no pretraining) trained by the same bundle on the same split, epochs
+# and seed, scored the same way (full depth, native in-plane grid) -> $OUT/segmentation_unet
+SEG="$B/oct_layer_segmentation/configs"
+SEG_GEOM=(--model unet --image_size "[64, 64]" --d_target 16)
+if [ ! -f "$OUT/segmentation_unet/models/model.pt" ]; then
+  run "6/7 layer segmentation: MONAI UNet baseline, no pretraining ($SEG_EPOCHS epochs)" \
+    "$PY" -m monai.bundle run training --config_file "$SEG/train.json" --logging_file "$SEG/logging.conf" \
+      --dataset_dir "$OUT/cohort" --bundle_root "$OUT/segmentation_unet" --encoder_source random "${SEG_GEOM[@]}" \
+      "${COMMON[@]}" --num_epochs "$SEG_EPOCHS" --seed 0
+fi
+run "6/7 layer segmentation: evaluation on the test split, UNet baseline" \
+  "$PY" -m monai.bundle run evaluating --config_file "['$SEG/train.json','$SEG/evaluate.json']" \
+    --logging_file "$SEG/logging.conf" --dataset_dir "$OUT/cohort" --bundle_root "$OUT/segmentation_unet" \
+    "${SEG_GEOM[@]}" "${COMMON[@]}"
 
 # 7. Latent diffusion on stacked latents (small autoencoder and U-Net, a few epochs: shows the workflow)
 D="$OUT/latent_diffusion"

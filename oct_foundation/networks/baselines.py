@@ -9,14 +9,15 @@
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
 
 from oct_foundation.networks.heads import pad_to_patch
 
-__all__ = ["UNetBaseline", "build_segmentation_network", "SEGMENTATION_MODELS", "encoder_parameter_names"]
+__all__ = ["UNetBaseline", "build_segmentation_network", "SEGMENTATION_MODELS", "encoder_parameter_names",
+           "class_weight_tensor", "saved_head_arg"]
 
 SEGMENTATION_MODELS = ("vit", "unet")
 Strides = Sequence[Union[int, Sequence[int]]]
@@ -91,3 +92,39 @@ def encoder_parameter_names(network: nn.Module) -> list[str]:
     network without an encoder (the UNet baseline)."""
     net = getattr(network, "module", network)
     return [n for n, _ in net.named_parameters() if n.startswith("encoder.")]
+
+
+def class_weight_tensor(class_weights: Sequence[float] | None, num_classes: int, key: str = "class_weights"):
+    """The segmentation loss's per-class weights (``DiceCELoss(weight=...)``) as a float tensor, or None.
+
+    ``class_weights``: None (every class 1) or one non-negative number per class, background first. The bundle's
+    default up-weights the rare fluid class (label 9), which a plain DiceCE leaves unlearnt at the demo's budget.
+    """
+    if class_weights is None:
+        return None
+    w = [float(v) for v in class_weights]
+    if len(w) != int(num_classes):
+        raise ValueError(f"{key} has {len(w)} values for num_classes={num_classes} (one per class, background "
+                         "first), or use null")
+    if min(w) < 0 or not any(w):
+        raise ValueError(f"{key} must be non-negative and not all zero, got {w}")
+    return torch.tensor(w, dtype=torch.float32)
+
+
+
+def saved_head_arg(model_path, key: str, default: Any = None):
+    """A ``SegmentationNet`` constructor argument as recorded in the ``model.json`` beside ``model_path``, else
+    ``default``.
+
+    Inference and evaluation build the head to match a trained file: ``image_skip_levels`` of a file written
+    before that option existed (no ``model.json``, or one without the key) is 1, the layout those files have,
+    while a file trained with the current default records its own value.
+    """
+    from oct_foundation.networks.model_files import read_model_spec
+
+    if not model_path:
+        return default
+    spec = read_model_spec(model_path, verify=False, required=False)
+    if not spec or not str(spec.get("_target_", "")).endswith("heads.SegmentationNet"):
+        return default
+    return spec["args"].get(key, default)

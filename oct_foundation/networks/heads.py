@@ -155,6 +155,11 @@ class SegmentationNet(_EncoderMixin, nn.Module):
         decoder_channels: channels per upsampling stage (an int for all stages; a shorter list repeats its last).
         freeze: ``"all"`` | ``"none"`` | N (patch embedding and first N blocks) | True/False.
         image_skip: concatenate a conv feature of the input image at full resolution before the output block.
+        image_skip_levels: how many decoder stages, finest first, receive a conv feature of the input image at
+            their own resolution (a small strided conv path from the image: full, 1/2, 1/4 ... in-plane). 1 (the
+            default) joins the image only at full resolution; ``None`` or a number >= the stages: every stage.
+            The deeper levels give the decoder image context that the patch tokens lack (thin layers, small
+            fluid pockets) while the encoder stays frozen. Needs ``image_skip``.
         feature_layers: block indices whose normed outputs are concatenated (channels) as decoder input; None
             uses the encoder's final output.
         norm_name: decoder normalisation (MONAI name, e.g. ``"instance"``, ``"batch"``).
@@ -168,6 +173,7 @@ class SegmentationNet(_EncoderMixin, nn.Module):
         decoder_channels: Union[int, Sequence[int]] = (64, 32, 32, 16),
         freeze: Freeze = "none",
         image_skip: bool = True,
+        image_skip_levels: int | None = 1,
         feature_layers: Sequence[int] | None = None,
         norm_name: str = "instance",
         pad_mode: str = "constant",
@@ -200,12 +206,19 @@ class SegmentationNet(_EncoderMixin, nn.Module):
         self.stages = stages
         self.decoder_channels = chans
 
+        n_stages = len(stages)
+        if image_skip_levels is not None and int(image_skip_levels) < 1:
+            raise ValueError(f"image_skip_levels must be >= 1 or None (every stage), got {image_skip_levels!r}")
+        n_skip = (n_stages if image_skip_levels is None else min(int(image_skip_levels), n_stages)) if image_skip else 0
+        self.image_skip_levels = n_skip
+        skip_from = n_stages - n_skip  # stages skip_from .. n_stages-1 get an image feature
+
         self.proj = nn.Conv3d(embed_dim * n_feat, chans[0], kernel_size=1)
         ups = []
         c_in = chans[0]
         for i, (s, c) in enumerate(zip(stages, chans)):
             last = i == len(stages) - 1
-            if last and image_skip:
+            if i >= skip_from:
                 ups.append(UnetrUpBlock(3, c_in, c, kernel_size=3, upsample_kernel_size=s, norm_name=norm_name,
                                         res_block=True))
             else:
@@ -219,6 +232,13 @@ class SegmentationNet(_EncoderMixin, nn.Module):
             UnetrBasicBlock(3, in_chans, chans[-1], kernel_size=3, stride=1, norm_name=norm_name, res_block=True)
             if image_skip else None
         )
+        # image pyramid for the coarser skips: stage i's output is stage i+1's input grid, so the feature for
+        # stage i is the feature for stage i+1 downsampled by stage i+1's factor (finest first)
+        pyramid = []
+        for i in range(n_stages - 2, skip_from - 1, -1):
+            pyramid.append(UnetResBlock(3, chans[i + 1], chans[i], kernel_size=3, stride=stages[i + 1],
+                                        norm_name=norm_name))
+        self.image_pyramid = nn.ModuleList(pyramid)
         self.out = UnetOutBlock(3, chans[-1], self.num_classes)
         self.freeze = set_encoder_trainable(self.encoder, freeze)
 
@@ -234,11 +254,16 @@ class SegmentationNet(_EncoderMixin, nn.Module):
         b, n, e = tokens.shape
         feat = tokens.transpose(1, 2).reshape(b, e, *grid)  # (t, h, w) raster order -> grid
         h = self.proj(feat)
+        skips: dict[int, torch.Tensor] = {}
+        if self.image_skip is not None:
+            n = len(self.up)
+            s = self.image_skip(xp)
+            skips[n - 1] = s
+            for k, down in enumerate(self.image_pyramid):
+                s = down(s)
+                skips[n - 2 - k] = s
         for i, up in enumerate(self.up):
-            if self.image_skip is not None and i == len(self.up) - 1:
-                h = up(h, self.image_skip(xp))
-            else:
-                h = up(h)
+            h = up(h, skips[i]) if i in skips else up(h)
         logits = self.out(h)
         return logits[:, :, : size[0], : size[1], : size[2]]
 

@@ -75,6 +75,17 @@ def test_unet_baseline_any_size():
         UNetBaseline(channels=(4, 8), strides=(2, 2))
 
 
+def test_class_weights_checked():
+    from oct_foundation.networks.baselines import class_weight_tensor
+
+    assert class_weight_tensor(None, 3) is None
+    assert class_weight_tensor([1, 1, 10], 3).tolist() == [1.0, 1.0, 10.0]
+    with pytest.raises(ValueError, match="class_weights has 2 values for num_classes=3"):
+        class_weight_tensor([1, 10], 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        class_weight_tensor([1, -1, 1], 3)
+
+
 def test_unknown_model_is_refused():
     from oct_foundation.networks.baselines import build_segmentation_network
 
