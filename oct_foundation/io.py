@@ -15,6 +15,7 @@ get the same number as their socket timeouts, so a transfer that stalls fails to
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -349,9 +350,23 @@ def atomic_output(path) -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as e:
+        if e.errno in _FULL_ERRNOS:  # disk full, quota, file-size limit: say which file, leave nothing behind
+            raise OSError(e.errno, f"{os.strerror(e.errno)}: could not write {target} (no partial file left)") \
+                from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _first_line_of(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+#: errno values of a full disk, an exceeded quota or file-size limit
+_FULL_ERRNOS = tuple(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, n))
 
 
 def atomic_write(path, data: bytes | str) -> None:
@@ -468,8 +483,21 @@ def torch_load(path, map_location="cpu", mmap: bool = False):
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
 
 
-def torch_save(obj, path) -> None:
+def torch_save(obj, path, buffered: bool = False) -> None:
+    """``torch.save`` to ``path`` (local or URL) atomically. A failed write (disk full, quota, size limit) raises
+    an ``OSError`` naming ``path`` and leaves no partial file. ``buffered``: serialise in memory first and write
+    the bytes from Python, so the error carries the system's reason (for small objects such as latents; a
+    checkpoint is written directly, and PyTorch's writer error is reported as a failed write of ``path``)."""
     import torch
 
     with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+        if buffered:
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+            return
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # PyTorch's C++ writer: "iostream error", "unexpected pos", ...
+            raise OSError(errno.EIO, f"could not write {path} ({_first_line_of(e)}; disk full?)") from None

@@ -58,7 +58,7 @@ def test_mixed_folder_continues_and_hides_names(tmp_path):
     assert len(summary) == 4
     err = [r for r in summary if r["status"] == "error"]
     assert any("expected 3 dimensions" in r["reason"] for r in err)
-    assert all("<input>" in r["reason"] for r in err)
+    assert all(f"<input #{r['position']}>" in r["reason"] for r in err)  # named by position, never by file
     # No input name anywhere in the outputs.
     blob = "".join(p.read_text() for p in out.iterdir() if p.is_file())
     blob += " ".join(os.listdir(out))
@@ -139,7 +139,7 @@ def test_monai_dataset_inputs_use_its_transform(tmp_path):
     items = [{"image": str(d / n)} for n in ("Doe_John_1.npy", "Bad_Flat.npy")]
     rows = BatchInference(Dataset(items, transform=load), str(out), Doubled(), progress=False).run()
     assert [r["status"] for r in rows] == ["done", "error"]
-    assert rows[0]["mean"] == 2.0 and "<input>: expected 3 dimensions" in rows[1]["reason"]
+    assert rows[0]["mean"] == 2.0 and "<input #1>: expected 3 dimensions" in rows[1]["reason"]
 
 
 def test_command_line_booleans(tmp_path):

@@ -73,3 +73,26 @@ def test_any_junk_bytes_give_a_checkpoint_error(tmp_path):
         p.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))))
         with pytest.raises(CheckpointError, match=f"junk{i}.pt: (not a readable|refused)"):
             io.torch_load(p)
+
+
+def test_torch_save_on_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
+    """A write that hits the file-size limit (as a full disk would) raises OSError naming the target, for
+    checkpoints (PyTorch's writer) and buffered small objects alike, and leaves no partial or temporary file."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys, torch\n"
+        "from oct_foundation import io\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "for name, buffered in (('ckpt.pt', False), ('latent.pt', True)):\n"
+        "    try:\n"
+        "        io.torch_save({'w': torch.zeros(100000)}, sys.argv[1] + '/' + name, buffered=buffered)\n"
+        "    except OSError as e:\n"
+        "        print('ERR', name, e)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("ERR")]
+    assert len(lines) == 2, p.stdout + p.stderr
+    assert f"could not write {tmp_path}/ckpt.pt" in lines[0] and f"could not write {tmp_path}/latent.pt" in lines[1]
+    assert list(tmp_path.iterdir()) == []

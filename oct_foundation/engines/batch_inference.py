@@ -47,8 +47,41 @@ def as_bool(value, key: str = "value") -> bool:
 
 
 def anonymous_id(path: str, length: int = 16) -> str:
-    """A stable identifier for ``path`` that does not reveal it: the first ``length`` hex digits of sha256."""
-    return hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:length]
+    """A stable identifier for ``path`` that does not reveal it: the first ``length`` hex digits of sha256 of the
+    absolute path (local paths), so that a folder given as a relative or an absolute path gives the same IDs."""
+    p = str(path)
+    if not io.is_url(p):
+        p = os.path.abspath(p[len("file://"):] if p.startswith("file://") else p)
+    return hashlib.sha256(p.encode("utf-8")).hexdigest()[:length]
+
+
+def _check_id(out_id: str, source) -> str:
+    """An output ID from an ID map must be a plain file-name stem: it cannot point outside ``output_dir``."""
+    i = str(out_id).strip()
+    bad = (not i or i in (".", "..") or i.startswith(".") or any(c in i for c in "/\\:\x00")
+           or os.path.isabs(i))
+    if bad:
+        raise OCTInputError(source, f"ID {out_id!r} is not a plain name (no '/', '\\', ':', leading '.' or empty "
+                                    "ID): outputs must stay inside the output folder")
+    return i
+
+
+def _entry_problem(path: str) -> str | None:
+    """Why a local folder entry cannot be an input (``None``: it can be tried)."""
+    import errno
+
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "symbolic link loop"
+            return "dangling symbolic link (its target does not exist)"
+    if os.path.isdir(path):
+        return None
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
 
 
 def _is_candidate(path: str, suffixes: Sequence[str]) -> bool:
@@ -86,8 +119,39 @@ def list_inputs(inputs, datalist_key: str = "test", suffixes: Sequence[str] = IM
         raise OCTInputError(src, "input folder not found")
     if not io.is_url(src) and not os.path.isdir(src.replace("file://", "")):
         return [{"image": src}]
-    files = [{"image": p} for p in io.list_files(src) if _is_candidate(p, suffixes)]
-    return sorted(files + [{"image": d} for d in _frame_folders(src)], key=lambda it: it["image"])
+    if io.is_url(src):
+        files = [{"image": p} for p in io.list_files(src) if _is_candidate(p, suffixes)]
+        return sorted(files + [{"image": d} for d in _frame_folders(src)], key=lambda it: it["image"])
+    # a local folder: every entry that could be meant as an input is listed; one that cannot be read (a dangling
+    # or looping link, no read permission, a folder that is not a folder of .png frames) carries its reason
+    root = src.replace("file://", "")
+    frames = set(_frame_folders(root))
+    items = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name.startswith("."):
+            continue
+        problem = _entry_problem(path)
+        if problem is None and os.path.isdir(path):
+            if path in frames:
+                items.append({"image": path})
+            elif not _is_output_folder(path):
+                items.append({"image": path, "error": "a folder, not an input (only folders of .png frames are "
+                                                      "read as one video each)"})
+            continue
+        if problem is not None:
+            items.append({"image": path, "error": problem})
+        elif _is_candidate(path, suffixes):
+            items.append({"image": path})
+    return items
+
+
+def _is_output_folder(path: str) -> bool:
+    """A folder this package wrote (a summary / manifest CSV inside): not an input and not worth a warning."""
+    try:
+        return any(n.endswith(".csv") for n in os.listdir(path))
+    except OSError:
+        return False
 
 
 def _frame_folders(src: str) -> list[str]:
@@ -185,7 +249,7 @@ class BatchInference:
     def _id_for(self, path: str) -> str:
         for key in (path, os.path.basename(path)):
             if key in self.id_map:
-                return self.id_map[key]
+                return _check_id(self.id_map[key], "id_map")
         return anonymous_id(path)
 
     def _check_output_dir(self) -> None:
@@ -229,16 +293,26 @@ class BatchInference:
     def run(self) -> list[dict]:
         """Process every input; returns the summary rows (also written to ``summary_name``)."""
         items = list_inputs(self.inputs, self.datalist_key)
+        if not items:
+            raise OCTInputError(self.inputs, "no inputs found (files of a known format, or folders of .png frames)")
         self._check_output_dir()
         previous = self._previous_rows()
         ids = [self._id_for(str(it["image"])) for it in items]
-        if len(set(ids)) != len(ids):
-            raise OCTInputError(self.inputs, "two inputs map to the same output ID; fix the ID map")
+        seen: dict[str, int] = {}
+        for pos, (out_id, it) in enumerate(zip(ids, items)):
+            if out_id in seen:
+                first = seen[out_id]
+                same = str(items[first]["image"]) == str(it["image"])
+                raise OCTInputError(
+                    self.inputs, f"inputs #{first} and #{pos} ({'the same entry listed twice: ' if same else ''}"
+                                 f"{items[first]['image']}{'' if same else ' and ' + str(it['image'])}) map to the "
+                                 f"same output ID {out_id!r}; remove the duplicate or fix the ID map")
+            seen[out_id] = pos
         if self.index_file:
             buf = _pyio.StringIO()
             w = csv.writer(buf)
-            w.writerow(["id", "input"])
-            w.writerows([(i, it["image"]) for i, it in zip(ids, items)])
+            w.writerow(["id", "input", "position"])
+            w.writerows([(i, it["image"], pos) for pos, (i, it) in enumerate(zip(ids, items))])
             io.atomic_write(self.index_file, buf.getvalue())
 
         self._refuse_mixed(ids)
@@ -249,11 +323,16 @@ class BatchInference:
             from tqdm.auto import tqdm
 
             iterator = tqdm(list(iterator), desc="inference", unit="file")
-        for out_id, item in iterator:
+        for pos, (out_id, item) in enumerate(iterator):
             out_stem = io.join(self.output_dir, out_id)
-            if not self.overwrite and all(io.exists(p) for p in self.processor.outputs(out_stem)):
+            if item.get("error"):  # listed by list_inputs with the reason it cannot be read
+                row = {"id": out_id, "position": pos, "status": "error", "reason": f"<input #{pos}>: {item['error']}"}
+                counts["error"] += 1
+                logger.warning("input #%d (%s) cannot be read: %s", pos, out_id, item["error"])
+            elif not self.overwrite and all(io.exists(p) for p in self.processor.outputs(out_stem)):
                 row = dict(previous.get(out_id, {}))
-                row.update({"id": out_id, "status": "skipped", "reason": "outputs exist (use overwrite to redo)"})
+                row.update({"id": out_id, "position": pos, "status": "skipped",
+                            "reason": "outputs exist (use overwrite to redo)"})
                 counts["skipped"] += 1
             else:
                 try:
@@ -263,16 +342,16 @@ class BatchInference:
                     else:  # no loader, or the processor reads this input itself, piece by piece
                         data = item
                     fields = self.processor(data, out_stem) or {}
-                    row = {"id": out_id, "status": "done", "reason": ""}
+                    row = {"id": out_id, "position": pos, "status": "done", "reason": ""}
                     row.update(fields)
                     counts["done"] += 1
                 except Exception as e:  # one bad file must not stop the batch; it is listed with its reason
                     e = _root_cause(e)
                     reason = _scrub(f"{type(e).__name__}: {e}" if not isinstance(e, OCTInputError) else str(e),
-                                    str(item["image"]))
-                    row = {"id": out_id, "status": "error", "reason": reason}
+                                    str(item["image"]), f"<input #{pos}>")
+                    row = {"id": out_id, "position": pos, "status": "error", "reason": reason}
                     counts["error"] += 1
-                    logger.warning("input %s failed: %s", out_id, reason)
+                    logger.warning("input #%d (%s) failed: %s", pos, out_id, reason)
             rows.append(row)
             self._write_summary(rows)
         logger.info(
@@ -296,11 +375,12 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
-def _scrub(text: str, path: str) -> str:
-    """Remove the input path and its file name from a message (they may carry patient names)."""
+def _scrub(text: str, path: str, label: str = "<input>") -> str:
+    """Replace the input path and its file name in a message by ``label`` (they may carry patient names); the
+    label names the input by its position, which is also its row in the index file."""
     for s in sorted({path, path.replace("file://", ""), os.path.basename(path)}, key=len, reverse=True):
         if s:
-            text = text.replace(s, "<input>")
+            text = text.replace(s, label)
     return text.replace("\n", " ")
 
 

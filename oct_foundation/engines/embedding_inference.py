@@ -131,12 +131,12 @@ class EmbeddingProcessor:
 
     def _save(self, tensor: torch.Tensor, path: str) -> None:
         t = tensor.detach().float().cpu().contiguous()
+        if self.fmt == "pt":
+            io.torch_save(t, path, buffered=True)  # a full disk is an OSError naming the file
+            return
         with io.atomic_output(path) as tmp:
-            if self.fmt == "pt":
-                torch.save(t, tmp)
-            else:
-                with open(tmp, "wb") as f:
-                    np.save(f, t.numpy())
+            with open(tmp, "wb") as f:
+                np.save(f, t.numpy())
 
     def _prepare(self, item: Mapping) -> torch.Tensor:
         img = item.get(self.image_key)

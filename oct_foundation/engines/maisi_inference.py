@@ -116,12 +116,12 @@ class _VolumeProcessor:
 
 def _save_array(t: torch.Tensor, path: str) -> None:
     t = t.detach().float().cpu().contiguous()
+    if not path.endswith(".npy"):
+        io.torch_save(t, path, buffered=True)  # a full disk is an OSError naming the file
+        return
     with io.atomic_output(path) as tmp:
-        if path.endswith(".npy"):
-            with open(tmp, "wb") as f:
-                np.save(f, t.numpy())
-        else:
-            torch.save(t, tmp)
+        with open(tmp, "wb") as f:
+            np.save(f, t.numpy())
 
 
 def _save_nifti(volume: torch.Tensor, spacing, path: str) -> None:
