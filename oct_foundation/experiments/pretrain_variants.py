@@ -310,6 +310,30 @@ def compare(out: str, a: str, b: str, n_resamples: int = 2000) -> dict[str, Any]
     return {m: {k: v for k, v in r.items() if k in ("estimate", "ci_low", "ci_high")} for m, r in res.items()}
 
 
+def cka_to_init(out: str, name: str) -> dict[str, float]:
+    """Linear CKA (:func:`oct_foundation.metrics.linear_cka`) between the mean-pooled held-out features of a
+    finished variant's target / context encoder and those of its own initial weights (the random-init encoder
+    of its seed): 1 = training left the representation where it started."""
+    from oct_foundation.metrics import linear_cka
+    from oct_foundation.networks import VJEPA3D
+
+    path = io.join(out, "variants", f"{name}.json")
+    if not io.exists(path) or not io.exists(io.join(out, "variants", f"{name}.pt")):
+        raise ValueError(f"--cka {name!r}: no finished pretrained variant with a saved network under {out}/variants")
+    rec = io.load_json(path)
+    fields = {f.name for f in dataclasses.fields(VariantSettings)}
+    settings = VariantSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in rec["settings"].items()
+                                  if k in fields})
+    _, _, _, x_te, _ = _data(out, settings)
+    torch.manual_seed(settings.seed)
+    init = VJEPA3D(**settings.network_kwargs()).encoder
+    net = VJEPA3D(**settings.network_kwargs())
+    net.load_state_dict(io.torch_load(io.join(out, "variants", f"{name}.pt")))
+    f0 = torch.stack([t.mean(0) for t in _tokens(init, x_te)])
+    return {enc: linear_cka(torch.stack([t.mean(0) for t in _tokens(getattr(net, attr), x_te)]), f0)
+            for enc, attr in (("target", "target_encoder"), ("context", "encoder"))}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oct_foundation.experiments.pretrain_variants",
                                      description=__doc__.split("\n\n")[0])
@@ -321,6 +345,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a VariantSettings field, e.g. dense_loss=true, augment=crop,flip, ema_start=0.996")
+    parser.add_argument("--cka", metavar="NAME", help="linear CKA of a finished variant's encoders to their initial "
+                                                       "weights (pooled held-out features); no training")
     parser.add_argument("--random", action="store_true", help="score random-init encoders instead of pretraining")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -333,6 +359,14 @@ def main(argv=None) -> int:
         for m, r in res.items():
             print(f"{args.compare[0]} minus {args.compare[1]}: {m} {r['estimate']:+.3f} "
                   f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+        return 0
+    if args.cka:
+        try:
+            res = cka_to_init(args.out, args.cka)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.cka}: linear CKA to the initial encoder: target {res['target']:.3f}, context {res['context']:.3f}")
         return 0
     if not args.name:
         parser.error("--name is required (unless --compare)")

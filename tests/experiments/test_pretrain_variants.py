@@ -57,6 +57,14 @@ def test_variant_and_random_reference(tmp_path, capsys):
     assert len(lines) == 2 and lines[0].startswith("dense_aug:target minus random:random_0: auroc ")
     assert main(["--out", out, "--compare", "dense_aug:target", "nothing:random_0"]) == 2
     assert "nothing:random_0" in capsys.readouterr().err
+    # linear CKA of the trained encoders to their own initial weights: the context encoder moved (below 1), the
+    # EMA target (momentum 0.996, 4 steps) stays closer to the initial weights
+    assert main(["--out", out, "--cka", "dense_aug"]) == 0
+    line = capsys.readouterr().out.strip()
+    target, context = (float(v.strip(",")) for v in line.split()[-3::2])
+    assert line.startswith("dense_aug: linear CKA to the initial encoder: target ")
+    assert 0.0 < context < 0.999 and context <= target <= 1.0, line
+    assert main(["--out", out, "--cka", "random"]) == 2  # no saved network
 
 
 def test_bad_settings_are_refused(tmp_path, capsys):
