@@ -158,6 +158,18 @@ def summarise(out: str) -> str:
         lines.append("- Token effective rank (collapse monitor; a random-init encoder scores about 8-12): target "
                      f"{ranks['target'][0]:.1f} -> {ranks['target'][-1]:.1f}, context {ranks['context'][0]:.1f} -> "
                      f"{ranks['context'][-1]:.1f}")
+    last = {}
+    for name in ("rankme", "pooled_rankme", "min_feature_std"):
+        for enc in ("target", "context"):
+            v = epoch_scalars(os.path.join(out, "pretrain"), f"collapse/{enc}_{name}")
+            if v:
+                last[f"{enc}_{name}"] = v[-1]
+    if len(last) == 6:
+        lines.append("- Collapse monitor at the end (RankMe of tokens / of volume-pooled features; target for a "
+                     "healthy run >= 25% of the embedding width; smallest per-dimension std of the pooled features, "
+                     f"healthy > 0.01): target {last['target_rankme']:.1f} / {last['target_pooled_rankme']:.1f}, "
+                     f"std {last['target_min_feature_std']:.4f}; context {last['context_rankme']:.1f} / "
+                     f"{last['context_pooled_rankme']:.1f}, std {last['context_min_feature_std']:.4f}")
     emb = next((p for p in (os.path.join(out, "embeddings", n) for n in ("manifest.csv", "summary.csv")) if os.path.exists(p)), "")
     if os.path.exists(emb):
         rows = list(csv.DictReader(open(emb)))

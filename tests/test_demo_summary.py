@@ -75,10 +75,15 @@ def test_pretraining_loss_and_collapse_monitor_lines(tmp_path):
         w.add_scalar("train/epoch_loss", loss, epoch)
         w.add_scalar("collapse/target_effective_rank", rt, epoch)
         w.add_scalar("collapse/context_effective_rank", rc, epoch)
+        for enc, k in (("target", 1.0), ("context", 0.5)):
+            w.add_scalar(f"collapse/{enc}_rankme", 60.0 * k / epoch, epoch)
+            w.add_scalar(f"collapse/{enc}_pooled_rankme", 30.0 * k / epoch, epoch)
+            w.add_scalar(f"collapse/{enc}_min_feature_std", 0.03 * k / epoch, epoch)
     w.close()
     text = summarise(str(tmp_path))
     assert "epoch loss 0.8000 -> 0.2000 over 3 epochs" in text
     assert "target 10.0 -> 9.0, context 9.0 -> 2.2" in text
+    assert "target 20.0 / 10.0, std 0.0100; context 10.0 / 5.0, std 0.0050" in text
 
 
 def test_identical_encoders_give_no_clear_difference(tmp_path):

@@ -595,7 +595,8 @@ class RepresentationRankMonitor(_TensorBoardWriter):
     ``torch.no_grad()``, on ``engine.state.device``). All tokens of each encoder are stacked into ``[sum N, E]``
     and scored with :func:`oct_foundation.metrics.representation.effective_rank`: participation ratio and RankMe.
     The mean-pooled feature of each volume (what the downstream bundles use) is scored too: the participation
-    ratio of the ``[volumes, E]`` matrix (``*_pooled_effective_rank``; at most ``volumes - 1``, so give
+    ratio and RankMe of the ``[volumes, E]`` matrix (``*_pooled_effective_rank``, ``*_pooled_rankme``; at most
+    ``volumes - 1``, so give
     ``max_volumes`` well above the rank to be checked) and the smallest per-dimension standard deviation over the
     volumes (``*_min_feature_std``; a dimension that no longer varies between volumes is dead), and the smallest
     per-dimension standard deviation over all tokens (``*_token_min_std``).
@@ -613,7 +614,8 @@ class RepresentationRankMonitor(_TensorBoardWriter):
     """
 
     METRICS = ("target_effective_rank", "context_effective_rank", "target_rankme", "context_rankme",
-               "target_pooled_effective_rank", "context_pooled_effective_rank", "target_min_feature_std",
+               "target_pooled_effective_rank", "context_pooled_effective_rank", "target_pooled_rankme",
+               "context_pooled_rankme", "target_min_feature_std",
                "context_min_feature_std", "target_token_min_std", "context_token_min_std")
 
     def __init__(
@@ -699,6 +701,7 @@ class RepresentationRankMonitor(_TensorBoardWriter):
             out[f"{which}_rankme"] = effective_rank(f, "rankme")
             many = pooled.shape[0] >= 2  # one volume has no spread between volumes
             out[f"{which}_pooled_effective_rank"] = effective_rank(pooled, "participation") if many else nan
+            out[f"{which}_pooled_rankme"] = effective_rank(pooled, "rankme") if many else nan
             out[f"{which}_min_feature_std"] = float(pooled.std(0).min()) if many else nan
             out[f"{which}_token_min_std"] = float(f.std(0).min())
         out["embed_dim"] = int(feats["target"][0].shape[1])
@@ -720,10 +723,12 @@ class RepresentationRankMonitor(_TensorBoardWriter):
         self.logger.info(
             "epoch %d: effective rank (participation) target %.2f context %.2f, RankMe target %.2f context %.2f "
             "(embedding dim %d, %d tokens); pooled features of %d volumes: effective rank target %.2f context "
-            "%.2f, smallest per-dimension std target %.4f context %.4f (tokens: %.4f / %.4f)",
+            "%.2f, RankMe target %.2f context %.2f, smallest per-dimension std target %.4f context %.4f (tokens: "
+            "%.4f / %.4f)",
             epoch, r["target_effective_rank"], r["context_effective_rank"], r["target_rankme"],
             r["context_rankme"], r["embed_dim"], r["tokens"], r["volumes"], r["target_pooled_effective_rank"],
-            r["context_pooled_effective_rank"], r["target_min_feature_std"], r["context_min_feature_std"],
+            r["context_pooled_effective_rank"], r["target_pooled_rankme"], r["context_pooled_rankme"],
+            r["target_min_feature_std"], r["context_min_feature_std"],
             r["target_token_min_std"], r["context_token_min_std"],
         )
         if self.warn_below is not None:

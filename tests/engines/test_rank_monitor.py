@@ -137,6 +137,8 @@ def test_pooled_rank_and_min_std_flag_dead_dimensions(caplog):
     assert 1.0 <= r["target_pooled_effective_rank"] <= 2.0 + 1e-6
     assert r["context_min_feature_std"] > 1e-3 and r["context_token_min_std"] > 1e-2
     assert 2.0 < r["context_pooled_effective_rank"] <= 5.0 + 1e-6  # 6 volumes: at most 5
+    assert r["context_pooled_effective_rank"] <= r["context_pooled_rankme"] <= 5.0 + 1e-6
+    assert r["target_pooled_rankme"] <= 2.0 + 1e-3
 
     class Engine:  # the attributes __call__ reads from an ignite engine
         network = net
