@@ -27,6 +27,8 @@ from monai.data import ImageReader, MetaTensor
 from monai.transforms import MapTransform
 
 from oct_foundation import io as oio
+from oct_foundation.data.suffixes import (DICOM_SUFFIXES, HEYEX_SUFFIXES, NIFTI_SUFFIXES, NUMPY_SUFFIXES,  # noqa: F401
+                                          OCT_SUFFIXES, VENDOR_ONLY_SUFFIXES, VIDEO_INPUT_SUFFIXES)
 from oct_foundation.data.validation import (ReaderLimits, check_dicom_oct, check_spacing,
                                             check_voxels)
 from oct_foundation.errors import OCTInputError
@@ -53,17 +55,6 @@ __all__ = [
 #: Ophthalmic Tomography Image Storage.
 OPT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-HEYEX_SUFFIXES = (".vol", ".e2e")
-NUMPY_SUFFIXES = (".npy",)
-#: Every suffix :class:`OCTVolumeReader` knows (files without a suffix are sniffed by their magic bytes).
-#: Vendor formats read through oct-converter (:mod:`oct_foundation.data.vendor`); ``.e2e`` is in HEYEX_SUFFIXES.
-VENDOR_ONLY_SUFFIXES = (".fda", ".fds", ".img", ".oct")
-#: 2D+time inputs read as [C, T, H, W] (:mod:`oct_foundation.data.video`); a folder of .png frames too.
-VIDEO_INPUT_SUFFIXES = (".mp4", ".avi", ".tif", ".tiff")
-OCT_SUFFIXES = (NIFTI_SUFFIXES + DICOM_SUFFIXES + HEYEX_SUFFIXES + NUMPY_SUFFIXES + VENDOR_ONLY_SUFFIXES
-                + VIDEO_INPUT_SUFFIXES)
 
 
 def _first_line(e: BaseException) -> str:

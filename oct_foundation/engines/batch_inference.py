@@ -24,7 +24,7 @@ import posixpath
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from oct_foundation import io
-from oct_foundation.data.readers import OCT_SUFFIXES
+from oct_foundation.data.suffixes import OCT_SUFFIXES
 from oct_foundation.errors import OCTInputError
 
 __all__ = ["BatchInference", "anonymous_id", "as_bool", "list_inputs", "IMAGE_SUFFIXES"]
