@@ -604,9 +604,8 @@ class RepresentationRankMonitor(_TensorBoardWriter):
     Results go to ``engine.state.metrics`` (the names in ``METRICS``, each for ``target`` and ``context``), to
     the log (one INFO line per check), to TensorBoard as ``<tag_prefix>/<name>`` with the epoch as step when
     ``log_dir`` is set, and ``self.history`` (one dict per check). With ``warn_below`` a token participation ratio
-    below it, or a pooled one below it when there are more volumes than ``warn_below``, logs a WARNING
-    (representation collapse likely); with ``warn_min_std`` so does a pooled-feature dimension whose standard
-    deviation is below it.
+    below it logs a WARNING (representation collapse likely); with ``warn_min_std`` so does a pooled-feature
+    dimension whose standard deviation is below it.
 
     The encoders' train/eval modes and every random state (torch, CUDA, NumPy, ``random``, the loader's random
     MONAI transforms) are restored afterwards, so training proceeds exactly as without the monitor. Under
@@ -733,16 +732,15 @@ class RepresentationRankMonitor(_TensorBoardWriter):
         )
         if self.warn_below is not None:
             for which in ("target", "context"):
-                checks = [("effective rank", r[f"{which}_effective_rank"])]
-                if r["volumes"] > self.warn_below:  # the pooled rank of n volumes is at most n - 1
-                    checks.append(("pooled-feature effective rank", r[f"{which}_pooled_effective_rank"]))
-                for what, v in checks:
-                    if v < self.warn_below:
-                        self.logger.warning(
-                            "epoch %d: representation collapse is likely: %s encoder %s %.2f < %.2f "
-                            "(of %d dims); see %s (Watching for collapse)",
-                            epoch, which, what, v, self.warn_below, r["embed_dim"], COLLAPSE_DOC,
-                        )
+                # tokens only: the pooled participation ratio is 3-4 already at random init (a few global
+                # directions, intensity and device, carry most of the variance between volumes)
+                v = r[f"{which}_effective_rank"]
+                if v < self.warn_below:
+                    self.logger.warning(
+                        "epoch %d: representation collapse is likely: %s encoder effective rank %.2f < %.2f "
+                        "(of %d dims); see %s (Watching for collapse)",
+                        epoch, which, v, self.warn_below, r["embed_dim"], COLLAPSE_DOC,
+                    )
         if self.warn_min_std is not None:
             for which in ("target", "context"):
                 v = r[f"{which}_min_feature_std"]
