@@ -423,7 +423,8 @@ class ProgressiveUnfreezing:
     until everything trains (final phase). ``every <= 0`` keeps the initial freezing for the whole run.
 
     The optimizer must already hold the frozen parameters (``build_param_groups(..., exclude_frozen=False)``):
-    AdamW ignores parameters without gradients, so they start moving when unfrozen.
+    AdamW ignores parameters without gradients, so they start moving when unfrozen. It acts on every rank of a
+    distributed run (only rank 0 logs), so every DDP replica rebuilds its wrapper at the same epoch.
     """
 
     def __init__(
@@ -472,8 +473,7 @@ class ProgressiveUnfreezing:
         return sorted(frozen, key=lambda n: -1 if n == "patch_embed" else int(n.split(".")[1]))
 
     def attach(self, engine: Engine) -> None:
-        if _rank() != 0:
-            return
+        # every rank: the model changes, and under DDP all ranks must rebuild their wrapper at the same epoch
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
 
     def _epoch_started(self, engine: Engine) -> None:
@@ -481,7 +481,7 @@ class ProgressiveUnfreezing:
         before = self.frozen_at(epoch0 - 1) if epoch0 > 0 else None
         frozen = self.apply(epoch0)
         self.history.append((epoch0, frozen))
-        if before is None or before != frozen:
+        if _rank() == 0 and (before is None or before != frozen):
             logger.info("epoch %d: frozen encoder units %s", engine.state.epoch, frozen or "none")
 
 
