@@ -33,11 +33,14 @@ PROBE_EPOCHS="${PROBE_EPOCHS:-15}"
 SEG_EPOCHS="${SEG_EPOCHS:-10}"  # 3 left the head unconverged (docs/scientific_check.md, "Layer segmentation head")
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 B="$ROOT/bundles"
-# One encoder shape for every step (the downstream bundles must build what pretraining saved).
+# The encoder shape is given once, to pretraining; models/model.json beside the weights records it, and steps 3-6
+# build the encoder from that file (no shape flags).
 NET=(--image_size "[64, 64]" --d_target 16 --patch_size 16 --tubelet_size 2 --embed_dim 96 --depth 4 --num_heads 4)
 PRED=(--predictor_embed_dim 64 --predictor_depth 2 --predictor_num_heads 4)
 MAISI=(--num_channels "[16, 16, 32]" --num_res_blocks "[1, 1, 1]" --norm_num_groups 8)
 COMMON=(--num_workers 0 --device "\$torch.device('cpu')")
+# Training steps whose model is missing continue an interrupted run of the same settings (or start fresh).
+RESUME=(--resume latest)
 PY="$VPY"
 run() { echo; echo "=== $1"; shift; echo "+ $*" | cut -c1-400; ( cd "$ROOT" && "$@" ); }
 mkdir -p "$OUT"
@@ -60,15 +63,14 @@ if [ ! -f "$OUT/pretrain/models/model.pt" ]; then
     "$PY" -m monai.bundle run training --config_file "$B/oct_vjepa_pretrain/configs/train.json" \
       --dataset_dir "$PRETRAIN_DATA" --bundle_root "$OUT/pretrain" --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
       "${NET[@]}" "${PRED[@]}" "${COMMON[@]}" --d_full 32 --num_epochs "$PRETRAIN_EPOCHS" "${PRETRAIN_OPTS[@]}" \
-      --batch_size 4 --log_interval 20 --cache_rate 1.0 --ema_start 0.998 --dense_loss true
+      --batch_size 4 --log_interval 20 --cache_rate 1.0 --ema_start 0.998 --dense_loss true "${RESUME[@]}"
 else echo "=== 2/7 pretrained model exists: $OUT/pretrain/models/model.pt"; fi
 
 # 3. Embeddings (collaborator-style inference on a folder of NIfTI files)
 run "3/7 embeddings at full depth" \
   "$PY" -m monai.bundle run --config_file "$B/oct_vjepa_pretrain/configs/inference.json" \
     --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
-    --input_dir "$OUT/cohort/images" --output_dir "$OUT/embeddings" --model_path "$OUT/pretrain/models/model.pt" \
-    "${NET[@]}" "${PRED[@]}" "${COMMON[@]}"
+    --input_dir "$OUT/cohort/images" --output_dir "$OUT/embeddings" --model_path "$OUT/pretrain/models/model.pt" "${COMMON[@]}"
 
 # 4. MAISI stacked video VAE (small random-init autoencoder: the real weights are licensed separately)
 run "4/7 MAISI stacked encode (random-init small autoencoder; see bundles/oct_maisi_vae_encode/docs)" \
@@ -89,17 +91,17 @@ downstream() {  # STEP BUNDLE OUTPUT_PREFIX WHAT EPOCHS [extra training override
   local cfg="$B/$bundle/configs" src d enc
   for src in pretrained random; do
     if [ "$src" = pretrained ]; then enc=(--encoder_source model_pt --encoder_path "$OUT/pretrain/models/model.pt");
-    else enc=(--encoder_source random); fi
+    else enc=(--encoder_source random --encoder_path "$OUT/pretrain/models/model.pt"); fi  # same shape, random weights
     d="$OUT/${prefix}_$src"
     if [ ! -f "$d/models/model.pt" ]; then
       run "$step $what, frozen $src encoder ($epochs epochs)" \
         "$PY" -m monai.bundle run training --config_file "$cfg/train.json" --logging_file "$cfg/logging.conf" \
-          --dataset_dir "$OUT/cohort" --bundle_root "$d" "${enc[@]}" "${NET[@]}" "${COMMON[@]}" \
-          --num_epochs "$epochs" --seed 0 "$@"
+          --dataset_dir "$OUT/cohort" --bundle_root "$d" "${enc[@]}" "${COMMON[@]}" \
+          --num_epochs "$epochs" --seed 0 "${RESUME[@]}" "$@"
     fi
     run "$step $what: evaluation on the test split, $src encoder" \
       "$PY" -m monai.bundle run evaluating --config_file "['$cfg/train.json','$cfg/evaluate.json']" \
-        --logging_file "$cfg/logging.conf" --dataset_dir "$OUT/cohort" --bundle_root "$d" "${NET[@]}" "${COMMON[@]}"
+        --logging_file "$cfg/logging.conf" --dataset_dir "$OUT/cohort" --bundle_root "$d" "${COMMON[@]}"
   done
 }
 downstream 5/7 oct_disease_classification classification "disease classification linear probe" "$PROBE_EPOCHS" \
@@ -113,7 +115,7 @@ if [ ! -f "$OUT/segmentation_unet/models/model.pt" ]; then
   run "6/7 layer segmentation: MONAI UNet baseline, no pretraining ($SEG_EPOCHS epochs)" \
     "$PY" -m monai.bundle run training --config_file "$SEG/train.json" --logging_file "$SEG/logging.conf" \
       --dataset_dir "$OUT/cohort" --bundle_root "$OUT/segmentation_unet" --encoder_source random "${SEG_GEOM[@]}" \
-      "${COMMON[@]}" --num_epochs "$SEG_EPOCHS" --seed 0
+      "${COMMON[@]}" --num_epochs "$SEG_EPOCHS" --seed 0 "${RESUME[@]}"
 fi
 run "6/7 layer segmentation: evaluation on the test split, UNet baseline" \
   "$PY" -m monai.bundle run evaluating --config_file "['$SEG/train.json','$SEG/evaluate.json']" \
@@ -129,13 +131,13 @@ LDNET=(--num_channels "[16, 16, 32]" --num_res_blocks "[1, 1, 1]" --norm_num_gro
 if [ ! -f "$D/models/autoencoder.pt" ]; then
   run "7/7 MAISI-architecture autoencoder training (2 epochs)" \
     "$PY" -m monai.bundle run training --config_file "$LD/train_autoencoder.json" --logging_file "$LD/logging.conf" \
-      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${LDNET[@]}" "${COMMON[@]}" --num_epochs 2
+      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${LDNET[@]}" "${COMMON[@]}" --num_epochs 2 "${RESUME[@]}"
 fi
 if [ ! -f "$D/models/model.pt" ]; then
   run "7/7 latent diffusion U-Net training (2 epochs, rectified flow)" \
     "$PY" -m monai.bundle run training --config_file "['$LD/inference.json','$LD/train_diffusion.json']" \
       --logging_file "$LD/logging.conf" --dataset_dir "$OUT/cohort" --bundle_root "$D" \
-      --autoencoder_path "$D/models/autoencoder.pt" "${LDNET[@]}" "${COMMON[@]}" --num_epochs 2
+      --autoencoder_path "$D/models/autoencoder.pt" "${LDNET[@]}" "${COMMON[@]}" --num_epochs 2 "${RESUME[@]}"
 fi
 run "7/7 sampling: latents -> decoded [T, H, W] NIfTI + PNG grid" \
   "$PY" -m monai.bundle run sampling --config_file "$LD/inference.json" --logging_file "$LD/logging.conf" \
