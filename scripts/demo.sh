@@ -38,7 +38,8 @@ B="$ROOT/bundles"
 NET=(--image_size "[64, 64]" --d_target 16 --patch_size 16 --tubelet_size 2 --embed_dim 96 --depth 4 --num_heads 4)
 PRED=(--predictor_embed_dim 64 --predictor_depth 2 --predictor_num_heads 4)
 MAISI=(--num_channels "[16, 16, 32]" --num_res_blocks "[1, 1, 1]" --norm_num_groups 8)
-COMMON=(--num_workers 0 --device "\$torch.device('cpu')")
+DEV=(--device "\$torch.device('cpu')")
+COMMON=(--num_workers 0 "${DEV[@]}")  # training and evaluation; the batch-inference bundles take DEV only
 # Training steps whose model is missing continue an interrupted run of the same settings (or start fresh).
 RESUME=(--resume latest)
 PY="$VPY"
@@ -70,19 +71,19 @@ else echo "=== 2/7 pretrained model exists: $OUT/pretrain/models/model.pt"; fi
 run "3/7 embeddings at full depth" \
   "$PY" -m monai.bundle run --config_file "$B/oct_vjepa_pretrain/configs/inference.json" \
     --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
-    --input_dir "$OUT/cohort/images" --output_dir "$OUT/embeddings" --model_path "$OUT/pretrain/models/model.pt" "${COMMON[@]}"
+    --input_dir "$OUT/cohort/images" --output_dir "$OUT/embeddings" --model_path "$OUT/pretrain/models/model.pt" "${DEV[@]}"
 
 # 4. MAISI stacked video VAE (small random-init autoencoder: the real weights are licensed separately)
 run "4/7 MAISI stacked encode (random-init small autoencoder; see bundles/oct_maisi_vae_encode/docs)" \
   "$PY" -m monai.bundle run --config_file "$B/oct_maisi_vae_encode/configs/inference.json" \
     --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
     --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/latents" --allow_random_init true \
-    "${MAISI[@]}" "${COMMON[@]}"
+    "${MAISI[@]}" "${DEV[@]}"
 run "4/7 MAISI reconstruction quality" \
   "$PY" -m monai.bundle run --config_file "['$B/oct_maisi_vae_encode/configs/inference.json','$B/oct_maisi_vae_encode/configs/evaluate.json']" \
     --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
     --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/eval" --allow_random_init true \
-    "${MAISI[@]}" "${COMMON[@]}"
+    "${MAISI[@]}" "${DEV[@]}"
 
 # 5-6. Downstream: the same head, data and seed on the frozen pretrained encoder and on a random encoder of the
 # same shape; training on the training split, evaluation on the test split at full depth.
@@ -142,6 +143,6 @@ fi
 run "7/7 sampling: latents -> decoded [T, H, W] NIfTI + PNG grid" \
   "$PY" -m monai.bundle run sampling --config_file "$LD/inference.json" --logging_file "$LD/logging.conf" \
     --dataset_dir "$OUT/cohort" --bundle_root "$D" --autoencoder_path "$D/models/autoencoder.pt" \
-    --output_dir "$D/samples" --num_samples 4 --num_inference_steps 10 "${LDNET[@]}" "${COMMON[@]}"
+    --output_dir "$D/samples" --num_samples 4 --num_inference_steps 10 "${LDNET[@]}" "${DEV[@]}"
 
 "$PY" -m oct_foundation.demo_summary "$OUT"
