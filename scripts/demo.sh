@@ -126,19 +126,23 @@ run "6/7 layer segmentation: evaluation on the test split, UNet baseline" \
 # 7. Latent diffusion on stacked latents (small autoencoder and U-Net, a few epochs: shows the workflow)
 D="$OUT/latent_diffusion"
 LD="$B/oct_latent_diffusion/configs"
-LDNET=(--num_channels "[16, 16, 32]" --num_res_blocks "[1, 1, 1]" --norm_num_groups 8 --num_frames 8
-       --image_size "[64, 64]" --unet_channels "[32, 32]" --unet_attention_levels "[false, false]"
-       --unet_num_head_channels "[8, 8]" --unet_num_res_blocks 1 --unet_norm_num_groups 8 --batch_size 2)
+# the autoencoder's keys go to every step; the U-Net's only to the configs that build one (unknown keys are refused)
+AENET=(--num_channels "[16, 16, 32]" --num_res_blocks "[1, 1, 1]" --norm_num_groups 8 --num_frames 8
+       --image_size "[64, 64]")
+LDNET=("${AENET[@]}" --unet_channels "[32, 32]" --unet_attention_levels "[false, false]"
+       --unet_num_head_channels "[8, 8]" --unet_num_res_blocks 1 --unet_norm_num_groups 8)
 if [ ! -f "$D/models/autoencoder.pt" ]; then
   run "7/7 MAISI-architecture autoencoder training (2 epochs)" \
     "$PY" -m monai.bundle run training --config_file "$LD/train_autoencoder.json" --logging_file "$LD/logging.conf" \
-      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${LDNET[@]}" "${COMMON[@]}" --num_epochs 2 "${RESUME[@]}"
+      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${AENET[@]}" "${COMMON[@]}" --batch_size 2 --num_epochs 2 \
+      "${RESUME[@]}"
 fi
 if [ ! -f "$D/models/model.pt" ]; then
   run "7/7 latent diffusion U-Net training (2 epochs, rectified flow)" \
     "$PY" -m monai.bundle run training --config_file "['$LD/inference.json','$LD/train_diffusion.json']" \
       --logging_file "$LD/logging.conf" --dataset_dir "$OUT/cohort" --bundle_root "$D" \
-      --autoencoder_path "$D/models/autoencoder.pt" "${LDNET[@]}" "${COMMON[@]}" --num_epochs 2 "${RESUME[@]}"
+      --autoencoder_path "$D/models/autoencoder.pt" "${LDNET[@]}" "${COMMON[@]}" --batch_size 2 --num_epochs 2 \
+      "${RESUME[@]}"
 fi
 run "7/7 sampling: latents -> decoded [T, H, W] NIfTI + PNG grid" \
   "$PY" -m monai.bundle run sampling --config_file "$LD/inference.json" --logging_file "$LD/logging.conf" \

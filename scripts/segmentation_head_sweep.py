@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     from oct_foundation.data import build_preprocessing, load_datalist
     from oct_foundation.metrics.segmentation import SegmentationReport
     from oct_foundation.networks.baselines import UNetBaseline
-    from oct_foundation.networks.heads import SegmentationNet, load_encoder_weights
+    from oct_foundation.networks.heads import SegmentationNet
+    from oct_foundation.networks.weights import load_weights
 
     set_determinism(a.seed)
     dl = f"{a.cohort}/datalist.json"
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
                                         tubelet_size=2, embed_dim=96, depth=4, num_heads=4, pos_embed="rope",
                                         freeze=a.freeze), **kw})
         if a.encoder:
-            load_encoder_weights(net, "model_pt", a.encoder, use_target_encoder=True, print_report=False)
+            load_weights(net, a.encoder, source="model_pt", use_target_encoder=True, print_report=False)
     else:
         net = UNetBaseline(**{"num_classes": 10, **kw})
     params = [q for q in net.parameters() if q.requires_grad]

@@ -319,8 +319,8 @@ def _tiny_vjepa():
 
 
 def test_wrong_and_mismatched_checkpoints(tmp_path):
-    from oct_foundation.engines.embedding_inference import load_network_weights
-    from oct_foundation.networks.maisi import StackedVideoVAE, load_maisi_weights
+    from oct_foundation.networks.weights import load_weights
+    from oct_foundation.networks.maisi import StackedVideoVAE
     from oct_foundation.networks.pretrained import load_pretrained
 
     junk = tmp_path / "junk.pt"
@@ -344,7 +344,7 @@ def test_wrong_and_mismatched_checkpoints(tmp_path):
                     predictor_embed_dim=16, predictor_depth=1, predictor_num_heads=2)
     torch.save(wider.state_dict(), other)
     with pytest.raises(CheckpointError, match="does not match") as e:
-        load_network_weights(net, str(other))
+        load_weights(net, str(other))
     _assert_names(e, other)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(CheckpointError, match="shape mismatch.*nothing was loaded") as e:
@@ -357,14 +357,14 @@ def test_wrong_and_mismatched_checkpoints(tmp_path):
     mpath = tmp_path / "maisi.pt"
     torch.save(bigger.autoencoder.state_dict(), mpath)
     with pytest.raises(CheckpointError, match="does not match the MAISI autoencoder") as e:
-        load_maisi_weights(vae, str(mpath), verbose=False)
+        load_weights(vae, str(mpath), source="maisi", print_report=False)
     _assert_names(e, mpath)
     with pytest.raises(CheckpointError, match="not found") as e:
-        load_maisi_weights(vae, str(tmp_path / "absent.pt"), verbose=False)
+        load_weights(vae, str(tmp_path / "absent.pt"), source="maisi", print_report=False)
 
 
 def test_mismatched_plain_weights_leave_network_unchanged_and_name_a_key(tmp_path):
-    from oct_foundation.engines.embedding_inference import load_network_weights
+    from oct_foundation.networks.weights import load_weights
     from oct_foundation.networks import VJEPA3D
 
     net = _tiny_vjepa()
@@ -374,15 +374,15 @@ def test_mismatched_plain_weights_leave_network_unchanged_and_name_a_key(tmp_pat
     torch.save(other.state_dict(), path)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(CheckpointError) as e:
-        load_network_weights(net, str(path))
+        load_weights(net, str(path))
     changed = [k for k, v in net.state_dict().items() if not torch.equal(before[k], v)]
     assert changed == [], f"half-loaded: {changed}"
     assert "weight" in str(e.value).split("(", 1)[1], str(e.value)
 
 
 def test_untrusted_checkpoint_is_never_unpickled(tmp_path):
-    from oct_foundation.engines.embedding_inference import load_network_weights
-    from oct_foundation.networks.maisi import StackedVideoVAE, load_maisi_weights
+    from oct_foundation.networks.weights import load_weights
+    from oct_foundation.networks.maisi import StackedVideoVAE
     from oct_foundation.networks.pretrained import load_pretrained
 
     marker = tmp_path / "code_ran"
@@ -398,9 +398,9 @@ def test_untrusted_checkpoint_is_never_unpickled(tmp_path):
     loaders = [
         lambda: oio.torch_load(evil),
         lambda: load_pretrained(net.encoder, str(evil)),
-        lambda: load_maisi_weights(StackedVideoVAE(autoencoder={"num_channels": (4, 4, 4)}), str(evil),
-                                   verbose=False),
-        lambda: load_network_weights(net, str(evil)),
+        lambda: load_weights(StackedVideoVAE(autoencoder={"num_channels": (4, 4, 4)}), str(evil), source="maisi",
+                             print_report=False),
+        lambda: load_weights(net, str(evil)),
     ]
     for load in loaders:
         with pytest.raises(CheckpointError, match="refused") as e:

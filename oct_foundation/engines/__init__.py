@@ -23,7 +23,6 @@ _EXPORTS = {
     "embedding_inference": (
         "EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference",
     ),
-    "weights": ("load_network_weights",),
     "runs": ("start_training_run", "TrainingRun", "run_settings", "checkpoint_run", "find_checkpoints"),
     "batch_inference": ("BatchInference", "anonymous_id", "as_bool", "list_inputs"),
     "downstream": (

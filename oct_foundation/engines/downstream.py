@@ -8,7 +8,6 @@
   every prediction and write the full metric report (per device and pooled; per layer and mean) as JSON + CSV;
 * :class:`SegmentationProcessor` / :class:`ClassificationProcessor`: ``BatchInference`` processors, one label
   map per volume in the input geometry, or class probabilities;
-* :func:`load_network_weights`: strict load of a bundle's ``models/model.pt``.
 """
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ import torch.nn.functional as F
 
 from oct_foundation import io
 from oct_foundation.errors import OCTInputError
-from oct_foundation.engines.weights import load_network_weights  # noqa: F401 (re-exported)
 
 __all__ = [
     "PrepareClassBatch",
@@ -31,7 +29,6 @@ __all__ = [
     "SegmentationReportHandler",
     "SegmentationProcessor",
     "ClassificationProcessor",
-    "load_network_weights",
     "BestModelExport",
 ]
 

@@ -20,9 +20,8 @@ import torch
 
 from oct_foundation import io
 from oct_foundation.errors import OCTInputError
-from oct_foundation.engines.weights import load_network_weights  # noqa: F401 (re-exported)
 
-__all__ = ["EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference", "load_network_weights"]
+__all__ = ["EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference"]
 
 
 def _vjepa_base():
@@ -204,7 +203,9 @@ def run_embedding_inference(
     of every input (folder, datalist JSON or path list) plus the manifest CSV with :class:`BatchInference`."""
     from oct_foundation.engines.batch_inference import BatchInference
 
-    load_network_weights(network, weights)
+    from oct_foundation.networks.weights import load_weights
+
+    load_weights(network, weights)
     proc = EmbeddingProcessor(network, **processor_kwargs)
     return BatchInference(inputs, output_dir, proc, datalist_key=datalist_key, overwrite=overwrite,
                           summary_name=summary_name).run()

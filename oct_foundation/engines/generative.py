@@ -37,7 +37,7 @@ from monai.transforms import MapTransform
 
 from oct_foundation import io
 from oct_foundation.engines.jepa_trainer import prepare_batch_image
-from oct_foundation.errors import CheckpointError, OCTInputError
+from oct_foundation.errors import OCTInputError
 
 __all__ = [
     "video_to_stacks",
@@ -46,9 +46,7 @@ __all__ = [
     "AutoencoderTrainer",
     "ReconstructionMetric",
     "ValidationHistory",
-    "load_autoencoder_weights",
     "LatentDiffusionUNet",
-    "load_diffusion_weights",
     "LoadLatentd",
     "latent_datalist",
     "DiffusionTrainer",
@@ -368,19 +366,6 @@ class ValidationHistory:
         }
 
 
-def load_autoencoder_weights(network: torch.nn.Module, path: str | None, strict: bool = True) -> torch.nn.Module:
-    """Initialise the autoencoder of a ``StackedVideoVAE`` from MAISI / zoo-format weights
-    (:func:`oct_foundation.networks.maisi.load_maisi_weights`, table printed); empty ``path``: keep the random
-    initialisation (training from scratch). Returns the network (for config wiring)."""
-    if path:
-        from oct_foundation.networks.maisi import load_maisi_weights
-
-        load_maisi_weights(network, path, strict=strict)
-    else:
-        logger.info("autoencoder: no pretrained weights given, training from scratch")
-    return network
-
-
 # ------------------------------------------------------------------------------------------------ diffusion
 class LatentDiffusionUNet(DiffusionModelUNet):
     """MONAI ``DiffusionModelUNet`` (``spatial_dims=3``) on latent videos ``[B, 4, T', h, w]`` that stores its
@@ -414,32 +399,6 @@ class LatentDiffusionUNet(DiffusionModelUNet):
             timesteps = torch.full((x.shape[0],), self.num_train_timesteps - 1, device=x.device, dtype=torch.long)
         return super().forward(x, timesteps, context, class_labels, down_block_additional_residuals,
                                mid_block_additional_residual)
-
-
-def load_diffusion_weights(network: LatentDiffusionUNet, path: str | None, strict: bool = True) -> torch.nn.Module:
-    """Load a diffusion U-Net: a plain ``state_dict`` (``models/model.pt``) or a zoo/MAISI-style dict
-    ``{"unet_state_dict": ..., "scale_factor": ...}`` (read with ``weights_only=True``). Empty ``path``: unchanged."""
-    if not path:
-        return network
-    if not io.exists(path):
-        raise CheckpointError(path, "diffusion U-Net weight file not found (train it with configs/train_diffusion.json)")
-    obj = io.torch_load(path)
-    if isinstance(obj, Mapping) and "unet_state_dict" in obj:
-        state = dict(obj["unet_state_dict"])
-        if "scale_factor" in obj:
-            state["scale_factor"] = torch.as_tensor(float(obj["scale_factor"]))
-    elif isinstance(obj, Mapping):
-        state = dict(obj)
-    else:
-        raise CheckpointError(path, f"expected a state dict, got {type(obj).__name__}")
-    if "scale_factor" not in state and not strict:
-        state["scale_factor"] = network.scale_factor
-    try:
-        network.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise CheckpointError(path, f"does not match the diffusion U-Net ({str(e).strip().splitlines()[0]})") from None
-    logger.info("diffusion U-Net weights from %s (scale factor %.5g)", path, network.scale)
-    return network
 
 
 class LoadLatentd(MapTransform):

@@ -225,10 +225,10 @@ class GenerativeEvaluation:
         return files
 
     def run(self) -> dict:
-        from oct_foundation.engines.embedding_inference import load_network_weights
         from oct_foundation.metrics.generative import frechet_distance, split_halves
+        from oct_foundation.networks.weights import load_weights
 
-        load_network_weights(self.feature_network, self.feature_weights)
+        load_weights(self.feature_network, self.feature_weights, print_report=False)
         generated = [_read_volume(p) for p in self.generated_files()]
         real = [torch.as_tensor(self.real_dataset[i]["image"]).float() for i in range(len(self.real_dataset))]
         if len(real) < 4:

@@ -7,8 +7,6 @@ Each handler has ``attach(engine)`` so that a bundle lists it in ``train#handler
 from __future__ import annotations
 
 import logging
-import os
-import re
 import sys
 import time
 from typing import Any, Mapping, Sequence

@@ -564,8 +564,8 @@ def prepare_network(
     """Initialise a ``VJEPA3D`` for pretraining and return it.
 
     * ``pretrained_path`` (empty = random init): loaded with
-      ``oct_foundation.networks.pretrained.load_pretrained(network, path, **pretrained_kwargs)`` (which prints its
-      load table and fills the target encoder too); the names of the parameters filled from the file (loaded as
+      ``oct_foundation.networks.weights.load_weights(network, path, source="vjepa2", **pretrained_kwargs)`` (which
+      prints its load table and fills the target encoder too); the names of the parameters filled from the file (loaded as
       is or adapted) are stored as ``network.pretrained_param_names`` for the pretrained LR multiplier of
       ``build_param_groups``. Video checkpoints usually have no OCT predictor: allow it with
       ``pretrained_kwargs={"allow_missing": ["predictor.*"]}``.
@@ -573,9 +573,9 @@ def prepare_network(
     """
     names: list[str] = []
     if pretrained_path:
-        from oct_foundation.networks.pretrained import load_pretrained
+        from oct_foundation.networks.weights import load_weights
 
-        report = load_pretrained(network, pretrained_path, **(pretrained_kwargs or {}))
+        report = load_weights(network, pretrained_path, source="vjepa2", **(pretrained_kwargs or {}))
         names = _loaded_names(report, network)
     network.pretrained_param_names = names
     freeze_encoder(network.encoder, freeze_first_n, freeze_patch_embed)

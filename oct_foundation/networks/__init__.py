@@ -23,22 +23,22 @@ _EXPORTS = {
     "MultiBlockMask3D": "masking",
     "default_mask_generators": "masking",
     "VJEPA_MASK_CONFIGS": "masking",
-    # pretrained checkpoints
+    # weights: one loader for every file, one report
+    "load_weights": "weights",
+    "LoadReport": "weights",
+    "ENCODER_SOURCES": "weights",
+    # V-JEPA checkpoints (the vjepa2 adapter of load_weights)
     "load_pretrained": "pretrained",
-    "LoadReport": "pretrained",
     # MAISI autoencoder
     "StackedVideoVAE": "maisi",
-    "load_maisi_weights": "maisi",
     "maisi_autoencoder_config": "maisi",
     "check_split_safety": "maisi",
     # downstream heads
     "SegmentationNet": "heads",
     "ClassificationNet": "heads",
     "AttentivePooler": "heads",
-    "load_encoder_weights": "heads",
     "set_encoder_trainable": "heads",
     "build_encoder": "heads",
-    "ENCODER_SOURCES": "heads",
     "SegmentationHead": "heads",
     "ClassificationProbe": "heads",
     # named architectures
@@ -54,7 +54,8 @@ _EXPORTS = {
     "records_init_args": "model_files",
 }
 
-_SUBMODULES = ("vit3d", "predictor", "vjepa3d", "masking", "pretrained", "maisi", "heads", "presets", "model_files")
+_SUBMODULES = ("vit3d", "predictor", "vjepa3d", "masking", "pretrained", "maisi", "heads", "presets", "model_files",
+               "weights")
 
 __all__ = sorted(_EXPORTS)
 

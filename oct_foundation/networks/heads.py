@@ -7,22 +7,21 @@
 * :class:`ClassificationNet`: linear probe on mean-pooled tokens, attentive probe (a learned query
   cross-attending to the tokens, as V-JEPA's attentive probe), frozen or fine-tuned encoder. Logits
   ``[B, num_classes]``.
-* :func:`load_encoder_weights`: put pretrained weights into ``net.encoder`` (pretrain bundle ``model.pt``,
-  an Ignite training checkpoint, a V-JEPA 2 file, or keep the random init), strictly, with a report table.
+
+Pretrained weights go into ``net.encoder`` through :func:`oct_foundation.networks.weights.load_weights`
+(``source="model_pt"``, ``"checkpoint"``, ``"vjepa2"`` or ``"random"``).
 
 Both nets are built from flat JSON kwargs (encoder kwargs next to head kwargs) or around a given encoder, expose
 ``.encoder`` and return a single tensor.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oct_foundation import io as oio
-from oct_foundation.errors import CheckpointError
 from oct_foundation.networks.model_files import records_init_args
 from oct_foundation.networks.vit3d import MLP, VisionTransformer3D
 
@@ -32,13 +31,10 @@ __all__ = [
     "AttentivePooler",
     "build_encoder",
     "set_encoder_trainable",
-    "load_encoder_weights",
-    "ENCODER_SOURCES",
     "SegmentationHead",
     "ClassificationProbe",
 ]
 
-ENCODER_SOURCES = ("random", "model_pt", "checkpoint", "vjepa2")
 Freeze = Union[str, bool, int]
 
 
@@ -217,7 +213,6 @@ class SegmentationNet(_EncoderMixin, nn.Module):
         ups = []
         c_in = chans[0]
         for i, (s, c) in enumerate(zip(stages, chans)):
-            last = i == len(stages) - 1
             if i >= skip_from:
                 ups.append(UnetrUpBlock(3, c_in, c, kernel_size=3, upsample_kernel_size=s, norm_name=norm_name,
                                         res_block=True))
@@ -393,114 +388,3 @@ class ClassificationNet(_EncoderMixin, nn.Module):
 # other names under which the package exports the two nets
 SegmentationHead = SegmentationNet
 ClassificationProbe = ClassificationNet
-
-
-# ------------------------------------------------------------------------------------------ weight loading
-def _report(path, source: str):
-    from oct_foundation.networks.pretrained import LoadReport
-
-    return LoadReport(path=str(path) if path is not None else "-", source=source)
-
-
-def _encoder_part(sd: dict, path, use_target_encoder: bool) -> dict:
-    """The encoder's tensors from a state dict of a VJEPA3D / a head net (``encoder.*``, ``target_encoder.*``)
-    or of a bare encoder (``patch_embed.*``, ``blocks.*``)."""
-    prefix = "target_encoder." if use_target_encoder else "encoder."
-    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    if sub:
-        return sub
-    if use_target_encoder:
-        raise CheckpointError(path, "no 'target_encoder.*' weights in the file")
-    if any(k.startswith("patch_embed.") for k in sd):
-        return dict(sd)
-    sample = ", ".join(sorted(sd)[:5])
-    raise CheckpointError(path, f"no encoder weights ('encoder.*' or 'patch_embed.*') in the file (keys: {sample} ...)")
-
-
-def load_encoder_weights(
-    net: nn.Module,
-    source: str = "random",
-    path=None,
-    checkpoint_key: str = "network",
-    use_target_encoder: bool = False,
-    strict: bool = True,
-    print_report: bool = True,
-    **pretrained_kwargs,
-):
-    """Load pretrained weights into ``net.encoder`` (or into ``net`` when it is itself an encoder).
-
-    Args:
-        source: ``"model_pt"`` (the pretrain bundle's ``models/model.pt``, a ``VJEPA3D`` state dict: its
-            ``encoder.*`` or, with ``use_target_encoder``, ``target_encoder.*`` keys; a bare encoder state dict
-            works too), ``"checkpoint"`` (an Ignite training checkpoint dict holding the network state under
-            ``checkpoint_key``), ``"vjepa2"`` (V-JEPA 2 / Hugging Face files through
-            :func:`oct_foundation.networks.pretrained.load_pretrained`, which adapts shapes), ``"random"`` (keep
-            the initialisation).
-        path: file (local or URL), read with ``weights_only=True``.
-        strict: every encoder key present with the same shape, nothing unexpected; otherwise
-            :class:`CheckpointError` with the report. Non-strict loads the matching keys and reports the rest.
-            The sin-cos position table is a fixed function of the grid, so a different grid's table is
-            recomputed rather than copied (reported as adapted).
-
-    Returns:
-        a :class:`~oct_foundation.networks.pretrained.LoadReport` (printed as one table).
-
-    Frozen / trainable flags of the encoder are kept.
-    """
-    if source not in ENCODER_SOURCES:
-        raise ValueError(f"encoder source must be one of {ENCODER_SOURCES}, got {source!r}")
-    net = getattr(net, "module", net)  # DistributedDataParallel / DataParallel wrapper
-    encoder = getattr(net, "encoder", net)
-    if source != "random" and not hasattr(encoder, "patch_embed"):
-        raise ValueError(f"{type(net).__name__} has no ViT encoder to load {source!r} weights into (the UNet "
-                         "baseline trains from scratch: use encoder_source 'random')")
-    if source == "random":
-        report = _report(path, "random")
-        report.notes.append("encoder kept at its random initialisation")
-        if print_report:
-            print(report.table())
-        return report
-    if path is None:
-        raise ValueError(f"encoder source {source!r} needs a path")
-    if source == "vjepa2":
-        from oct_foundation.networks.pretrained import load_pretrained
-
-        return load_pretrained(encoder, path, strict=strict, print_report=print_report,
-                               use_target_encoder=use_target_encoder, **pretrained_kwargs)
-    if pretrained_kwargs:
-        raise ValueError(f"unexpected options for source {source!r}: {sorted(pretrained_kwargs)}")
-    obj = oio.torch_load(path)
-    if not isinstance(obj, dict):
-        raise CheckpointError(path, f"expected a state dict, got {type(obj).__name__}")
-    if source == "checkpoint":
-        if checkpoint_key not in obj:
-            raise CheckpointError(path, f"no {checkpoint_key!r} entry in the checkpoint (found: {sorted(obj)})")
-        obj = obj[checkpoint_key]
-        if not isinstance(obj, dict):
-            raise CheckpointError(path, f"checkpoint entry {checkpoint_key!r} is not a state dict")
-    src = _encoder_part(obj, path, use_target_encoder)
-
-    report = _report(path, source)
-    report.notes.append(f"encoder <- {'target_encoder' if use_target_encoder else 'encoder'} weights")
-    target = encoder.state_dict()
-    new_sd: dict[str, Any] = {}
-    for k, ref in target.items():
-        if k not in src:
-            report.missing.append(k)
-            continue
-        val = src[k]
-        if tuple(val.shape) == tuple(ref.shape):
-            new_sd[k] = val
-            report.loaded.append(k)
-        elif k == "pos_embed" and getattr(encoder, "pos_embed_type", None) == "sincos":
-            report.adapted[k] = f"sin-cos table recomputed for this grid {tuple(val.shape)} -> {tuple(ref.shape)}"
-        else:
-            report.mismatched[k] = f"file {tuple(val.shape)} vs model {tuple(ref.shape)}"
-    report.unexpected = sorted(k for k in src if k not in target)
-    problems = bool(report.mismatched) or (strict and (report.missing or report.unexpected))
-    if problems:
-        raise CheckpointError(path, "encoder weights do not match the model\n" + report.table())
-    encoder.load_state_dict(new_sd, strict=False)
-    if print_report:
-        print(report.table())
-    return report

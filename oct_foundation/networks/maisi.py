@@ -42,7 +42,6 @@ import copy
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -50,7 +49,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oct_foundation import io
-from oct_foundation.errors import CheckpointError
 
 __all__ = [
     "MAISI_ZOO_AUTOENCODER",
@@ -58,8 +56,6 @@ __all__ = [
     "build_maisi_autoencoder",
     "check_split_safety",
     "StackedVideoVAE",
-    "MaisiLoadReport",
-    "load_maisi_weights",
 ]
 
 logger = logging.getLogger("oct_foundation.maisi")
@@ -281,7 +277,7 @@ class StackedVideoVAE(nn.Module):
         if int(chunk_size) < 1:
             raise ValueError("chunk_size must be >= 1")
         self.scale_factor = None if scale_factor is None else float(scale_factor)
-        #: where the autoencoder weights came from: ``"sha256:<hex>"`` of the file :func:`load_maisi_weights`
+        #: where the autoencoder weights came from: ``"sha256:<hex>"`` of the file ``load_weights(..., source="maisi")``
         #: read, ``"random-init"`` when it kept the random weights, ``None`` when no loader ran
         self.weights_id: str | None = None
         self.chunk_size = int(chunk_size)
@@ -610,101 +606,3 @@ class StackedVideoVAE(nn.Module):
             raise ValueError("compute_scale_factor: the latents have zero variance")
         self.scale_factor = float(1.0 / math.sqrt(var))
         return self.scale_factor
-
-
-# -------------------------------------------------------------------- weights
-@dataclass
-class MaisiLoadReport:
-    """What :func:`load_maisi_weights` did; ``str()`` is the printed table."""
-
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    random_init: bool = False
-    sha256: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def __str__(self) -> str:
-        if self.random_init:
-            return f"MAISI weights: {self.source} not found; autoencoder keeps its RANDOM initialisation"
-
-        def show(names):
-            return ", ".join(names[:5]) + (f", ... (+{len(names) - 5})" if len(names) > 5 else "")
-
-        lines = [f"MAISI weights from {self.source}" + (f" (sha256 {self.sha256[:16]}...)" if self.sha256 else ""),
-                 f"  {'loaded as is':<14}{len(self.loaded):>6}",
-                 f"  {'adapted':<14}{0:>6}",
-                 f"  {'missing':<14}{len(self.missing):>6}  {show(self.missing)}",
-                 f"  {'unexpected':<14}{len(self.unexpected):>6}  {show(self.unexpected)}",
-                 f"  {'wrong shape':<14}{len(self.mismatched):>6}  {show(self.mismatched)}"]
-        return "\n".join(lines)
-
-
-_STATE_KEYS = ("state_dict", "autoencoder", "autoencoder_state_dict", "model", "model_state_dict", "network",
-               "net")
-
-
-def _find_state_dict(obj, path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return dict(obj)
-    if isinstance(obj, Mapping):
-        for k in _STATE_KEYS:
-            if k in obj and isinstance(obj[k], Mapping):
-                return _find_state_dict(obj[k], path)
-    keys = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-    raise CheckpointError(path, f"no autoencoder state dict found (top-level entries: {keys})")
-
-
-def load_maisi_weights(model: nn.Module, path, strict: bool = True, allow_random_init: bool = False,
-                       verbose: bool = True) -> MaisiLoadReport:
-    """Load MAISI autoencoder weights (model zoo / NV-Generate) into a :class:`StackedVideoVAE` or autoencoder.
-
-    ``path``: local path or fsspec URL of a plain state dict, or of a dict holding one under ``state_dict`` /
-    ``autoencoder`` / ``model`` ... (read with ``weights_only=True``). ``module.`` and ``autoencoder.``
-    prefixes are removed. Strict: any missing, unexpected or wrongly shaped key raises ``CheckpointError``
-    (nothing is loaded then). A missing file raises ``CheckpointError`` unless ``allow_random_init``, in which
-    case the network keeps its random initialisation and the report says so. The report is printed.
-    """
-    target = model.autoencoder if isinstance(model, StackedVideoVAE) else model
-    if not io.exists(path):
-        if allow_random_init:
-            report = MaisiLoadReport(source=str(path), random_init=True)
-            if isinstance(model, StackedVideoVAE):
-                model.weights_id = "random-init"
-            if verbose:
-                print(report)
-            logger.warning("%s", report)
-            return report
-        raise CheckpointError(path, "MAISI autoencoder weight file not found (get it from the MONAI model zoo "
-                                    "'maisi_ct_generative' or NVIDIA NV-Generate; see large_files.yml), or set "
-                                    "allow_random_init to run with random weights")
-    sd = _find_state_dict(io.torch_load(path), path)
-    for prefix in ("module.", "autoencoder."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    own = target.state_dict()
-    report = MaisiLoadReport(source=str(path))
-    for k, v in sd.items():
-        if k not in own:
-            report.unexpected.append(k)
-        elif tuple(own[k].shape) != tuple(v.shape):
-            report.mismatched.append(f"{k} {tuple(v.shape)}->{tuple(own[k].shape)}")
-        else:
-            report.loaded.append(k)
-    report.missing = [k for k in own if k not in sd]
-    if verbose:
-        print(report)
-    if strict and not report.ok:
-        raise CheckpointError(path, f"does not match the MAISI autoencoder: {len(report.missing)} missing, "
-                                    f"{len(report.unexpected)} unexpected, {len(report.mismatched)} wrong shape "
-                                    f"(first: {(report.missing + report.unexpected + report.mismatched)[0]})")
-    target.load_state_dict({k: sd[k] for k in report.loaded}, strict=False)
-    report.sha256 = io.sha256_file(path)
-    if isinstance(model, StackedVideoVAE):
-        model.weights_id = f"sha256:{report.sha256}"
-    return report

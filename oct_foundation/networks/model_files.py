@@ -344,8 +344,8 @@ def build_from_file(path, overrides: Optional[Mapping[str, Any]] = None, load_we
     """The network described by ``path``'s ``model.json``, with its weights (``load_weights``).
 
     ``overrides``: constructor arguments the caller expects; each must agree with the stored value
-    (:func:`check_overrides`; None means not given). The weights are read once, checked against the recorded
-    sha256 and loaded strictly (``weights_only=True``).
+    (:func:`check_overrides`; None means not given). The weights are checked against the recorded sha256 and
+    loaded strictly (``weights_only=True``) by :func:`oct_foundation.networks.weights.load_weights`.
     """
     import torch
 
@@ -358,21 +358,10 @@ def build_from_file(path, overrides: Optional[Mapping[str, Any]] = None, load_we
     if not load_weights:
         read_model_spec(path, verify=True)
         return net
-    with io.open_file(weights, "rb") as f:
-        data = f.read()
-    digest = hashlib.sha256(data).hexdigest()
-    if spec.get("sha256") and digest != spec["sha256"]:
-        raise CheckpointError(sp, f"describes other weights than {weights} (sha256 {digest[:12]}... vs recorded "
-                                  f"{str(spec['sha256'])[:12]}...)")
-    try:
-        state = torch.load(_pyio.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(weights, f"not a readable state_dict ({str(e).splitlines()[0] if str(e) else e!r})") \
-            from None
-    try:
-        net.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise CheckpointError(weights, f"weights do not fit the network described by {sp}: {e}") from None
+    from oct_foundation.networks.weights import load_weights
+
+    load_weights(net, weights, source="model", strict=strict, print_report=False,
+                 expected_sha256=spec.get("sha256"))
     return net
 
 

@@ -41,10 +41,8 @@ Example (an encoder-only video checkpoint into the OCT V-JEPA model)::
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -53,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oct_foundation import io as oio
 from oct_foundation.errors import CheckpointError
+from oct_foundation.networks.weights import _COPIED, LoadReport, _match_any, find_state_dict, read_weights, strip_key
 
 __all__ = [
     "KEY_MAPPING",
@@ -64,7 +62,6 @@ __all__ = [
     "convert_checkpoint",
     "adapt_state_dict",
     "detect_format",
-    "read_checkpoint",
     "sincos_table_3d",
     "infer_sincos_grid",
     "interpolate_pos_table",
@@ -123,117 +120,6 @@ KEY_MAPPING: dict[str, dict[str, str]] = {
     },
 }
 
-_STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
-_COPIED = "copied from the adapted encoder"
-
-
-# ----------------------------------------------------------------------------------------------------- report
-@dataclass
-class LoadReport:
-    """What happened to every weight: loaded as is, adapted (how), missing, unexpected.
-
-    Key names are the receiving model's state-dict names (``encoder.``/``target_encoder.``/``predictor.``
-    prefixed for a ``VJEPA3D``); unexpected keys are the converted file names, prefixed by their part.
-    """
-
-    path: str
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    adapted: dict[str, str] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: dict[str, str] = field(default_factory=dict)
-    allowed_missing: list[str] = field(default_factory=list)
-    allowed_unexpected: list[str] = field(default_factory=list)
-    allowed_mismatched: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    #: input normalisation folded into the patch embedding(s): ``{"mean": [...], "std": [...], "keys": [...]}``,
-    #: empty when nothing was folded
-    folded_normalization: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True when every file weight the model has a place for was loaded (no shape mismatch at all)."""
-        return not self.mismatched
-
-    def table(self) -> str:
-        """One table: status | key(s) | detail. Keys differing only by block index share a row."""
-        rows: list[tuple[str, str, str]] = []
-        rows += [("loaded", k, d) for k, d in _compact([(k, "as is") for k in self.loaded])]
-        copied = [k for k, d in self.adapted.items() if d == _COPIED]
-        rows += [("adapted", k, d) for k, d in _compact([(k, d) for k, d in self.adapted.items() if d != _COPIED])]
-        if copied:
-            rows.append(("adapted", "target_encoder.*", f"{_COPIED} ({len(copied)} tensors)"))
-        al = set(self.allowed_mismatched)
-        rows += [
-            ("MISMATCH", k, d)
-            for k, d in _compact([(k, d + ("; kept at init (allowed)" if k in al else "")) for k, d in
-                                  self.mismatched.items()])
-        ]
-        am, au = set(self.allowed_missing), set(self.allowed_unexpected)
-        rows += [
-            ("missing", k, d)
-            for k, d in _compact([(k, "kept at init (allowed)" if k in am else "NOT IN FILE") for k in self.missing])
-        ]
-        rows += [
-            ("unexpected", k, d)
-            for k, d in _compact([(k, "ignored (allowed)" if k in au else "NOT IN MODEL") for k in self.unexpected])
-        ]
-        w0 = max([len("status")] + [len(r[0]) for r in rows])
-        w1 = max([len("key")] + [len(r[1]) for r in rows])
-        head = (
-            f"Pretrained weights {self.path} (format: {self.source}): {len(self.loaded)} loaded, "
-            f"{len(self.adapted)} adapted, {len(self.missing)} missing, {len(self.unexpected)} unexpected"
-            + (f", {len(self.mismatched)} shape mismatches" if self.mismatched else "")
-        )
-        lines = [head]
-        lines += [f"  note: {n}" for n in self.notes]
-        sep = f"  {'-' * w0}-+-{'-' * w1}-+-{'-' * 20}"
-        lines += [f"  {'status':<{w0}} | {'key':<{w1}} | detail", sep]
-        lines += [f"  {s:<{w0}} | {k:<{w1}} | {d}" for s, k, d in rows]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-
-def _compact(items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Merge keys that differ only in their numeric path components into ``blocks.{0-11}.x`` rows."""
-    groups: "OrderedDict[tuple[str, str], list[list[int]]]" = OrderedDict()
-    for key, detail in items:
-        parts = key.split(".")
-        nums = [int(p) for p in parts if p.isdigit()]
-        pattern = ".".join("{}" if p.isdigit() else p for p in parts)
-        groups.setdefault((pattern, detail), []).append(nums)
-    out = []
-    for (pattern, detail), idx in groups.items():
-        if not idx[0]:
-            out.append((pattern, detail))
-            continue
-        fills = []
-        for pos in range(len(idx[0])):
-            vals = sorted({v[pos] for v in idx})
-            if len(vals) == 1:
-                fills.append(str(vals[0]))
-            elif vals == list(range(vals[0], vals[-1] + 1)):
-                fills.append(f"{{{vals[0]}-{vals[-1]}}}")
-            else:
-                fills.append("{" + ",".join(map(str, vals)) + "}")
-        out.append((pattern.format(*fills), detail))
-    # second pass: siblings with the same detail share a row, e.g. ``norm.{weight,bias}``
-    merged: "OrderedDict[tuple[str, str], list[str]]" = OrderedDict()
-    for key, detail in out:
-        head, _, leaf = key.rpartition(".")
-        merged.setdefault((head, detail), []).append(leaf)
-    rows = []
-    for (head, detail), leaves in merged.items():
-        if not head:
-            rows += [(leaf, detail) for leaf in leaves]
-        elif len(leaves) == 1:
-            rows.append((f"{head}.{leaves[0]}", detail))
-        else:
-            rows.append((f"{head}.{{{','.join(leaves)}}}", detail))
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ format conversion
@@ -247,43 +133,20 @@ class ConvertedCheckpoint:
     other: dict[str, Any] = field(default_factory=dict)  # keys the format does not know, as found
 
 
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _STRIP_PREFIXES:
-            if key.startswith(p):
-                key, changed = key[len(p):], True
-    return key
-
-
-def _is_tensor_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def detect_format(obj: Any) -> str:
     """``official``, ``vjepa1``, ``hf`` or ``state_dict`` for a loaded checkpoint object."""
     if isinstance(obj, Mapping) and any(isinstance(obj.get(p), Mapping) for p in PARTS + (_EMA_KEY,)):
         enc = obj.get("encoder") if isinstance(obj.get("encoder"), Mapping) else obj.get("target_encoder")
-        if isinstance(enc, Mapping) and any(_strip(k) == "pos_embed" for k in enc):
+        if isinstance(enc, Mapping) and any(strip_key(k) == "pos_embed" for k in enc):
             return "vjepa1"
         return "official"
     if isinstance(obj, Mapping):
-        keys = [_strip(k) for k in obj]
+        keys = [strip_key(k) for k in obj]
         keys = [k[len("vjepa2."):] if k.startswith("vjepa2.") else k for k in keys]
         if any(k.startswith(("encoder.embeddings.", "encoder.layer.", "predictor.embeddings.")) for k in keys):
             return "hf"
         return "state_dict"
     raise ValueError(f"not a checkpoint dictionary (got {type(obj).__name__})")
-
-
-def _unwrap(obj: Any) -> Any:
-    """Plain dicts that wrap a state dict under one well-known key (``state_dict``, ``model``, ``network``)."""
-    if isinstance(obj, Mapping) and not any(k in obj for k in PARTS) and not _is_tensor_dict(obj):
-        for k in ("state_dict", "model", "network", "net"):
-            if isinstance(obj.get(k), Mapping):
-                return obj[k]
-    return obj
 
 
 def _fuse_qkv(block: dict, prefix: str, out: dict, part: str, out_prefix: str, notes: dict) -> None:
@@ -304,7 +167,7 @@ def _fuse_qkv(block: dict, prefix: str, out: dict, part: str, out_prefix: str, n
 def _convert_hf(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
     flat = {}
     for k, v in sd.items():
-        k = _strip(k)
+        k = strip_key(k)
         k = k[len("vjepa2."):] if k.startswith("vjepa2.") else k
         flat[k.replace("attention.attention.", "attention.")] = v
     parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -358,23 +221,6 @@ def _convert_hf(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
     return ConvertedCheckpoint("hf", parts, notes, other)
 
 
-def read_checkpoint(path) -> Any:
-    """Read a checkpoint file (local or URL): ``.safetensors`` through safetensors, anything else through
-    :func:`oct_foundation.io.torch_load` (``weights_only=True``: pickled code is refused)."""
-    if str(path).lower().endswith(".safetensors"):
-        try:
-            from safetensors.torch import load as load_safetensors
-        except ImportError:
-            raise CheckpointError(path, "reading .safetensors files needs the 'safetensors' package") from None
-        with oio.open_file(path, "rb") as f:
-            data = f.read()
-        try:
-            return load_safetensors(data)
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(path, f"not a readable safetensors file ({str(e).splitlines()[0]})") from None
-    return oio.torch_load(path)
-
-
 def convert_checkpoint(checkpoint: Any, source: str = "auto") -> ConvertedCheckpoint:
     """Convert a loaded checkpoint object (or a path / URL) to canonical part state dicts.
 
@@ -385,8 +231,9 @@ def convert_checkpoint(checkpoint: Any, source: str = "auto") -> ConvertedCheckp
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, "__fspath__"):
-        checkpoint = read_checkpoint(checkpoint)
-    checkpoint = _unwrap(checkpoint)
+        checkpoint = read_weights(checkpoint)
+    checkpoint = find_state_dict(checkpoint, stop=lambda m: any(k in m for k in PARTS + (_EMA_KEY,)),
+                                 keys=("state_dict", "model", "network", "net"), required=False)
     detected = detect_format(checkpoint)
     src = detected if source == "auto" else source
     if src in ("official", "vjepa1"):
@@ -396,10 +243,10 @@ def convert_checkpoint(checkpoint: Any, source: str = "auto") -> ConvertedCheckp
         parts = {}
         for p in PARTS:
             if isinstance(checkpoint.get(p), Mapping):
-                parts[p] = {_strip(k): v for k, v in checkpoint[p].items() if isinstance(v, torch.Tensor)}
+                parts[p] = {strip_key(k): v for k, v in checkpoint[p].items() if isinstance(v, torch.Tensor)}
         other = {}
         if isinstance(checkpoint.get(_EMA_KEY), Mapping):
-            ema = {_strip(k): v for k, v in checkpoint[_EMA_KEY].items() if isinstance(v, torch.Tensor)}
+            ema = {strip_key(k): v for k, v in checkpoint[_EMA_KEY].items() if isinstance(v, torch.Tensor)}
             if "target_encoder" in parts:
                 other = {f"{_EMA_KEY}.{k}": v for k, v in ema.items()}
             else:  # V-JEPA 2.1 ViT-B/L: the EMA encoder is the released (target) encoder
@@ -411,7 +258,7 @@ def convert_checkpoint(checkpoint: Any, source: str = "auto") -> ConvertedCheckp
     if src == "hf":
         return _convert_hf(tensors)
     # bare state dict: a whole VJEPA3D or a single encoder
-    stripped = {_strip(k): v for k, v in tensors.items()}
+    stripped = {strip_key(k): v for k, v in tensors.items()}
     if any(k.split(".", 1)[0] in PARTS for k in stripped):
         parts: dict[str, dict[str, torch.Tensor]] = {}
         other = {}
@@ -726,10 +573,6 @@ def _is_vjepa(model: nn.Module) -> bool:
     return all(isinstance(getattr(model, p, None), nn.Module) for p in ("encoder", "target_encoder"))
 
 
-def _match_any(key: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
-
-
 def _grids_for(module: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[str, tuple]:
     grids = {}
     for k, v in sd.items():
@@ -842,7 +685,7 @@ def load_pretrained(
     if isinstance(input_norm, str) and input_norm not in ("auto", "imagenet", "none"):
         raise ValueError(f"input_norm must be 'auto', 'imagenet', 'none'/None, (mean, std) or "
                          f"{{'mean': ..., 'std': ...}}, got {input_norm!r}")
-    raw = read_checkpoint(path)
+    raw = read_weights(path)
     try:
         conv = convert_checkpoint(raw, source=source)
     except ValueError as e:
@@ -964,19 +807,10 @@ def load_pretrained(
     report.allowed_mismatched = [k for k in report.mismatched if _match_any(k, allow_missing)]
     for k in report.allowed_mismatched:  # explicitly allowed to keep its initial value
         new_sd.pop(k, None)
-    problems = []
-    bad_shape = [k for k in report.mismatched if k not in report.allowed_mismatched]
-    if bad_shape:
-        problems.append(f"{len(bad_shape)} shape mismatch(es) that cannot be adapted")
-    if strict:
-        bad_m = [k for k in report.missing if k not in report.allowed_missing]
-        bad_u = [k for k in report.unexpected if k not in report.allowed_unexpected]
-        if bad_m:
-            problems.append(f"{len(bad_m)} missing key(s) not in allow_missing")
-        if bad_u:
-            problems.append(f"{len(bad_u)} unexpected key(s) not in allow_unexpected")
-    if problems:
-        raise CheckpointError(path, "; ".join(problems) + "; nothing was loaded\n" + report.table())
+    p = report.problems
+    if p["mismatched"] or (strict and (p["missing"] or p["unexpected"])):
+        raise CheckpointError(path, report.failure(
+            type(model).__name__, "allow_missing / allow_unexpected take glob patterns of keys that may differ"))
 
     with torch.no_grad():
         result = model.load_state_dict(new_sd, strict=False)

@@ -53,11 +53,12 @@ def test_train_autoencoder_validation_checkpoints_resume(trained_autoencoder, co
     ckpt = torch.load(run_dir / "checkpoints" / "checkpoint_2.pt", weights_only=True)
     assert {"network", "optimizer", "trainer", "discriminator", "d_optimizer"} <= set(ckpt)
     # the exported weight is a zoo-format autoencoder state dict: loads strictly into a fresh wrapper
-    from oct_foundation.networks.maisi import StackedVideoVAE, load_maisi_weights
+    from oct_foundation.networks.maisi import StackedVideoVAE
+    from oct_foundation.networks.weights import load_weights
 
-    report = load_maisi_weights(StackedVideoVAE({k: TINY[k] for k in ("num_channels", "num_res_blocks",
-                                                                       "norm_num_groups")}),
-                                str(root / "models" / "autoencoder.pt"))
+    report = load_weights(StackedVideoVAE({k: TINY[k] for k in ("num_channels", "num_res_blocks",
+                                                                 "norm_num_groups")}),
+                          str(root / "models" / "autoencoder.pt"), source="maisi")
     assert report.ok and report.loaded
     # resume: one more epoch continues from the checkpoint (epoch 3, not a fresh epoch 1)
     _run(["train_autoencoder.json"], bundle_root=str(root), dataset_dir=str(cohort), num_epochs=3, epoch_length=1,

@@ -54,13 +54,13 @@ def test_unet_baseline_trains_and_scores_at_native_size(cohort, tmp_path):
 
 def test_unet_baseline_refuses_pretrained_weights(tmp_path):
     from oct_foundation.networks.baselines import UNetBaseline
-    from oct_foundation.networks.heads import load_encoder_weights
+    from oct_foundation.networks.weights import load_weights
 
     torch.save({"pos_embed": torch.zeros(1)}, tmp_path / "model.pt")  # any weight file: refused before reading
     net = UNetBaseline(num_classes=3, channels=(4, 8), strides=(2,))
     with pytest.raises(ValueError, match="encoder_source 'random'"):
-        load_encoder_weights(net, "model_pt", str(tmp_path / "model.pt"))
-    load_encoder_weights(net, "random", None, print_report=False)  # from scratch: accepted
+        load_weights(net, str(tmp_path / "model.pt"), source="model_pt")
+    load_weights(net, None, source="random", print_report=False)  # from scratch: accepted
 
 
 def test_unet_baseline_any_size():

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from oct_foundation.engines import BatchInference, EmbeddingProcessor, load_network_weights
+from oct_foundation.engines import BatchInference, EmbeddingProcessor
 from oct_foundation.errors import CheckpointError
 from oct_foundation.networks import VJEPA3D
+from oct_foundation.networks.weights import load_weights
 
 
 def tiny_net(seed=0):
@@ -58,11 +59,12 @@ def test_memory_output_and_weights(tmp_path, memfs):
     net = tiny_net(seed=1)
     path = str(tmp_path / "model.pt")
     torch.save(net.state_dict(), path)
-    fresh = load_network_weights(tiny_net(seed=2), path)
+    fresh = tiny_net(seed=2)
+    assert load_weights(fresh, path).ok
     assert torch.equal(fresh.encoder.blocks[0].attn.qkv.weight, net.encoder.blocks[0].attn.qkv.weight)
     torch.save({"wrong": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="bad.pt"):
-        load_network_weights(tiny_net(), str(tmp_path / "bad.pt"))
+        load_weights(tiny_net(), str(tmp_path / "bad.pt"))
     proc = EmbeddingProcessor(fresh, image_size=(32, 32))
     rows = BatchInference([str(tmp_path / "a.nii.gz")], "memory://emb", proc, progress=False).run()
     assert rows[0]["status"] == "done"

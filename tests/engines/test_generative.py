@@ -17,10 +17,10 @@ from oct_foundation.engines.generative import (
     ReconstructionMetric,
     diffusion_target,
     kl_loss,
-    load_diffusion_weights,
     video_to_stacks,
 )
 from oct_foundation.errors import CheckpointError
+from oct_foundation.networks.weights import load_weights
 from oct_foundation.metrics.generative import frechet_distance, split_halves
 from oct_foundation.metrics.reconstruction import psnr, ssim
 from oct_foundation.networks.maisi import StackedVideoVAE
@@ -114,15 +114,15 @@ def test_diffusion_unet_scale_factor_weights_and_size_check(tmp_path):
         assert torch.allclose(y, net(x, torch.full((2,), 99)))  # default: first sampling step
     torch.save(net.state_dict(), tmp_path / "model.pt")
     other = LatentDiffusionUNet(num_train_timesteps=100, **TINY_UNET)
-    load_diffusion_weights(other, str(tmp_path / "model.pt"))
+    load_weights(other, str(tmp_path / "model.pt"), source="diffusion")
     assert other.scale == pytest.approx(0.7)
     # model-zoo style checkpoint: {"unet_state_dict", "scale_factor"}
     sd = {k: v for k, v in net.state_dict().items() if k != "scale_factor"}
     torch.save({"unet_state_dict": sd, "scale_factor": 0.25}, tmp_path / "zoo.pt")
-    load_diffusion_weights(other, str(tmp_path / "zoo.pt"))
+    load_weights(other, str(tmp_path / "zoo.pt"), source="diffusion")
     assert other.scale == pytest.approx(0.25)
     with pytest.raises(CheckpointError, match="not found"):
-        load_diffusion_weights(other, str(tmp_path / "missing.pt"))
+        load_weights(other, str(tmp_path / "missing.pt"), source="diffusion")
     with pytest.raises(ValueError, match="divisible by 2"):
         net(torch.randn(1, 4, 3, 8, 8))
 

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from oct_foundation.errors import CheckpointError
-from oct_foundation.networks.heads import (ClassificationNet, SegmentationNet, load_encoder_weights,
-                                           set_encoder_trainable)
+from oct_foundation.networks.heads import ClassificationNet, SegmentationNet, set_encoder_trainable
 from oct_foundation.networks.vit3d import VisionTransformer3D
 from oct_foundation.networks.vjepa3d import VJEPA3D
+from oct_foundation.networks.weights import load_weights
 from oct_foundation.io import torch_save
 
 ENC = dict(in_chans=1, img_size=(8, 32, 48), patch_size=16, tubelet_size=2, embed_dim=32, depth=2, num_heads=2)
@@ -106,7 +106,7 @@ def _same(enc_a, enc_b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_load_encoder_weights_sources(tmp_path, memfs, capsys):
+def test_load_weights_encoder_sources(tmp_path, memfs, capsys):
     vj = VJEPA3D(embed_dim=32, depth=2, num_heads=2, predictor_embed_dim=16, predictor_depth=1,
                  predictor_num_heads=2, img_size=(8, 32, 48))
     with torch.no_grad():
@@ -115,42 +115,42 @@ def test_load_encoder_weights_sources(tmp_path, memfs, capsys):
     torch_save(vj.state_dict(), "memory://bundle/models/model.pt")
 
     seg = SegmentationNet(num_classes=3, decoder_channels=8, freeze="all", **ENC)
-    rep = load_encoder_weights(seg, "model_pt", "memory://bundle/models/model.pt")
+    rep = load_weights(seg, "memory://bundle/models/model.pt", source="model_pt")
     assert _same(seg.encoder, vj.encoder) and not rep.missing and not rep.unexpected
     assert len(rep.loaded) == len(vj.encoder.state_dict())
     assert all(not p.requires_grad for p in seg.encoder.parameters())  # freeze kept
     assert "loaded" in capsys.readouterr().out
 
-    load_encoder_weights(seg, "model_pt", "memory://bundle/models/model.pt", use_target_encoder=True)
+    load_weights(seg, "memory://bundle/models/model.pt", source="model_pt", use_target_encoder=True)
     assert _same(seg.encoder, vj.target_encoder)
 
     # an Ignite checkpoint of a downstream net: state under "network"
     ck = tmp_path / "checkpoint_epoch=1.pt"
     torch.save({"network": seg.state_dict(), "optimizer": {"state": {}, "param_groups": []}}, ck)
     clf = ClassificationNet(num_classes=2, **ENC)
-    load_encoder_weights(clf, "checkpoint", ck)
+    load_weights(clf, ck, source="checkpoint")
     assert _same(clf.encoder, seg.encoder)
     with pytest.raises(CheckpointError, match="model"):
-        load_encoder_weights(clf, "checkpoint", ck, checkpoint_key="model")
+        load_weights(clf, ck, source="checkpoint", checkpoint_key="model")
 
     # random: untouched
     before = {k: v.clone() for k, v in clf.encoder.state_dict().items()}
-    rep = load_encoder_weights(clf, "random")
+    rep = load_weights(clf, source="random")
     assert not rep.loaded and all(torch.equal(before[k], v) for k, v in clf.encoder.state_dict().items())
 
     # strict: a wider encoder does not fit
     wide = ClassificationNet(num_classes=2, **{**ENC, "embed_dim": 64, "num_heads": 4})
-    with pytest.raises(CheckpointError, match="do not match"):
-        load_encoder_weights(wide, "model_pt", "memory://bundle/models/model.pt")
+    with pytest.raises(CheckpointError, match="does not match the encoder"):
+        load_weights(wide, "memory://bundle/models/model.pt", source="model_pt")
     # strict: a deeper encoder misses block 2; non-strict loads the rest and reports it
     deep = ClassificationNet(num_classes=2, **{**ENC, "depth": 3})
     with pytest.raises(CheckpointError, match="blocks"):
-        load_encoder_weights(deep, "model_pt", "memory://bundle/models/model.pt")
-    rep = load_encoder_weights(deep, "model_pt", "memory://bundle/models/model.pt", strict=False)
+        load_weights(deep, "memory://bundle/models/model.pt", source="model_pt")
+    rep = load_weights(deep, "memory://bundle/models/model.pt", source="model_pt", strict=False)
     assert rep.missing and all(k.startswith("blocks.2.") for k in rep.missing)
     assert torch.equal(deep.encoder.blocks[1].attn.qkv.weight, vj.encoder.blocks[1].attn.qkv.weight)
     with pytest.raises(ValueError, match="source"):
-        load_encoder_weights(deep, "imagenet", "x.pt")
+        load_weights(deep, "x.pt", source="imagenet")
 
 
 def test_load_sincos_other_grid_and_vjepa2_path(tmp_path):
@@ -158,10 +158,10 @@ def test_load_sincos_other_grid_and_vjepa2_path(tmp_path):
     path = tmp_path / "enc.pt"
     torch.save(src.state_dict(), path)  # a bare encoder state dict
     dst = SegmentationNet(num_classes=2, decoder_channels=8, **{**ENC, "pos_embed": "sincos", "img_size": (16, 64, 64)})
-    rep = load_encoder_weights(dst, "model_pt", path)
+    rep = load_weights(dst, path, source="model_pt")
     assert "pos_embed" in rep.adapted
     assert torch.equal(dst.encoder.blocks[0].mlp.fc1.weight, src.blocks[0].mlp.fc1.weight)
     # V-JEPA 2 style files go through the package's adapting loader
     clf = ClassificationNet(num_classes=2, **{**ENC, "pos_embed": "sincos"})
-    rep = load_encoder_weights(clf, "vjepa2", path, print_report=False)
+    rep = load_weights(clf, path, source="vjepa2", print_report=False)
     assert torch.equal(clf.encoder.patch_embed.proj.weight, src.patch_embed.proj.weight)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from oct_foundation.errors import CheckpointError
+from oct_foundation.networks.weights import load_weights
 from oct_foundation.networks.maisi import (
     StackedVideoVAE,
     check_split_safety,
-    load_maisi_weights,
     maisi_autoencoder_config,
 )
 
@@ -195,11 +195,11 @@ def test_load_weights_strict_with_report(vae, tmp_path, capsys):
     torch.save(sd, plain)
     torch.save({"epoch": 3, "autoencoder": {f"module.{k}": v for k, v in sd.items()}}, nested)
     target = StackedVideoVAE(TINY)
-    report = load_maisi_weights(target, str(plain))
+    report = load_weights(target, str(plain), source="maisi")
     assert report.ok and len(report.loaded) == len(sd) and "loaded as is" in capsys.readouterr().out
     for k, v in target.autoencoder.state_dict().items():
         assert torch.equal(v, sd[k])
-    report = load_maisi_weights(StackedVideoVAE(TINY).autoencoder, str(nested))
+    report = load_weights(StackedVideoVAE(TINY).autoencoder, str(nested), source="maisi")
     assert report.ok
     # missing, unexpected, wrong shape -> CheckpointError naming the file, nothing loaded
     broken = dict(sd)
@@ -208,19 +208,19 @@ def test_load_weights_strict_with_report(vae, tmp_path, capsys):
     torch.save(broken, tmp_path / "broken.pt")
     fresh = StackedVideoVAE(TINY)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    with pytest.raises(CheckpointError, match="broken.pt.*1 missing, 1 unexpected"):
-        load_maisi_weights(fresh, str(tmp_path / "broken.pt"))
+    with pytest.raises(CheckpointError, match=r"broken.pt.*1 missing key\(s\), 1 unexpected"):
+        load_weights(fresh, str(tmp_path / "broken.pt"), source="maisi")
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     torch.save(StackedVideoVAE({"num_channels": (16, 16, 16)}).autoencoder.state_dict(), tmp_path / "big.pt")
-    with pytest.raises(CheckpointError, match="wrong shape"):
-        load_maisi_weights(fresh, str(tmp_path / "big.pt"))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_weights(fresh, str(tmp_path / "big.pt"), source="maisi")
     # unsafe pickle refused; missing file refused unless random init is allowed
     torch.save({"fn": print}, tmp_path / "code.pt")
     with pytest.raises(CheckpointError, match="code.pt"):
-        load_maisi_weights(fresh, str(tmp_path / "code.pt"))
+        load_weights(fresh, str(tmp_path / "code.pt"), source="maisi")
     with pytest.raises(CheckpointError, match="missing.pt.*allow_random_init"):
-        load_maisi_weights(fresh, str(tmp_path / "missing.pt"))
-    assert load_maisi_weights(fresh, str(tmp_path / "missing.pt"), allow_random_init=True).random_init
+        load_weights(fresh, str(tmp_path / "missing.pt"), source="maisi")
+    assert load_weights(fresh, str(tmp_path / "missing.pt"), source="maisi", allow_random_init=True).random_init
 
 
 def test_load_weights_from_fsspec_url(memfs):
@@ -229,5 +229,5 @@ def test_load_weights_from_fsspec_url(memfs):
     with memfs.open("/w/ae.pt", "wb") as f:
         torch.save({"state_dict": sd}, f)
     target = StackedVideoVAE(TINY)
-    assert load_maisi_weights(target, "memory://w/ae.pt").ok
+    assert load_weights(target, "memory://w/ae.pt", source="maisi").ok
     assert torch.equal(target.autoencoder.state_dict()["quant_conv_mu.conv.weight"], sd["quant_conv_mu.conv.weight"])

@@ -122,7 +122,7 @@ def test_official_layout_rgb_to_gray_gives_three_channel_features(tmp_path, caps
     assert "3->1 channel (sum)" in report.adapted["patch_embed.proj.weight"]
     assert "blocks.1.attn.qkv.weight" in report.loaded
     printed = capsys.readouterr().out
-    assert printed.count("Pretrained weights") == 1 and "adapted" in printed and "3->1 channel" in printed
+    assert printed.count("(format: ") == 1 and "adapted" in printed and "3->1 channel" in printed
 
     x = _gray()
     with torch.no_grad():
