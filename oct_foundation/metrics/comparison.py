@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["paired_bootstrap", "compare_classifiers", "compare_per_case", "verdict"]
+__all__ = ["paired_bootstrap", "compare_classifiers", "compare_per_case", "outcome", "verdict"]
 
 
 def paired_bootstrap(
@@ -151,15 +151,35 @@ def compare_per_case(values_a: Sequence[float], values_b: Sequence[float], **boo
     return paired_bootstrap(lambda idx: float(d[idx].mean()), int(d.size), **bootstrap_kwargs)
 
 
-def verdict(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
-    """One line from a bootstrap result: which model is better, or that the interval includes no difference."""
+def outcome(result: Mapping[str, Any], min_effect: float = 0.0) -> str:
+    """``"a"`` / ``"b"`` (that model is better: the interval excludes 0 and the estimate is at least
+    ``min_effect`` in size), ``"negligible"`` (the interval excludes 0 but the estimate is smaller than
+    ``min_effect``: a real but practically irrelevant difference), ``"none"`` (the interval includes 0) or
+    ``"undetermined"`` (no finite interval)."""
+    lo, hi, est = result["ci_low"], result["ci_high"], result["estimate"]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "undetermined"
+    if lo > 0 or hi < 0:
+        return "negligible" if abs(est) < float(min_effect) else ("a" if lo > 0 else "b")
+    return "none"
+
+
+def verdict(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B", min_effect: float = 0.0) -> str:
+    """One line from a bootstrap result: which model is better, that the difference is real but smaller than
+    ``min_effect`` (the smallest difference that matters, in the metric's units), or that the interval includes
+    no difference."""
     lo, hi = result["ci_low"], result["ci_high"]
     level = f"{100 * result['confidence']:.0f}%"
     span = f"difference {result['estimate']:+.3f}, {level} interval [{lo:+.3f}, {hi:+.3f}], n={result['n']}"
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    kind = outcome(result, min_effect)
+    if kind == "undetermined":
         return f"undetermined ({span})"
-    if lo > 0:
+    if kind == "a":
         return f"{name_a} better ({span})"
-    if hi < 0:
+    if kind == "b":
         return f"{name_b} better ({span})"
+    if kind == "negligible":
+        side = name_a if lo > 0 else name_b
+        return (f"negligible difference: {side} higher by less than {min_effect:g}, the smallest difference "
+                f"counted ({span})")
     return f"no clear difference ({span})"

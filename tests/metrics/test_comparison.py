@@ -77,3 +77,14 @@ def test_fast_metrics_match_scikit_learn():
     assert _metric("accuracy", y, p, 3) == pytest.approx((p.argmax(1) == y).mean())
     with pytest.raises(ValueError, match="unknown metric"):
         compare_classifiers(y, p, p, metrics=("kappa",))
+
+
+def test_a_real_but_tiny_difference_is_called_negligible():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.90, 0.92, size=36)
+    r = compare_per_case(a + 0.001, a)  # every case higher by 0.001: the interval excludes 0
+    assert r["ci_low"] > 0
+    assert verdict(r, "A", "B").startswith("A better")
+    assert verdict(r, "A", "B", min_effect=0.01).startswith("negligible difference: A higher by less than 0.01")
+    r = compare_per_case(a + 0.05, a)
+    assert verdict(r, "A", "B", min_effect=0.01).startswith("A better")
