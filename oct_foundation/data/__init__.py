@@ -17,9 +17,12 @@ _EXPORTS = {
     "transforms": (
         "DEPTH_STRATEGIES", "sample_depth_indices", "DepthSubsampled", "MinDepthd", "CheckFinited",
         "RecordSpacingd", "input_error_from", "time_as_depth", "TimeAsDepth", "TimeAsDepthd", "build_preprocessing",
+        "default_maisi_transforms",
     ),
     "datalist": ("load_datalist", "datalist_from_folder"),
     "preflight": ("preflight_datalist", "probe_volume"),
+    "batch": ("prepare_batch_image",),
+    "latents": ("LoadLatentd", "read_latent", "LATENT_SUFFIXES"),
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 if os.path.exists(os.path.join(os.path.dirname(__file__), "synthetic.py")):

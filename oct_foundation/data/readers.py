@@ -13,7 +13,6 @@ into ``memory:/x`` because it passes names through ``pathlib.Path``).
 from __future__ import annotations
 
 import datetime
-import gzip
 import io as _pyio
 import posixpath
 import zlib

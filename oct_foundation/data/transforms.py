@@ -26,6 +26,7 @@ __all__ = [
     "RecordSpacingd",
     "time_as_depth",
     "TimeAsDepth",
+    "default_maisi_transforms",
     "TimeAsDepthd",
     "build_preprocessing",
     "input_error_from",
@@ -414,3 +415,17 @@ def build_preprocessing(
             raise ValueError(f"normalize must be True, False, 'percentile' or 'zscore', got {normalize!r}")
     out.append(RecordSpacingd(all_keys, allow_missing_keys=True))
     return out
+
+
+def default_maisi_transforms(keys: KeysCollection = ("image",), max_voxels: int | None = None,
+                             assume_spacing: Sequence[float] | None = None, allow_non_oct: bool = False,
+                             percentiles: Sequence[float] = (0.5, 99.5)):
+    """The MAISI autoencoder's input: each volume read at its own size and depth and scaled to [0, 1] exactly as
+    the ``oct_latent_diffusion`` autoencoder training scales it (:func:`build_preprocessing`: ``percentiles`` ->
+    [0, 1], clipped, per channel), so weights trained there encode the same intensities here. ``max_voxels``,
+    ``assume_spacing``, ``allow_non_oct``: the readers' limits (:mod:`oct_foundation.data.validation`)."""
+    from monai.transforms import Compose
+
+    return Compose(build_preprocessing(keys, d_target=None, train=False, normalize="percentile",
+                                       percentiles=percentiles, max_voxels=max_voxels, assume_spacing=assume_spacing,
+                                       allow_non_oct=allow_non_oct))

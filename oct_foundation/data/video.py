@@ -11,7 +11,6 @@ as RGB. Anything unreadable raises a one-line :class:`~oct_foundation.errors.OCT
 """
 from __future__ import annotations
 
-import io as _pyio
 import posixpath
 import re
 from typing import Iterator

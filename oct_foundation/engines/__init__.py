@@ -21,7 +21,7 @@ _EXPORTS = {
         "MomentumSchedule", "build_param_groups", "tokens_per_sample", "accumulation_for_tokens",
     ),
     "embedding_inference": (
-        "EmbeddingProcessor", "VJEPAEmbedding", "run_embedding_inference",
+        "EmbeddingProcessor", "run_embedding_inference",
     ),
     "runs": ("start_training_run", "TrainingRun", "run_settings", "checkpoint_run", "find_checkpoints"),
     "batch_inference": ("BatchInference", "anonymous_id", "as_bool", "list_inputs"),

@@ -32,11 +32,12 @@ import torch.nn.functional as F
 from ignite.engine import Events
 from ignite.metrics import Metric
 from monai.engines import SupervisedTrainer
-from monai.networks.nets import DiffusionModelUNet
-from monai.transforms import MapTransform
 
 from oct_foundation import io
-from oct_foundation.engines.jepa_trainer import prepare_batch_image
+from oct_foundation.data.batch import prepare_batch_image
+from oct_foundation.data.latents import LoadLatentd  # noqa: F401 (configs name it here too)
+from oct_foundation.networks.diffusion import LatentDiffusionUNet  # noqa: F401 (model files may name it here)
+from oct_foundation.networks.maisi import video_to_stacks
 from oct_foundation.errors import OCTInputError
 
 __all__ = [
@@ -72,28 +73,6 @@ def _dtype(d) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------------------------- autoencoder
-def video_to_stacks(x: torch.Tensor, window: int, stride: int, compression: int = 1) -> torch.Tensor:
-    """Cut videos ``[B, C, T, H, W]`` into stacks ``[B * n, C, window, H_pad, W_pad]`` (batch-major).
-
-    Windows of ``window`` frames start every ``stride`` frames until ``T`` is covered; the last window is
-    completed by repeating the last frame, and H, W are padded by edge replication to multiples of
-    ``compression``: the pieces :class:`~oct_foundation.networks.maisi.StackedVideoVAE` encodes.
-    """
-    if x.ndim != 5:
-        raise ValueError(f"video_to_stacks expects [B, C, T, H, W], got shape {tuple(x.shape)}")
-    t = x.shape[2]
-    n = 1 if t <= window else math.ceil((t - window) / stride) + 1
-    t_pad = (n - 1) * stride + window
-    if t_pad > t:
-        x = torch.cat([x, x[:, :, -1:].expand(-1, -1, t_pad - t, -1, -1)], 2)
-    ph, pw = (-x.shape[3]) % compression, (-x.shape[4]) % compression
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate")
-    stacks = x.unfold(2, window, stride)  # [B, C, n, H, W, window]
-    b, c = x.shape[:2]
-    return stacks.permute(0, 2, 1, 5, 3, 4).reshape(b * n, c, window, x.shape[3], x.shape[4])
-
-
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     """KL divergence of ``N(z_mu, z_sigma^2)`` from ``N(0, 1)``, summed over latent voxels, mean over the batch."""
     dims = list(range(1, z_mu.ndim))
@@ -367,57 +346,6 @@ class ValidationHistory:
 
 
 # ------------------------------------------------------------------------------------------------ diffusion
-class LatentDiffusionUNet(DiffusionModelUNet):
-    """MONAI ``DiffusionModelUNet`` (``spatial_dims=3``) on latent videos ``[B, 4, T', h, w]`` that stores its
-    latent ``scale_factor`` as a buffer (in ``state_dict``: the weight file and training checkpoints carry it).
-
-    ``forward(x, timesteps=None, ...)``: the noise / velocity prediction ``[B, out_channels, T', h, w]``. Without
-    ``timesteps`` (model-zoo shape checks, TorchScript tracing) it predicts at ``num_train_timesteps - 1``, the
-    first step of sampling from pure noise. ``scale_factor`` 0 means "not set yet" (the trainer computes it).
-    """
-
-    def __init__(self, spatial_dims: int = 3, in_channels: int = 4, out_channels: int = 4,
-                 num_train_timesteps: int = 1000, scale_factor: float | None = None, **kwargs) -> None:
-        super().__init__(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
-        self.num_train_timesteps = int(num_train_timesteps)
-        self.register_buffer("scale_factor", torch.tensor(float(scale_factor or 0.0)))
-        self.size_multiple = 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def scale(self) -> float:
-        """The latent scale factor (1.0 while unset)."""
-        s = float(self.scale_factor)
-        return s if s > 0 else 1.0
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context=None, class_labels=None,
-                down_block_additional_residuals=None, mid_block_additional_residual=None) -> torch.Tensor:
-        if any(int(s) % self.size_multiple for s in x.shape[2:]):
-            raise ValueError(f"latent size {tuple(x.shape[2:])} must be divisible by {self.size_multiple} in every "
-                             f"axis for a U-Net with {len(self.block_out_channels)} levels (choose the number of "
-                             f"frames / B-scan size accordingly, or fewer levels)")
-        if timesteps is None:
-            timesteps = torch.full((x.shape[0],), self.num_train_timesteps - 1, device=x.device, dtype=torch.long)
-        return super().forward(x, timesteps, context, class_labels, down_block_additional_residuals,
-                               mid_block_additional_residual)
-
-
-class LoadLatentd(MapTransform):
-    """Read ``<id>_latent.pt`` / ``.npy`` (with the sidecar JSON written by the ``oct_maisi_vae_encode`` bundle)
-    into raw latents ``[4, T', h, w]``: the file's values divided by the sidecar's ``scale_factor``."""
-
-    def __init__(self, keys="latent", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-
-    def __call__(self, data):
-        from oct_foundation.engines.maisi_inference import _read_latent
-
-        d = dict(data)
-        for key in self.key_iterator(d):
-            z, info = _read_latent(str(d[key]))
-            d[key] = z / float(info.get("scale_factor", 1.0) or 1.0)
-        return d
-
-
 def latent_datalist(latent_dir: str, key: str = "latent") -> list[dict]:
     """``[{key: path}]`` for every latent file of an encode output folder (local or URL)."""
     from oct_foundation.engines.maisi_inference import latent_files

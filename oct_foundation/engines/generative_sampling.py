@@ -91,7 +91,7 @@ class LatentDiffusionSampler:
     """Generate ``num_samples`` volumes ``[1, T, H, W]`` with ``output_shape = (T, H, W)`` (see module docstring).
 
     Args:
-        network: the trained :class:`~oct_foundation.engines.generative.LatentDiffusionUNet` (scale factor set).
+        network: the trained :class:`~oct_foundation.networks.diffusion.LatentDiffusionUNet` (scale factor set).
         autoencoder: the ``StackedVideoVAE`` the latents belong to (same stack settings as in training).
         inferer: MONAI ``DiffusionInferer`` holding the scheduler the U-Net was trained with.
         output_dir: folder (local or URL) for the NIfTI files, ``samples.csv`` and the grid.

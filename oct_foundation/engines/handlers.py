@@ -462,7 +462,7 @@ class ProgressiveUnfreezing:
 
     def apply(self, epoch: int) -> list[str]:
         """Set ``requires_grad`` of every unit for the 0-based ``epoch``; returns the frozen units."""
-        from oct_foundation.engines.jepa_trainer import encoder_units
+        from oct_foundation.networks.freezing import encoder_units
 
         frozen = set(self.frozen_at(epoch))
         for name, params in encoder_units(self.encoder):
@@ -649,7 +649,7 @@ class RepresentationRankMonitor(_TensorBoardWriter):
 
     def _volumes(self) -> list[torch.Tensor]:
         """Up to ``max_volumes`` volumes of the loader, as the loader's batches ``[b, C, D, H, W]`` (CPU)."""
-        from oct_foundation.engines.jepa_trainer import prepare_batch_image
+        from oct_foundation.data.batch import prepare_batch_image
 
         parts, n = [], 0
         for batch in self.data_loader:

@@ -30,6 +30,10 @@ from monai.engines import Evaluator, Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from oct_foundation.data.batch import prepare_batch_image
+from oct_foundation.networks.freezing import encoder_units, freeze_encoder  # noqa: F401 (engines export them)
+from oct_foundation.networks.vjepa3d import JEPAObjective
+
 __all__ = [
     "batch_depth_positions",
     "JEPATrainer",
@@ -56,18 +60,6 @@ def _dtype(d) -> torch.dtype:
     if key not in _DTYPES:
         raise ValueError(f"amp_dtype must be bfloat16 or float16, got {d!r}")
     return _DTYPES[key]
-
-
-def prepare_batch_image(batchdata, device, non_blocking: bool = False, image_key: str = "image") -> torch.Tensor:
-    """The image tensor ``[B, C, D, H, W]`` of a collated batch (dict or tensor), on ``device``, as a plain tensor."""
-    x = batchdata[image_key] if isinstance(batchdata, Mapping) else batchdata
-    if isinstance(x, (list, tuple)):
-        x = x[0]
-    if hasattr(x, "as_tensor"):
-        x = x.as_tensor()
-    if x.ndim != 5:
-        raise ValueError(f"expected a batch [B, C, D, H, W], got shape {tuple(x.shape)}")
-    return x.to(device=device, non_blocking=non_blocking, dtype=torch.float32)
 
 
 def batch_depth_positions(batchdata, network, x: torch.Tensor, image_key: str = "image") -> torch.Tensor:
@@ -145,18 +137,6 @@ def draw_masks(mask_generator, batch_size: int, grid, generator: torch.Generator
 
 def _numel(idx) -> int:
     return int(sum(i.numel() for i in idx)) if isinstance(idx, (list, tuple)) else int(idx.numel())
-
-
-class _JEPAObjective(torch.nn.Module):
-    """``forward(x, ctx_idx, tgt_idx) -> (pred, target)``: the JEPA forward as a module ``forward`` so that it can
-    be wrapped by ``DistributedDataParallel`` (DDP only synchronises gradients of calls through ``forward``)."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x, ctx_idx, tgt_idx, depth_positions=None):
-        return self.network.jepa_forward(x, ctx_idx, tgt_idx, depth_positions=depth_positions)
 
 
 class JEPATrainer(Trainer):
@@ -266,7 +246,7 @@ class JEPATrainer(Trainer):
         # checkpoint dict can reference it before training starts.
         use_scaler = amp and self.amp_dtype == torch.float16 and dev.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self._objective = _JEPAObjective(network)
+        self._objective = JEPAObjective(network)
         self._ddp = None
         self._ddp_signature: tuple | None = None
         self._acc_tokens = 0
@@ -520,40 +500,6 @@ def _lower_is_better(current, best) -> bool:
 
 
 # -- network preparation -----------------------------------------------------------------------------------------
-def encoder_units(encoder: torch.nn.Module) -> list[tuple[str, list[torch.nn.Parameter]]]:
-    """Freezable units of a ``VisionTransformer3D`` from the input side: ``patch_embed`` (with a learned
-    ``pos_embed`` if any), then ``blocks.0`` ... ``blocks.{depth-1}``."""
-    first = list(encoder.patch_embed.parameters())
-    pos = getattr(encoder, "pos_embed", None)
-    if isinstance(pos, torch.nn.Parameter):
-        first.append(pos)
-    units = [("patch_embed", first)]
-    for i, blk in enumerate(encoder.blocks):
-        units.append((f"blocks.{i}", list(blk.parameters())))
-    return units
-
-
-def freeze_encoder(encoder: torch.nn.Module, freeze_first_n: int, freeze_patch_embed: bool | None = None) -> list[str]:
-    """Freeze the patch embedding and the first ``freeze_first_n`` blocks (``requires_grad=False``).
-
-    ``freeze_patch_embed`` defaults to ``freeze_first_n > 0``. Returns the frozen unit names; every other
-    unit is made trainable.
-    """
-    n = int(freeze_first_n or 0)
-    depth = len(encoder.blocks)
-    if n < 0 or n > depth:
-        raise ValueError(f"freeze_first_n must be in [0, {depth}], got {n}")
-    pe = (n > 0) if freeze_patch_embed is None else bool(freeze_patch_embed)
-    frozen = []
-    for name, params in encoder_units(encoder):
-        freeze = (name == "patch_embed" and pe) or (name.startswith("blocks.") and int(name.split(".")[1]) < n)
-        for p in params:
-            p.requires_grad_(not freeze)
-        if freeze:
-            frozen.append(name)
-    return frozen
-
-
 def prepare_network(
     network: torch.nn.Module,
     pretrained_path: str | None = None,

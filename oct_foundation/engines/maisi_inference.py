@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from oct_foundation import io
+from oct_foundation.data.latents import LATENT_SUFFIXES, read_latent
+from oct_foundation.data.transforms import default_maisi_transforms
 from oct_foundation.errors import OCTInputError
 from oct_foundation.networks.maisi import StackedVideoVAE
 
@@ -43,20 +45,6 @@ __all__ = [
 RERUN_KEYS = ("strategy", "window", "stride", "compression", "latent_channels", "scale_factor", "latents",
               "autoencoder", "format")
 
-LATENT_SUFFIXES = ("_latent.pt", "_latent.npy")
-
-
-def default_maisi_transforms(keys: Sequence[str] = ("image",), max_voxels: int | None = None,
-                             assume_spacing: Sequence[float] | None = None, allow_non_oct: bool = False):
-    """Read with ``LoadOCTd`` (the readers' limits: ``max_voxels``, ``assume_spacing``, ``allow_non_oct``, see
-    :mod:`oct_foundation.data.validation`) and scale intensities of each volume to [0, 1] (MAISI's input range)."""
-    from monai.transforms import Compose, ScaleIntensityd
-
-    from oct_foundation.data import LoadOCTd
-
-    return Compose([LoadOCTd(keys=list(keys), max_voxels=max_voxels, assume_spacing=assume_spacing,
-                             allow_non_oct=allow_non_oct),
-                    ScaleIntensityd(keys=list(keys), minv=0.0, maxv=1.0)])
 
 
 class _VolumeProcessor:
@@ -261,24 +249,6 @@ def _input_format(img) -> dict:
     return {"input_format": "volume"}
 
 
-def _read_latent(path: str) -> tuple[torch.Tensor, dict]:
-    stem = path[: -len(".pt")] if path.endswith(".pt") else path[: -len(".npy")]
-    sidecar = stem + ".json"
-    if not io.exists(sidecar):
-        raise OCTInputError(path, "latent has no sidecar JSON (written by the encode config)")
-    info = io.load_json(sidecar)
-    if path.endswith(".npy"):
-        with io.open_file(path, "rb") as f:
-            z = torch.from_numpy(np.load(f, allow_pickle=False))
-    else:
-        z = io.torch_load(path)
-    if not isinstance(z, torch.Tensor) or z.ndim != 4:
-        raise OCTInputError(path, "expected a latent tensor [C, T', H', W']")
-    if list(z.shape) != list(info.get("latent_shape", [])):
-        raise OCTInputError(path, f"latent shape {list(z.shape)} differs from its sidecar {info.get('latent_shape')}")
-    return z.float(), info
-
-
 class MaisiDecodeProcessor(_VolumeProcessor):
     """Decode ``*_latent.pt``/``.npy`` files (with their sidecar JSON) back to NIfTI volumes.
 
@@ -302,7 +272,7 @@ class MaisiDecodeProcessor(_VolumeProcessor):
 
     def __call__(self, item: Mapping, out_stem: str) -> dict:
         path = str(item[self.image_key])
-        z, info = _read_latent(path)
+        z, info = read_latent(path)
         mine = self.network.settings()
         for k in ("strategy", "window", "stride", "compression", "latent_channels"):
             if k in info and info[k] != mine[k]:

@@ -19,6 +19,8 @@ _EXPORTS = {
     # predictor / model
     "Predictor3D": "predictor",
     "VJEPA3D": "vjepa3d",
+    "VJEPAEmbedding": "embedding",
+    "LatentDiffusionUNet": "diffusion",
     # masking
     "MultiBlockMask3D": "masking",
     "default_mask_generators": "masking",
@@ -37,7 +39,9 @@ _EXPORTS = {
     "SegmentationNet": "heads",
     "ClassificationNet": "heads",
     "AttentivePooler": "heads",
-    "set_encoder_trainable": "heads",
+    "set_encoder_trainable": "freezing",
+    "freeze_encoder": "freezing",
+    "encoder_units": "freezing",
     "build_encoder": "heads",
     "SegmentationHead": "heads",
     "ClassificationProbe": "heads",
@@ -55,7 +59,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ("vit3d", "predictor", "vjepa3d", "masking", "pretrained", "maisi", "heads", "presets", "model_files",
-               "weights")
+               "weights", "embedding", "diffusion", "freezing")
 
 __all__ = sorted(_EXPORTS)
 

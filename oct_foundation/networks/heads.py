@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oct_foundation.networks.freezing import Freeze, set_encoder_trainable
 from oct_foundation.networks.model_files import records_init_args
 from oct_foundation.networks.vit3d import MLP, VisionTransformer3D
 
@@ -35,7 +36,6 @@ __all__ = [
     "ClassificationProbe",
 ]
 
-Freeze = Union[str, bool, int]
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -55,43 +55,6 @@ def build_encoder(encoder: nn.Module | dict | None = None, **encoder_kwargs) -> 
 def _patch_kernel(encoder: nn.Module) -> tuple[int, int, int]:
     k = encoder.patch_embed.proj.kernel_size
     return int(k[0]), int(k[1]), int(k[2])
-
-
-def _normalise_freeze(freeze: Freeze) -> Union[str, int]:
-    if isinstance(freeze, str) and freeze.strip().lower() in ("true", "false", "yes", "no"):
-        freeze = freeze.strip().lower() in ("true", "yes")  # a command-line spelling of a boolean
-    if freeze is True or freeze == "all":
-        return "all"
-    if freeze is False or freeze in ("none", None):
-        return "none"
-    if isinstance(freeze, int) or (isinstance(freeze, str) and freeze.isdigit()):
-        n = int(freeze)
-        if n < 0:
-            raise ValueError(f"freeze must be 'all', 'none' or a number of blocks >= 0, got {freeze!r}")
-        return n
-    raise ValueError(f"freeze must be 'all', 'none', True/False or a number of blocks, got {freeze!r}")
-
-
-def set_encoder_trainable(encoder: nn.Module, freeze: Freeze) -> Union[str, int]:
-    """Set ``requires_grad`` on the encoder: ``"all"`` (or True) freezes every parameter, ``"none"`` (False)
-    none, an int N the patch embedding and the first N blocks (the final ``norm`` stays trainable unless N
-    covers every block). Returns the normalised setting."""
-    mode = _normalise_freeze(freeze)
-    for p in encoder.parameters():
-        p.requires_grad_(mode != "all")
-    if isinstance(mode, int):
-        blocks = getattr(encoder, "blocks")
-        if mode > len(blocks):
-            raise ValueError(f"freeze={mode} blocks but the encoder has {len(blocks)}")
-        for p in encoder.patch_embed.parameters():
-            p.requires_grad_(False)
-        for blk in blocks[:mode]:
-            for p in blk.parameters():
-                p.requires_grad_(False)
-        if mode == len(blocks):
-            for p in encoder.norm.parameters():
-                p.requires_grad_(False)
-    return mode
 
 
 def pad_to_patch(x: torch.Tensor, kernel: Sequence[int], mode: str = "constant") -> tuple[torch.Tensor, tuple]:
@@ -360,7 +323,7 @@ class ClassificationNet(_EncoderMixin, nn.Module):
         on scale. With a trainable encoder the statistics are those of the initial encoder. Returns
         ``{"n": volumes, "mean_std": mean of the std}``.
         """
-        from oct_foundation.engines.jepa_trainer import prepare_batch_image
+        from oct_foundation.data.batch import prepare_batch_image
 
         device = torch.device(device) if device is not None else self.feature_mean.device
         was_training = self.training

@@ -51,6 +51,10 @@ import torch.nn.functional as F
 from oct_foundation import io
 
 __all__ = [
+    "video_to_stacks",
+    "window_count",
+    "complete_window",
+    "pad_hw",
     "MAISI_ZOO_AUTOENCODER",
     "maisi_autoencoder_config",
     "build_maisi_autoencoder",
@@ -221,6 +225,44 @@ def _autocast_dtype(autocast, device: torch.device) -> torch.dtype | None:
     return names[str(autocast).lower()]
 
 
+# -------------------------------------------------------------------- cutting videos into stacks
+def window_count(t: int, window: int, stride: int) -> int:
+    """How many windows of ``window`` frames, starting every ``stride`` frames, cover ``t`` frames."""
+    return 1 if t <= window else math.ceil((t - window) / stride) + 1
+
+
+def complete_window(piece: torch.Tensor, window: int) -> torch.Tensor:
+    """``piece [B, C, t, H, W]`` with ``t <= window`` completed to ``window`` frames by repeating its last one."""
+    if piece.shape[2] < window:
+        piece = torch.cat([piece, piece[:, :, -1:].expand(-1, -1, window - piece.shape[2], -1, -1)], 2)
+    return piece
+
+
+def pad_hw(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x [..., H, W]`` padded by edge replication at the far end to multiples of ``multiple``."""
+    ph, pw = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate")
+    return x
+
+
+def video_to_stacks(x: torch.Tensor, window: int, stride: int, compression: int = 1) -> torch.Tensor:
+    """Cut videos ``[B, C, T, H, W]`` into stacks ``[B * n, C, window, H_pad, W_pad]`` (batch-major).
+
+    Windows of ``window`` frames start every ``stride`` frames until ``T`` is covered (:func:`window_count`);
+    the last window is completed by repeating the last frame (:func:`complete_window`), and H, W are padded by
+    edge replication to multiples of ``compression`` (:func:`pad_hw`): the pieces :class:`StackedVideoVAE`
+    encodes, for training the autoencoder on them.
+    """
+    if x.ndim != 5:
+        raise ValueError(f"video_to_stacks expects [B, C, T, H, W], got shape {tuple(x.shape)}")
+    n = window_count(x.shape[2], window, stride)
+    x = pad_hw(complete_window(x, (n - 1) * stride + window), compression)
+    stacks = x.unfold(2, window, stride)  # [B, C, n, H, W, window]
+    b, c = x.shape[:2]
+    return stacks.permute(0, 2, 1, 5, 3, 4).reshape(b * n, c, window, x.shape[3], x.shape[4])
+
+
 class StackedVideoVAE(nn.Module):
     """MAISI autoencoder applied to 2D+time volumes by stacks or sliding windows of frames.
 
@@ -338,7 +380,7 @@ class StackedVideoVAE(nn.Module):
     def latent_shape(self, t: int, h: int, w: int) -> tuple[int, int, int, int]:
         """``(latent_channels, T', H', W')`` for an input of ``t`` frames of ``h x w``."""
         win, st = self.window_and_stride
-        n = 1 if t <= win else math.ceil((t - win) / st) + 1
+        n = window_count(t, win, st)
         cf = self.compression
         return (self.latent_channels, ((n - 1) * st + win) // cf, math.ceil(h / cf), math.ceil(w / cf))
 
@@ -385,11 +427,7 @@ class StackedVideoVAE(nn.Module):
 
     # ---------------------------------------------------------------- autoencoder calls
     def _pad_hw(self, x: torch.Tensor) -> torch.Tensor:
-        cf = self.compression
-        ph, pw = (-x.shape[-2]) % cf, (-x.shape[-1]) % cf
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate")
-        return x
+        return pad_hw(x, self.compression)
 
     def _encode_windows(self, windows: list[torch.Tensor], sample: bool) -> list[torch.Tensor]:
         """Encode windows ``[B, C, window, H, W]`` (H, W padded) in chunks of ``chunk_size``; unscaled latents."""
@@ -447,10 +485,8 @@ class StackedVideoVAE(nn.Module):
         ref_shape = None
 
         def window_at(s: int) -> torch.Tensor:
-            piece = buf[:, :, s - buf_start:s - buf_start + win]
-            if piece.shape[2] < win:  # end of the video: complete the window with its last frame
-                piece = torch.cat([piece, piece[:, :, -1:].expand(-1, -1, win - piece.shape[2], -1, -1)], 2)
-            return piece
+            # at the end of the video the window is completed with its last frame
+            return complete_window(buf[:, :, s - buf_start:s - buf_start + win], win)
 
         def flush(starts: list[int]):
             nonlocal acc, cnt, acc_start

@@ -379,21 +379,13 @@ def adapt_patch_weight(
     return w.contiguous(), how
 
 
-def _sincos_rows(embed_dim: int, pt: torch.Tensor, ph: torch.Tensor, pw: torch.Tensor, uniform_power: bool):
-    """Sin-cos rows ``[M, E]`` for M position triples (float64 in, float32 out)."""
-    if uniform_power:
-        dt = dh = dw = int(math.ceil(embed_dim / 6) * 2)
-    else:
-        dt, dh, dw = embed_dim // 2, embed_dim // 4, embed_dim // 4
+def _sincos_rows(embed_dim: int, pt, ph, pw, uniform_power: bool):
+    """Sin-cos rows ``[M, E]`` for M position triples: the table the package's ViT computes
+    (:func:`oct_foundation.networks.vit3d.sincos_pos_embed_at`; ``ValueError`` for a width it cannot build)."""
+    from oct_foundation.networks.vit3d import sincos_pos_embed_at
 
-    # numpy: small single-threaded work, called many times by infer_sincos_grid
-    def one(d, pos):
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        out = np.asarray(pos, dtype=np.float64).reshape(-1, 1) * omega[None]
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    rows = np.concatenate([one(dt, pt), one(dh, ph), one(dw, pw)], axis=1)[:, :embed_dim]
-    return torch.from_numpy(rows).float()
+    pos = torch.stack([torch.as_tensor(np.asarray(v), dtype=torch.float64).reshape(-1) for v in (pt, ph, pw)], -1)
+    return sincos_pos_embed_at(embed_dim, pos, uniform_power=uniform_power)
 
 
 def sincos_table_3d(embed_dim: int, grid: Sequence[int], uniform_power: bool = False,
@@ -431,8 +423,15 @@ def infer_sincos_grid(table: torch.Tensor, atol: float = 1e-4):
     n, e = tab.shape
     probe = np.unique(np.linspace(0, n - 1, min(n, 64)).round().astype(np.int64))
     few = probe[1:4] if len(probe) > 4 else probe  # row 0 is the same for every grid
+    ups = []
+    for up in (False, True):
+        try:
+            _sincos_rows(e, [0.0], [0.0], [0.0], up)
+            ups.append(up)
+        except ValueError:  # a width the package's sin-cos table does not have in this layout
+            pass
     for t, h, w in _factor_grids(n):
-        for up in (False, True):
+        for up in ups:
             if any(
                 np.abs(_sincos_rows(e, p // (h * w), (p // w) % h, p % w, up).numpy() - tab[p]).max() > atol
                 for p in (few, probe)

@@ -18,7 +18,7 @@ from .model_files import records_init_args
 from .predictor import Predictor3D
 from .vit3d import VisionTransformer3D, gather_tokens
 
-__all__ = ["VJEPA3D"]
+__all__ = ["VJEPA3D", "JEPAObjective"]
 
 TensorOrList = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -193,3 +193,15 @@ class VJEPA3D(nn.Module):
         if pool == "mean":
             return tokens.mean(dim=1)
         raise ValueError(f"pool must be 'mean' or None, got {pool!r}")
+
+
+class JEPAObjective(torch.nn.Module):
+    """``forward(x, ctx_idx, tgt_idx) -> (pred, target)``: the JEPA forward as a module ``forward`` so that it can
+    be wrapped by ``DistributedDataParallel`` (DDP only synchronises gradients of calls through ``forward``)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x, ctx_idx, tgt_idx, depth_positions=None):
+        return self.network.jepa_forward(x, ctx_idx, tgt_idx, depth_positions=depth_positions)

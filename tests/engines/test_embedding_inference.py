@@ -82,7 +82,7 @@ def test_vjepa_embedding_network_matches_processor(tmp_path):
     embedding that the processor writes (through a MONAI inferer), for both encoders."""
     from monai.inferers import SimpleInferer
 
-    from oct_foundation.engines.embedding_inference import VJEPAEmbedding
+    from oct_foundation.networks.embedding import VJEPAEmbedding
 
     net = tiny_net(seed=3)
     kw = dict(img_size=(8, 32, 32), patch_size=8, tubelet_size=2, embed_dim=32, depth=2, num_heads=2,

@@ -86,14 +86,14 @@ def test_maisi_norm_float16_under_cuda_autocast():
 def test_nccl_ddp_step_one_process(tmp_path):
     import torch.distributed as dist
 
-    from oct_foundation.engines.jepa_trainer import _JEPAObjective
+    from oct_foundation.networks.vjepa3d import JEPAObjective
 
     if not dist.is_nccl_available():
         pytest.skip("nccl not available")
     dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         net = _net().cuda()
-        ddp = torch.nn.parallel.DistributedDataParallel(_JEPAObjective(net), device_ids=[0])
+        ddp = torch.nn.parallel.DistributedDataParallel(JEPAObjective(net), device_ids=[0])
         from oct_foundation.networks.masking import MultiBlockMask3D
 
         x = torch.rand(2, 1, 8, 64, 64, device="cuda")
