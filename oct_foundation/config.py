@@ -30,7 +30,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 __all__ = ["OCTConfigError", "parse_bool", "check_cli", "type_overrides", "running_config", "RUN_ARGUMENTS"]
@@ -66,6 +66,25 @@ def parse_bool(value: Any, key: str = "value") -> bool:
     raise OCTConfigError(
         f"--{key} {value!r} is not a boolean (not a yes/no value); use true or false (also yes/no, 1/0)"
     )
+
+
+_AMP_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+               "half": "float16"}
+
+
+def parse_amp_dtype(value: Any, key: str = "amp_dtype"):
+    """The autocast ``torch.dtype`` named by ``value``: a ``torch.dtype``, or ``bfloat16``/``bf16`` or
+    ``float16``/``fp16``/``half`` (any case, ``torch.`` prefix allowed); else an error naming ``key``."""
+    import torch
+
+    if isinstance(value, torch.dtype):
+        if value in (torch.bfloat16, torch.float16):
+            return value
+    else:
+        name = _AMP_DTYPES.get(str(value).strip().lower().replace("torch.", ""))
+        if name is not None:
+            return getattr(torch, name)
+    raise OCTConfigError(f"--{key} {value!r} is not an autocast dtype; use bfloat16 (bf16) or float16 (fp16)")
 
 
 def _is_expression(value: Any) -> bool:

@@ -153,6 +153,62 @@ def comparison_lines(out: str) -> list[str]:
     return lines
 
 
+def _embeddings(folder: str, ids: list[str]):
+    """``[len(ids), E]`` embeddings of the batch-inference outputs ``<id>_embedding.pt`` in ``folder``, or None."""
+    import torch
+
+    rows = []
+    for i in ids:
+        path = os.path.join(folder, f"{i}_embedding.pt")
+        if not os.path.exists(path):
+            return None
+        rows.append(torch.load(path, map_location="cpu", weights_only=True).float().reshape(-1))
+    return torch.stack(rows) if rows else None
+
+
+def feature_lines(out: str) -> list[str]:
+    """Frozen-feature quality on held-out volumes from the demo's embeddings of the pretrained encoder and of a
+    random-init encoder of the same shape: kNN top-1 (training split as the bank, test split as queries), RankMe
+    and the smallest per-dimension std of the pooled features (the collapse criteria, on held-out volumes), and
+    linear CKA between the two encoders' features."""
+    import torch
+
+    from oct_foundation.engines.batch_inference import anonymous_id
+    from oct_foundation.metrics.representation import effective_rank, knn_top1, linear_cka
+
+    datalist = _json(os.path.join(out, "cohort", "datalist.json"))
+    if not datalist:
+        return []
+    base = os.path.join(out, "cohort")
+
+    def split(name):
+        items = datalist.get(name) or []
+        return [anonymous_id(os.path.join(base, it["image"])) for it in items], [int(it["class"]) for it in items]
+
+    (bank_ids, bank_y), (test_ids, test_y) = split("training"), split("test")
+    feats = {}
+    for arm, folder in (("pretrained", "embeddings"), ("random", "embeddings_random")):
+        bank, test = _embeddings(os.path.join(out, folder), bank_ids), _embeddings(os.path.join(out, folder), test_ids)
+        if bank is not None and test is not None and len(test) >= 2:
+            feats[arm] = (bank, test)
+    if not feats:
+        return []
+    k = min(20, len(bank_ids))
+    lines = ["", f"Frozen features of held-out volumes (pooled target-encoder embeddings at full depth; kNN: the "
+             f"{len(bank_ids)} training volumes as the bank, k={k}, cosine, the {len(test_ids)} test volumes as "
+             f"queries; chance {1 / max(1, len(set(test_y))):.2f}):", "",
+             "| encoder | kNN top-1 | RankMe (of the width) | min per-dim std |", "|---|---|---|---|"]
+    for arm, (bank, test) in feats.items():
+        acc = knn_top1(bank, torch.tensor(bank_y), test, torch.tensor(test_y), k=k)
+        rank = effective_rank(test, method="rankme")
+        lines.append(f"| {arm} | {acc:.3f} | {rank:.1f} of {test.shape[1]} | {float(test.std(0).min()):.4f} |")
+    if len(feats) == 2:
+        cka = linear_cka(feats["pretrained"][1], feats["random"][1])
+        lines += ["", f"Linear CKA between the pretrained and the random-init encoder's test features: {cka:.3f} "
+                      "(1 = the same representation up to rotation and scale)."]
+    return lines
+
+
 def summarise(out: str) -> str:
     lines = [f"# oct-foundation demo results ({out})", ""]
     losses = epoch_losses(os.path.join(out, "pretrain"))
@@ -182,11 +238,13 @@ def summarise(out: str) -> str:
         rows = list(csv.DictReader(open(emb)))
         ok = sum(r["status"] in ("done", "skipped") for r in rows)
         lines.append(f"- Embeddings: {ok}/{len(rows)} volumes at full depth ({out}/embeddings)")
-    rec = _json(os.path.join(out, "maisi", "eval", "metrics_summary.json"))
-    if rec:
-        m = rec["metrics"]
-        lines.append(f"- MAISI stacked reconstruction (random-init small autoencoder): PSNR {_fmt(m['psnr']['mean'], 2)} dB,"
-                     f" SSIM {_fmt(m['ssim']['mean'])}, {rec['evaluated']} inputs ({out}/maisi)")
+    for folder, what in (("eval", "random-init small autoencoder, the reference"),
+                         ("eval_trained", "the small autoencoder trained in step 7, on volumes it did not see")):
+        rec = _json(os.path.join(out, "maisi", folder, "metrics_summary.json"))
+        if rec:
+            m = rec["metrics"]
+            lines.append(f"- MAISI stacked reconstruction ({what}): PSNR {_fmt(m['psnr']['mean'], 2)} dB, SSIM "
+                         f"{_fmt(m['ssim']['mean'])}, {rec['evaluated']} inputs ({out}/maisi/{folder})")
     ae = _json(os.path.join(out, "latent_diffusion", "runs", "autoencoder", "validation_summary.json"))
     if ae and ae.get("history"):
         last = ae["history"][-1]
@@ -195,6 +253,7 @@ def summarise(out: str) -> str:
                      f"{_fmt(last.get('val_ssim'))} after {last.get('epoch')} epochs; {n} decoded samples "
                      f"({out}/latent_diffusion/samples)")
     lines += comparison_lines(out)
+    lines += feature_lines(out)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)

@@ -3,19 +3,21 @@
 #   1. generate the labelled cohort (NIfTI + DICOM, datalist) -> $OUT/cohort
 #      and an unlabelled pretraining cohort (other seed)      -> $OUT/unlabelled
 #   2. V-JEPA pretraining on the unlabelled cohort             -> $OUT/pretrain
-#   3. embeddings of every test volume at full depth           -> $OUT/embeddings
+#   3. embeddings of every volume at full depth, pretrained    -> $OUT/embeddings
+#      and random-init encoder (kNN, RankMe, CKA in the summary) -> $OUT/embeddings_random
 #   4. MAISI stacked encode / decode / reconstruction quality  -> $OUT/maisi
 #   5. disease classification: pretrained vs random encoder    -> $OUT/classification_{pretrained,random}
 #   6. layer segmentation: pretrained vs random encoder, and a -> $OUT/segmentation_{pretrained,random}
 #      supervised MONAI UNet baseline (no pretraining)         -> $OUT/segmentation_unet
 #   7. latent diffusion: autoencoder, U-Net, samples, Frechet  -> $OUT/latent_diffusion
+#      and the trained autoencoder's reconstruction quality    -> $OUT/maisi/eval_trained
 # Sizes are set for a 2-core CPU (15-25 minutes). As a foundation model is used, the encoder is pretrained on
 # unlabelled volumes (UNLABELLED cases of another seed, labels unused; 0 pretrains on the labelled training split)
 # and the downstream heads see few labels: the labelled cohort is split 40/10/50, so the pretrained-vs-random
 # comparison is scored on half the cases (36 of 72), with paired bootstrap intervals. Pretraining uses V-JEPA 2.1's
 # dense loss and V-JEPA's EMA 0.998: the least collapsed setting found (docs/scientific_check.md, round 4).
 # Knobs: OUT, CASES, SPLIT, UNLABELLED, LESION_SCALE (1: focal lesions; see docs/scientific_check.md),
-# PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS.
+# PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS, AE_EPOCHS.
 # Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
@@ -30,6 +32,7 @@ else
   PRETRAIN_DATA="$OUT/cohort"; PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-12}"; PRETRAIN_OPTS=(--warmup_epochs 2 --learning_rate 0.001)
 fi
 PROBE_EPOCHS="${PROBE_EPOCHS:-15}"
+AE_EPOCHS="${AE_EPOCHS:-10}"
 SEG_EPOCHS="${SEG_EPOCHS:-10}"  # 3 left the head unconverged (docs/scientific_check.md, "Layer segmentation head")
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 B="$ROOT/bundles"
@@ -72,6 +75,12 @@ run "3/7 embeddings at full depth" \
   "$PY" -m monai.bundle run --config_file "$B/oct_vjepa_pretrain/configs/inference.json" \
     --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
     --input_dir "$OUT/cohort/images" --output_dir "$OUT/embeddings" --model_path "$OUT/pretrain/models/model.pt" "${DEV[@]}"
+# the same encoder shape with no weights (--model_path ""): the reference for kNN, RankMe and CKA in the summary
+run "3/7 embeddings at full depth, random-init encoder of the same shape" \
+  "$PY" -m monai.bundle run --config_file "$B/oct_vjepa_pretrain/configs/inference.json" \
+    --logging_file "$B/oct_vjepa_pretrain/configs/logging.conf" \
+    --input_dir "$OUT/cohort/images" --output_dir "$OUT/embeddings_random" \
+    --architecture_file "$OUT/pretrain/models/model.pt" --model_path "" "${DEV[@]}"
 
 # 4. MAISI stacked video VAE (small random-init autoencoder: the real weights are licensed separately)
 run "4/7 MAISI stacked encode (random-init small autoencoder; see bundles/oct_maisi_vae_encode/docs)" \
@@ -79,10 +88,10 @@ run "4/7 MAISI stacked encode (random-init small autoencoder; see bundles/oct_ma
     --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
     --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/latents" --allow_random_init true \
     "${MAISI[@]}" "${DEV[@]}"
-run "4/7 MAISI reconstruction quality" \
-  "$PY" -m monai.bundle run --config_file "['$B/oct_maisi_vae_encode/configs/inference.json','$B/oct_maisi_vae_encode/configs/evaluate.json']" \
-    --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
-    --input_dir "$OUT/cohort/dicom" --output_dir "$OUT/maisi/eval" --allow_random_init true \
+MAISI_EVAL="['$B/oct_maisi_vae_encode/configs/inference.json','$B/oct_maisi_vae_encode/configs/evaluate.json']"
+run "4/7 MAISI reconstruction quality, random-init autoencoder (the reference; test split)" \
+  "$PY" -m monai.bundle run --config_file "$MAISI_EVAL" --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
+    --datalist "$OUT/cohort/datalist.json" --output_dir "$OUT/maisi/eval" --allow_random_init true \
     "${MAISI[@]}" "${DEV[@]}"
 
 # 5-6. Downstream: the same head, data and seed on the frozen pretrained encoder and on a random encoder of the
@@ -132,11 +141,15 @@ AENET=(--num_channels "[16, 16, 32]" --num_res_blocks "[1, 1, 1]" --norm_num_gro
 LDNET=("${AENET[@]}" --unet_channels "[32, 32]" --unet_attention_levels "[false, false]"
        --unet_num_head_channels "[8, 8]" --unet_num_res_blocks 1 --unet_norm_num_groups 8)
 if [ ! -f "$D/models/autoencoder.pt" ]; then
-  run "7/7 MAISI-architecture autoencoder training (2 epochs)" \
+  run "7/7 MAISI-architecture autoencoder training ($AE_EPOCHS epochs)" \
     "$PY" -m monai.bundle run training --config_file "$LD/train_autoencoder.json" --logging_file "$LD/logging.conf" \
-      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${AENET[@]}" "${COMMON[@]}" --batch_size 2 --num_epochs 2 \
-      "${RESUME[@]}"
+      --dataset_dir "$OUT/cohort" --bundle_root "$D" "${AENET[@]}" "${COMMON[@]}" --batch_size 2 \
+      --num_epochs "$AE_EPOCHS" --learning_rate 0.001 "${RESUME[@]}"
 fi
+run "7/7 MAISI reconstruction quality, the autoencoder just trained (test split, held out from its training)" \
+  "$PY" -m monai.bundle run --config_file "$MAISI_EVAL" --logging_file "$B/oct_maisi_vae_encode/configs/logging.conf" \
+    --datalist "$OUT/cohort/datalist.json" --output_dir "$OUT/maisi/eval_trained" \
+    --weights_path "$D/models/autoencoder.pt" "${MAISI[@]}" "${DEV[@]}"
 if [ ! -f "$D/models/model.pt" ]; then
   run "7/7 latent diffusion U-Net training (2 epochs, rectified flow)" \
     "$PY" -m monai.bundle run training --config_file "['$LD/inference.json','$LD/train_diffusion.json']" \

@@ -109,3 +109,30 @@ def test_older_reports_without_cases_still_tabulate(tmp_path):
     text = summarise(str(tmp_path))
     assert "| pretrained | 0.500 | 0.250 | 1.000 | 1.000 | 1.000 |" in text
     assert "Paired bootstrap" not in text  # nothing per case to pair
+
+
+def test_feature_quality_table_from_the_embedding_outputs(tmp_path):
+    import torch
+
+    from oct_foundation.engines.batch_inference import anonymous_id
+
+    rng = np.random.default_rng(0)
+    cohort = tmp_path / "cohort"
+    (cohort / "images").mkdir(parents=True)
+    items = {split: [{"image": f"images/{split}_{i:02d}.nii.gz", "class": i % 3} for i in range(n)]
+             for split, n in (("training", 12), ("validation", 3), ("test", 9))}
+    (cohort / "datalist.json").write_text(json.dumps(items))
+    centres = rng.normal(size=(3, 16)) * 5
+    for folder, separable in (("embeddings", True), ("embeddings_random", False)):
+        (tmp_path / folder).mkdir()
+        for split in ("training", "test"):
+            for it in items[split]:
+                v = centres[it["class"]] + rng.normal(size=16) * 0.1 if separable else rng.normal(size=16)
+                path = tmp_path / folder / f"{anonymous_id(str(cohort / it['image']))}_embedding.pt"
+                torch.save(torch.tensor(v, dtype=torch.float32), path)
+    text = summarise(str(tmp_path))
+    assert "the 12 training volumes as the bank, k=12" in text and "the 9 test volumes as queries" in text
+    assert "| pretrained | 1.000 |" in text  # class clusters: every neighbour vote is right
+    random_row = next(line for line in text.splitlines() if line.startswith("| random |"))
+    assert float(random_row.split("|")[2]) < 0.9
+    assert "Linear CKA between the pretrained and the random-init encoder's test features" in text

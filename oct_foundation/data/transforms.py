@@ -27,12 +27,17 @@ __all__ = [
     "time_as_depth",
     "TimeAsDepth",
     "default_maisi_transforms",
+    "MAISI_PERCENTILES",
+    "StreamingPercentiles",
+    "scale_to_unit",
     "TimeAsDepthd",
     "build_preprocessing",
     "input_error_from",
 ]
 
 DEPTH_STRATEGIES = ("uniform", "contiguous", "random")
+#: intensity percentiles mapped to 0 and 1 (clipped) before the MAISI autoencoder, in every bundle that uses it
+MAISI_PERCENTILES = (0.5, 99.5)
 
 
 def _source(d: Mapping, key: Hashable) -> str:
@@ -419,7 +424,7 @@ def build_preprocessing(
 
 def default_maisi_transforms(keys: KeysCollection = ("image",), max_voxels: int | None = None,
                              assume_spacing: Sequence[float] | None = None, allow_non_oct: bool = False,
-                             percentiles: Sequence[float] = (0.5, 99.5)):
+                             percentiles: Sequence[float] = MAISI_PERCENTILES):
     """The MAISI autoencoder's input: each volume read at its own size and depth and scaled to [0, 1] exactly as
     the ``oct_latent_diffusion`` autoencoder training scales it (:func:`build_preprocessing`: ``percentiles`` ->
     [0, 1], clipped, per channel), so weights trained there encode the same intensities here. ``max_voxels``,
@@ -429,3 +434,72 @@ def default_maisi_transforms(keys: KeysCollection = ("image",), max_voxels: int 
     return Compose(build_preprocessing(keys, d_target=None, train=False, normalize="percentile",
                                        percentiles=percentiles, max_voxels=max_voxels, assume_spacing=assume_spacing,
                                        allow_non_oct=allow_non_oct))
+
+
+class StreamingPercentiles:
+    """Exact per-channel percentiles of frames seen one at a time, as the percentile scaling of
+    :func:`build_preprocessing` computes them on a whole volume (linear interpolation between order statistics),
+    without holding the volume: the distinct values of each channel are counted.
+
+    ``update(frame [C, H, W])``; ``range(lower, upper) -> (lo [C], hi [C])``. Frames with more than
+    ``max_distinct`` distinct values per channel (float data rather than 8/16-bit frames) make ``exact`` False
+    and :meth:`range` raise ``ValueError``: the caller then loads the volume whole.
+    """
+
+    def __init__(self, max_distinct: int = 1 << 17) -> None:
+        self.max_distinct = int(max_distinct)
+        self.counts: list[dict] = []
+        self.n = 0
+        self.exact = True
+
+    def update(self, frame) -> None:
+        frame = np.asarray(frame)
+        if not self.counts:
+            self.counts = [dict() for _ in range(frame.shape[0])]
+        self.n += int(np.prod(frame.shape[1:]))
+        if not self.exact:
+            return
+        for c, table in enumerate(self.counts):
+            values, counts = np.unique(frame[c], return_counts=True)
+            for v, k in zip(values.tolist(), counts.tolist()):
+                table[v] = table.get(v, 0) + k
+            if len(table) > self.max_distinct:
+                self.exact = False
+                self.counts = [dict() for _ in self.counts]
+                return
+
+    def _order_stat(self, values: np.ndarray, cum: np.ndarray, i: int) -> float:
+        return float(values[int(np.searchsorted(cum, i, side="right"))])
+
+    def range(self, lower: float, upper: float) -> tuple[np.ndarray, np.ndarray]:
+        if not self.exact:
+            raise ValueError(f"more than {self.max_distinct} distinct values per channel: no exact streamed "
+                             "percentiles")
+        if self.n == 0:
+            raise ValueError("no frames seen")
+        out = []
+        for table in self.counts:
+            values = np.array(sorted(table), dtype=np.float64)
+            cum = np.cumsum([table[v] for v in sorted(table)])
+            row = []
+            for q in (lower, upper):
+                pos = q / 100.0 * (self.n - 1)
+                i = int(np.floor(pos))
+                a = self._order_stat(values, cum, i)
+                b = self._order_stat(values, cum, min(i + 1, self.n - 1))
+                row.append(a + (pos - i) * (b - a))
+            out.append(row)
+        arr = np.array(out)
+        return arr[:, 0], arr[:, 1]
+
+
+def scale_to_unit(x: torch.Tensor, lo, hi, channel_dim: int = 1) -> torch.Tensor:
+    """``(x - lo) / (hi - lo)`` clipped to [0, 1] per channel (``lo``, ``hi``: one value per channel along
+    ``channel_dim``); a channel with ``hi == lo`` becomes ``x - lo``, as MONAI's ``ScaleIntensityRange`` does."""
+    shape = [1] * x.ndim
+    shape[channel_dim] = -1
+    lo_t = torch.as_tensor(np.asarray(lo), dtype=x.dtype, device=x.device).reshape(shape)
+    hi_t = torch.as_tensor(np.asarray(hi), dtype=x.dtype, device=x.device).reshape(shape)
+    span = hi_t - lo_t
+    scaled = ((x - lo_t) / torch.where(span == 0, torch.ones_like(span), span)).clamp(0.0, 1.0)
+    return torch.where(span == 0, x - lo_t, scaled)

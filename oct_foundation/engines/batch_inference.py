@@ -103,18 +103,14 @@ def list_inputs(inputs, datalist_key: str = "test", suffixes: Sequence[str] = IM
         return [dict(x) if isinstance(x, Mapping) else {"image": str(x)} for x in inputs]
     src = str(inputs)
     if src.lower().endswith(".json"):
+        from oct_foundation.data.datalist import load_datalist
+
         data = io.load_json(src)
-        if isinstance(data, Mapping):
-            if datalist_key not in data:
-                raise OCTInputError(src, f"datalist has no '{datalist_key}' list (keys: {sorted(data)})")
-            data = data[datalist_key]
-        base = io.dirname(src)
-        items = []
-        for x in data:
-            item = dict(x) if isinstance(x, Mapping) else {"image": x}
-            item["image"] = io.join(base, item["image"])
-            items.append(item)
-        return items
+        if isinstance(data, list):  # a bare JSON list of paths or items, relative to its folder
+            base = io.dirname(src)
+            return [{**(dict(x) if isinstance(x, Mapping) else {"image": x}),
+                     "image": io.join(base, x["image"] if isinstance(x, Mapping) else x)} for x in data]
+        return load_datalist(src, key=datalist_key)
     if not io.exists(src):
         raise OCTInputError(src, "input folder not found")
     if not io.is_url(src) and not os.path.isdir(src.replace("file://", "")):
@@ -309,11 +305,8 @@ class BatchInference:
                                  f"same output ID {out_id!r}; remove the duplicate or fix the ID map")
             seen[out_id] = pos
         if self.index_file:
-            buf = _pyio.StringIO()
-            w = csv.writer(buf)
-            w.writerow(["id", "input", "position"])
-            w.writerows([(i, it["image"], pos) for pos, (i, it) in enumerate(zip(ids, items))])
-            io.atomic_write(self.index_file, buf.getvalue())
+            io.write_csv([{"id": i, "input": it["image"], "position": pos}
+                          for pos, (i, it) in enumerate(zip(ids, items))], self.index_file)
 
         self._refuse_mixed(ids)
         rows: list[dict] = []

@@ -71,21 +71,15 @@ class BestModelExport:
         if not self._better(value):
             return
         self.best = value
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
-                torch.distributed.get_rank() != 0:
-            return
-        from oct_foundation.networks import model_files
+        from oct_foundation.engines.runs import process_rank
 
-        net = getattr(self.network, "module", self.network)
+        if process_rank() != 0:
+            return
+        from oct_foundation.networks.model_files import export_model
+
         # a MONAI evaluator run by ValidationHandler carries the trainer's epoch
         info = {"metric": self.metric_name, "value": value, "mode": self.mode, "epoch": int(engine.state.epoch)}
-        if model_files.init_args(net) is not None:  # weights + model.json (the network's description)
-            model_files.save_model(net, self.path, extra={"best": info})
-        else:
-            state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-            io.makedirs(io.dirname(self.path))
-            io.torch_save(state, self.path)
-            model_files.remove_stale_spec(self.path)
+        export_model(self.network, self.path, extra={"best": info})
         io.save_json(info, self.path + ".json")
         logger.info("best %s %.4f: saved %s", self.metric_name, value, self.path)
 
@@ -166,8 +160,9 @@ class _ReportHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
 
     def _rank0(self) -> bool:
-        return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
-            torch.distributed.get_rank() == 0
+        from oct_foundation.engines.runs import process_rank
+
+        return process_rank() == 0
 
     def _collect(self, engine) -> None:
         outputs = _as_list(engine.state.output)
@@ -243,11 +238,11 @@ class ClassificationReportHandler(_ReportHandler):
         return result
 
     def save(self, result) -> None:
-        from oct_foundation.metrics.classification import save_classification_report, write_csv_rows
+        from oct_foundation.metrics.classification import save_classification_report
 
         save_classification_report(result, self.json_path, self.csv_path)
         if self.cases_csv_path and result.get("cases"):
-            write_csv_rows(result["cases"], self.cases_csv_path)
+            io.write_csv(result["cases"], self.cases_csv_path)
         p = result["pooled"]
         logger.info("classification: n=%d accuracy=%.4f macro_f1=%.4f auroc=%.4f", p["n"], p["accuracy"],
                     p["macro_f1"], p["auroc"])
@@ -312,12 +307,11 @@ class SegmentationReportHandler(_ReportHandler):
         return result
 
     def save(self, result) -> None:
-        from oct_foundation.metrics.classification import write_csv_rows
         from oct_foundation.metrics.segmentation import save_segmentation_report
 
         save_segmentation_report(result, self.json_path, self.csv_path)
         if self.cases_csv_path and result["cases"]:
-            write_csv_rows(result["cases"], self.cases_csv_path)
+            io.write_csv(result["cases"], self.cases_csv_path)
         logger.info("segmentation: %d cases, mean Dice %.4f, mean IoU %.4f", result["n_cases"],
                     result["dice_mean"], result["iou_mean"])
 

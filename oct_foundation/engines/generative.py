@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io as _pyio
 import logging
 import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -34,6 +33,7 @@ from ignite.metrics import Metric
 from monai.engines import SupervisedTrainer
 
 from oct_foundation import io
+from oct_foundation.config import parse_amp_dtype
 from oct_foundation.data.batch import prepare_batch_image
 from oct_foundation.data.latents import LoadLatentd  # noqa: F401 (configs name it here too)
 from oct_foundation.networks.diffusion import LatentDiffusionUNet  # noqa: F401 (model files may name it here)
@@ -61,15 +61,6 @@ def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _dtype(d) -> torch.dtype:
-    if isinstance(d, torch.dtype):
-        return d
-    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if str(d).lower() not in names:
-        raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {d!r}")
-    return names[str(d).lower()]
 
 
 # ----------------------------------------------------------------------------------------------- autoencoder
@@ -151,7 +142,7 @@ class AutoencoderTrainer(SupervisedTrainer):
         if self.use_adversarial and d_optimizer is None:
             raise ValueError("an adversarial term (discriminator, adv_weight > 0) needs d_optimizer")
         self.use_amp = bool(amp)
-        self.amp_dtype = _dtype(amp_dtype)
+        self.amp_dtype = parse_amp_dtype(amp_dtype)
         self.clip_grad = clip_grad
         self.image_key = image_key
         use_scaler = self.use_amp and self.amp_dtype == torch.float16 and dev.type == "cuda"
@@ -319,12 +310,7 @@ class ValidationHistory:
         logger.info("validation epoch %d: %s", row["epoch"],
                     ", ".join(f"{k} {v:.5g}" for k, v in row.items() if k != "epoch"))
         if self.path:
-            keys = list(dict.fromkeys(k for r in self.history for k in r))
-            buf = _pyio.StringIO()
-            w = csv.DictWriter(buf, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.history)
-            io.atomic_write(self.path, buf.getvalue())
+            io.write_csv(self.history, self.path)
         if self.summary_path:
             io.save_json(self.summary(), self.summary_path)
 
@@ -431,7 +417,7 @@ class DiffusionTrainer(SupervisedTrainer):
         self.scale_batches = max(1, int(scale_batches))
         self.latent_key, self.image_key = latent_key, image_key
         self.use_amp = bool(amp)
-        self.amp_dtype = _dtype(amp_dtype)
+        self.amp_dtype = parse_amp_dtype(amp_dtype)
         self.clip_grad = clip_grad
         use_scaler = self.use_amp and self.amp_dtype == torch.float16 and dev.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None

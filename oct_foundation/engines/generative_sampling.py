@@ -13,8 +13,6 @@
 """
 from __future__ import annotations
 
-import csv
-import io as _pyio
 import logging
 import os
 from typing import Sequence
@@ -149,11 +147,7 @@ class LatentDiffusionSampler:
         rows = [{"index": i, "file": os.path.basename(self.sample_path(i)), "seed": self.seed + i,
                  "shape": "x".join(map(str, (1, *self.output_shape))),
                  "status": "generated" if i in todo else "kept"} for i in range(self.num_samples)]
-        buf = _pyio.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["index"])
-        w.writeheader()
-        w.writerows(rows)
-        io.atomic_write(io.join(self.output_dir, "samples.csv"), buf.getvalue())
+        io.write_csv(rows, io.join(self.output_dir, "samples.csv"), columns=["index"])
         generated = [_read_volume(self.sample_path(i)) for i in range(min(self.num_samples, 6))]
         real = []
         if self.real_dataset is not None:
@@ -253,14 +247,12 @@ class GenerativeEvaluation:
         }
         io.makedirs(self.output_dir)
         io.save_json(result, io.join(self.output_dir, "frechet.json"))
-        buf = _pyio.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["comparison", "frechet_distance", "n_a", "n_b"])
-        w.writerow(["real half A vs real half B", f"{result['fd_real_vs_real']:.6g}", len(a), len(b)])
-        w.writerow(["generated vs real half A", f"{result['fd_generated_vs_real']:.6g}", len(generated), len(a)])
-        w.writerow(["generated vs all real", f"{result['fd_generated_vs_all_real']:.6g}", len(generated), len(real)])
-        io.atomic_write(io.join(self.output_dir, "frechet.csv"), buf.getvalue())
+        fd_rows = [("real half A vs real half B", result["fd_real_vs_real"], len(a), len(b)),
+                   ("generated vs real half A", result["fd_generated_vs_real"], len(generated), len(a)),
+                   ("generated vs all real", result["fd_generated_vs_all_real"], len(generated), len(real))]
+        io.write_csv([{"comparison": c, "frechet_distance": f"{fd:.6g}", "n_a": na, "n_b": nb}
+                      for c, fd, na, nb in fd_rows], io.join(self.output_dir, "frechet.csv"))
         logger.info("Frechet distance: real vs real %.4g, generated vs real %.4g", result["fd_real_vs_real"],
                     result["fd_generated_vs_real"])
-        print(buf.getvalue())
+        print("\n".join(f"{c}: {fd:.6g} (n {na} vs {nb})" for c, fd, na, nb in fd_rows))
         return result

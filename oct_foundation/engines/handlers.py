@@ -7,7 +7,6 @@ Each handler has ``attach(engine)`` so that a bundle lists it in ``train#handler
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -35,8 +34,9 @@ logger = logging.getLogger("oct_foundation.engines")
 
 
 def _rank() -> int:
-    d = torch.distributed
-    return d.get_rank() if d.is_available() and d.is_initialized() else 0
+    from oct_foundation.engines.runs import process_rank
+
+    return process_rank()
 
 
 def _scalar(v) -> float:
@@ -79,14 +79,11 @@ class ProgressBarHandler:
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
-    """Peak memory in MiB: ``torch.cuda.max_memory_allocated`` on CUDA, else the process's max RSS."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated(dev) / 2**20
-    import resource
+    """Peak memory in MiB (:func:`oct_foundation.metrics.convergence.peak_memory_bytes`: CUDA
+    ``max_memory_allocated`` on a CUDA device, else the process's peak RSS)."""
+    from oct_foundation.metrics.convergence import peak_memory_bytes
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+    return peak_memory_bytes(device) / 2**20
 
 
 def slice_indices_of(batch, key: str = "image") -> torch.Tensor | None:
@@ -510,17 +507,9 @@ class ModelExport:
     def __call__(self, engine: Engine | None = None) -> None:
         if _rank() != 0:
             return
-        from oct_foundation.networks import model_files
+        from oct_foundation.networks.model_files import export_model
 
-        if self.network_def_args is None and model_files.init_args(self.network) is None:
-            logger.warning("%s records no constructor arguments: %s saved without a model.json",
-                           type(self.network).__name__, self.path)
-            state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
-            io.makedirs(io.dirname(self.path))
-            io.torch_save(state, self.path)
-            model_files.remove_stale_spec(self.path)
-        else:
-            model_files.save_model(self.network, self.path, self.network_def_args, self.target, self.extra)
+        export_model(self.network, self.path, self.network_def_args, self.target, self.extra)
         logger.info("saved %s", self.path)
 
 

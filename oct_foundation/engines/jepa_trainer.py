@@ -30,6 +30,7 @@ from monai.engines import Evaluator, Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from oct_foundation.config import parse_amp_dtype
 from oct_foundation.data.batch import prepare_batch_image
 from oct_foundation.networks.freezing import encoder_units, freeze_encoder  # noqa: F401 (engines export them)
 from oct_foundation.networks.vjepa3d import JEPAObjective
@@ -48,18 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("oct_foundation.engines")
-
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16}
-
-
-def _dtype(d) -> torch.dtype:
-    if isinstance(d, torch.dtype):
-        return d
-    key = str(d).replace("torch.", "").lower()
-    if key not in _DTYPES:
-        raise ValueError(f"amp_dtype must be bfloat16 or float16, got {d!r}")
-    return _DTYPES[key]
 
 
 def batch_depth_positions(batchdata, network, x: torch.Tensor, image_key: str = "image") -> torch.Tensor:
@@ -208,7 +197,7 @@ class JEPATrainer(Trainer):
             raise ValueError(f"grad_accumulation must be >= 1, got {grad_accumulation!r}")
         if tokens_per_step is not None and int(tokens_per_step) <= 0:
             tokens_per_step = None
-        self.amp_dtype = _dtype(amp_dtype)
+        self.amp_dtype = parse_amp_dtype(amp_dtype)
         dev = torch.device(device)
         super().__init__(
             device=dev,
@@ -461,7 +450,7 @@ class JEPAEvaluator(Evaluator):
         self.mask_generator = mask_generator
         self.mask_seed = int(mask_seed)
         self.image_key = image_key
-        self.amp_dtype = _dtype(amp_dtype)
+        self.amp_dtype = parse_amp_dtype(amp_dtype)
         self.slice_positions = bool(slice_positions)
 
     def _iteration(self, engine: "JEPAEvaluator", batchdata) -> dict:

@@ -18,6 +18,7 @@ settings and scale factor (or the metrics), never the input path.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Callable, Mapping, Sequence
 
@@ -29,6 +30,8 @@ from oct_foundation.data.latents import LATENT_SUFFIXES, read_latent
 from oct_foundation.data.transforms import default_maisi_transforms
 from oct_foundation.errors import OCTInputError
 from oct_foundation.networks.maisi import StackedVideoVAE
+
+logger = logging.getLogger("oct_foundation.engines")
 
 __all__ = [
     "default_maisi_transforms",
@@ -159,42 +162,51 @@ class MaisiEncodeProcessor(_VolumeProcessor):
         return self.stream_video and isinstance(img, (str, os.PathLike)) and frame_reader(str(img)) is not None
 
     @torch.no_grad()
-    def _encode_video(self, path: str) -> tuple[list[int], torch.Tensor]:
-        """Two passes over the frames: the intensity range (min-max to [0, 1] over the whole video, as the
-        default transforms scale a loaded volume), then the streamed encoder. Returns the input shape
-        ``[C, T, H, W]`` and the latents; memory holds ``frame_chunk`` frames and the latents, not the video."""
+    def _encode_video(self, path: str) -> tuple[list[int], torch.Tensor] | None:
+        """Two passes over the frames: the intensity percentiles of the whole video (exactly those the default
+        transforms scale a loaded volume by: :data:`~oct_foundation.data.transforms.MAISI_PERCENTILES`, counted
+        per channel), then the streamed encoder. Returns the input shape ``[C, T, H, W]`` and the latents; memory
+        holds ``frame_chunk`` frames, the value counts and the latents, not the video. None when the frames have
+        too many distinct values for exact streamed percentiles (float frames): the caller loads the video whole."""
+        from oct_foundation.data.transforms import MAISI_PERCENTILES, StreamingPercentiles
         from oct_foundation.data.video import stream_frames
 
-        lo, hi, n, shape = np.inf, -np.inf, 0, None
+        stats, n, shape = StreamingPercentiles(), 0, None
         for f in stream_frames(path):
-            lo, hi, n, shape = min(lo, float(f.min())), max(hi, float(f.max())), n + 1, f.shape
+            if not np.isfinite(f).all():
+                raise OCTInputError(path, "frames contain NaN or infinite values")
+            stats.update(f)
+            n, shape = n + 1, f.shape
         if n < 2:
             raise OCTInputError(path, f"{n} frame(s); expected a sequence of frames")
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise OCTInputError(path, "frames contain NaN or infinite values")
-        span = hi - lo
+        if not stats.exact:
+            logger.info("%s: too many distinct intensities to stream exact percentiles; loading it whole", path)
+            return None
+        lo, hi = stats.range(*MAISI_PERCENTILES)
 
         def chunks():
             buf = []
             for f in stream_frames(path):
                 buf.append(f)
                 if len(buf) == self.frame_chunk:
-                    yield self._scaled(buf, lo, span)
+                    yield self._scaled(buf, lo, hi)
                     buf = []
             if buf:
-                yield self._scaled(buf, lo, span)
+                yield self._scaled(buf, lo, hi)
 
         z = torch.cat(list(self.network.encode_stream(chunks())), 2)[0].cpu()
         return [int(shape[0]), n, int(shape[1]), int(shape[2])], z
 
-    def _scaled(self, frames: list, lo: float, span: float) -> torch.Tensor:
-        x = torch.from_numpy(np.stack(frames, 1))[None]  # [1, C, t, H, W]
-        x = (x - lo) / span if span > 0 else torch.zeros_like(x)
-        return x.to(self.device)
+    def _scaled(self, frames: list, lo, hi) -> torch.Tensor:
+        from oct_foundation.data.transforms import scale_to_unit
+
+        x = torch.from_numpy(np.stack(frames, 1)).float()[None]  # [1, C, t, H, W]
+        return scale_to_unit(x, lo, hi).to(self.device)
 
     def __call__(self, item: Mapping, out_stem: str) -> dict:
-        if self.streams(item):
-            shape, z = self._encode_video(str(item[self.image_key]))
+        streamed = self._encode_video(str(item[self.image_key])) if self.streams(item) else None
+        if streamed is not None:
+            shape, z = streamed
             spacing = (1.0, 1.0, 1.0)  # frames carry no physical size (the video readers' convention)
         else:
             x, spacing = self._volume(item)
@@ -419,9 +431,6 @@ def latent_id_map(folder) -> dict[str, str]:
 
 def write_reconstruction_summary(rows: Sequence[Mapping], output_dir, name: str = "metrics_summary") -> dict:
     """Write ``<name>.json`` (mean/std/median/min/max/n per metric) and ``<name>.csv``; returns the summary."""
-    import csv
-    import io as _pyio
-
     from oct_foundation.metrics.reconstruction import summarise_reconstruction
 
     ok = [r for r in rows if r.get("status", "done") in ("done", "skipped")]
@@ -429,11 +438,7 @@ def write_reconstruction_summary(rows: Sequence[Mapping], output_dir, name: str 
     summary_doc = {"metrics": summary, "inputs": len(rows), "evaluated": summary["mse"]["n"],
                    "failed": sum(1 for r in rows if r.get("status") == "error")}
     io.save_json(summary_doc, io.join(output_dir, f"{name}.json"))
-    buf = _pyio.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["metric", "mean", "std", "median", "min", "max", "n"])
-    for m, s in summary.items():
-        w.writerow([m] + [f"{s[k]:.6g}" for k in ("mean", "std", "median", "min", "max")] + [s["n"]])
-    io.atomic_write(io.join(output_dir, f"{name}.csv"), buf.getvalue())
+    io.write_csv([{"metric": m, **{k: f"{s[k]:.6g}" for k in ("mean", "std", "median", "min", "max")}, "n": s["n"]}
+                  for m, s in summary.items()], io.join(output_dir, f"{name}.csv"))
     print(json.dumps(summary_doc, indent=1))
     return summary_doc

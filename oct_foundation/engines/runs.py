@@ -36,8 +36,8 @@ from typing import Any, Mapping
 from oct_foundation import io
 from oct_foundation.errors import CheckpointError
 
-__all__ = ["NOT_IN_RUN_ID", "TrainingRun", "run_settings", "run_id_of", "start_training_run", "checkpoint_run",
-           "find_checkpoints"]
+__all__ = ["process_rank", "NOT_IN_RUN_ID", "TrainingRun", "run_settings", "run_id_of", "start_training_run",
+           "checkpoint_run", "find_checkpoints"]
 
 logger = logging.getLogger("oct_foundation.engines")
 
@@ -121,7 +121,9 @@ def checkpoint_run(path: str) -> dict | None:
     return dict(run) if isinstance(run, Mapping) else None
 
 
-def _rank() -> int:
+def process_rank() -> int:
+    """This process's rank: the initialised process group's, else ``$RANK`` (set by ``torchrun`` before the group
+    exists), else 0. The one rank check of the package: rank 0 writes, logs and prints."""
     import torch
 
     d = torch.distributed
@@ -233,7 +235,7 @@ def start_training_run(ckpt_dir: str, model_path: str = "", resume: Any = "", ov
         raise CheckpointError(existing[0], f"a fresh training run would replace what is already there ({shown}); "
                                            "pass --resume latest to continue that run, or --overwrite true to "
                                            "replace it")
-    if existing and _rank() == 0:
+    if existing and process_rank() == 0:
         for _, p in checkpoints:
             io.remove(p)
         logger.warning("--overwrite true: removed %d old checkpoint(s) from %s; %s", len(checkpoints), ckpt_dir,

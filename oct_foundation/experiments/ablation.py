@@ -108,10 +108,9 @@ def _now() -> str:
 
 
 def _rank() -> int:
-    import torch
+    from oct_foundation.engines.runs import process_rank
 
-    d = torch.distributed
-    return d.get_rank() if d.is_available() and d.is_initialized() else 0
+    return process_rank()
 
 
 def _world() -> int:

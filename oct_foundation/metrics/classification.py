@@ -7,8 +7,6 @@ is reported separately as ``auroc_present``, and the subgroup's ``notes`` say wh
 """
 from __future__ import annotations
 
-import csv
-import io as _io
 import math
 from typing import Any, Sequence
 
@@ -147,21 +145,9 @@ def _nan_to_none(obj):
     return obj
 
 
-def write_csv_rows(rows: list[dict[str, Any]], path) -> None:
-    """Write rows as CSV atomically (local path or URL)."""
-    buf = _io.StringIO()
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    oio.atomic_write(path, buf.getvalue())
-
-
 def save_classification_report(report: dict[str, Any], json_path=None, csv_path=None) -> None:
     """Write the report as JSON (NaN as ``null``) and/or CSV (one row per group), atomically."""
     if json_path is not None:
         oio.save_json(_nan_to_none(report), json_path)
     if csv_path is not None:
-        write_csv_rows(classification_report_rows(report), csv_path)
+        oio.write_csv(classification_report_rows(report), csv_path)

@@ -165,7 +165,7 @@ class SegmentationReport:
 
 def save_segmentation_report(result: dict[str, Any], json_path=None, csv_path=None) -> None:
     """JSON (NaN as null) and a CSV with one row per layer plus a ``mean`` row, both atomic."""
-    from oct_foundation.metrics.classification import _nan_to_none, write_csv_rows
+    from oct_foundation.metrics.classification import _nan_to_none
 
     if json_path is not None:
         oio.save_json(_nan_to_none(result), json_path)
@@ -174,4 +174,4 @@ def save_segmentation_report(result: dict[str, Any], json_path=None, csv_path=No
                  "n_cases": result["n_cases"]} for n in result["layers"]]
         rows.append({"layer": "mean", "dice": result["dice_mean"], "iou": result["iou_mean"],
                      "n_cases": result["n_cases"]})
-        write_csv_rows(rows, csv_path)
+        oio.write_csv(rows, csv_path)

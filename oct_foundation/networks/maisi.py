@@ -216,13 +216,9 @@ def _autocast_dtype(autocast, device: torch.device) -> torch.dtype | None:
         return None
     if autocast is True:
         return torch.float16 if device.type == "cuda" else torch.bfloat16
-    if isinstance(autocast, torch.dtype):
-        return autocast
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16}
-    if str(autocast).lower() not in names:
-        raise ValueError(f"autocast must be None, True, 'bf16' or 'fp16', got {autocast!r}")
-    return names[str(autocast).lower()]
+    from oct_foundation.config import parse_amp_dtype
+
+    return parse_amp_dtype(autocast, "autocast")
 
 
 # -------------------------------------------------------------------- cutting videos into stacks

@@ -46,6 +46,7 @@ __all__ = [
     "spec_path",
     "model_spec",
     "save_model",
+    "export_model",
     "read_model_spec",
     "check_overrides",
     "build_from_file",
@@ -225,6 +226,23 @@ def save_model(network, path, network_def_args: Optional[Mapping[str, Any]] = No
     io.atomic_write(path, data)
     io.save_json(spec, spec_path(path))
     return spec
+
+
+def export_model(network, path, network_def_args: Optional[Mapping[str, Any]] = None, target: Optional[str] = None,
+                 extra: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """The bundles' one export of ``models/model.pt``: :func:`save_model` (weights + ``model.json``) when the
+    network records its constructor arguments or ``network_def_args`` are given; otherwise bare weights (a
+    warning says so) and any older ``model.json`` beside them is removed, so no description names other weights.
+    Returns the description (None for bare weights)."""
+    net = getattr(network, "module", network)
+    if network_def_args is None and init_args(net) is None:
+        logger.warning("%s records no constructor arguments: %s saved without a model.json", type(net).__name__,
+                       path)
+        io.makedirs(io.dirname(path))
+        io.torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)
+        remove_stale_spec(path)
+        return None
+    return save_model(net, path, network_def_args, target, extra)
 
 
 def remove_stale_spec(path) -> None:
