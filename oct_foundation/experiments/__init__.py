@@ -2,14 +2,15 @@
 bundles (``python -m monai.bundle run ...``) and write CSV / Markdown tables and PNG plots.
 
 Names are resolved lazily so that ``import oct_foundation.experiments`` stays cheap (bundle configs reference
-``oct_foundation.experiments.ablation.MetricsHistory``).
+``oct_foundation.experiments.history.MetricsHistory``).
 """
 import importlib
 
 _EXPORTS = {
-    "ablation": ("MetricsHistory", "BundleRun", "BundleRunError", "BundleRunner", "ExperimentSettings",
-                 "run_pipeline", "run_ablation", "write_ablation_report", "read_history", "detect_depth",
-                 "equalized_tokens_per_step", "PRESETS"),
+    "ablation": ("run_ablation", "write_ablation_report"),
+    "history": ("MetricsHistory", "read_history"),
+    "runner": ("BundleRun", "BundleRunError", "BundleRunner"),
+    "units": ("ExperimentSettings", "run_pipeline", "detect_depth", "equalized_tokens_per_step", "PRESETS"),
     "compare_init": ("run_comparison", "write_comparison_report", "filter_datalist_by_device"),
     "report": ("markdown_table", "write_csv", "read_csv", "plot_metric_vs", "plot_curves", "is_finite"),
 }

@@ -16,21 +16,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from oct_foundation import io
 from oct_foundation.errors import OCTInputError
-from oct_foundation.experiments.ablation import (
-    PRETRAIN_BUNDLE,
-    PRETRAIN_VAL_KEY,
-    BundleRunner,
-    ExperimentSettings,
-    _bundle_default,
-    add_common_arguments,
-    add_steps_to_threshold,
-    common_threshold,
-    detect_depth,
-    execute_unit,
-    read_history,
-    run_pipeline,
-    settings_from_args,
-)
+from oct_foundation.experiments.cli import add_common_arguments, settings_from_args
+from oct_foundation.experiments.history import read_history
+from oct_foundation.experiments.runner import PRETRAIN_BUNDLE, PRETRAIN_VAL_KEY, BundleRunner
+from oct_foundation.experiments.units import (ExperimentSettings, _bundle_default, add_steps_to_threshold,
+                                             common_threshold, detect_depth, execute_unit, run_pipeline)
 
 __all__ = ["filter_datalist_by_device", "comparison_arms", "run_comparison", "write_comparison_report",
            "COMPARISON_COLUMNS", "main"]

@@ -7,15 +7,10 @@ import struct
 
 import pytest
 
-from oct_foundation.experiments.ablation import (
-    BundleRun,
-    BundleRunner,
-    ExperimentSettings,
-    PRETRAIN_BUNDLE,
-    equalized_tokens_per_step,
-    read_history,
-    run_ablation,
-)
+from oct_foundation.experiments.ablation import run_ablation
+from oct_foundation.experiments.history import read_history
+from oct_foundation.experiments.runner import PRETRAIN_BUNDLE, BundleRun, BundleRunner
+from oct_foundation.experiments.units import ExperimentSettings, equalized_tokens_per_step
 from oct_foundation.experiments.compare_init import filter_datalist_by_device, run_comparison
 from oct_foundation.experiments.report import is_finite, markdown_table, read_csv
 
@@ -192,7 +187,8 @@ def test_distributed_command_and_markdown_escaping(tmp_path):
 def test_cli_arguments_route_overrides(cohort, tmp_path):
     import argparse
 
-    from oct_foundation.experiments.ablation import add_common_arguments, main, settings_from_args
+    from oct_foundation.experiments.ablation import main
+    from oct_foundation.experiments.cli import add_common_arguments, settings_from_args
 
     p = argparse.ArgumentParser()
     add_common_arguments(p)
