@@ -12,6 +12,7 @@ _EXPORTS = {
     "runner": ("BundleRun", "BundleRunError", "BundleRunner"),
     "units": ("ExperimentSettings", "run_pipeline", "detect_depth", "equalized_tokens_per_step", "PRESETS"),
     "compare_init": ("run_comparison", "write_comparison_report", "filter_datalist_by_device"),
+    "compare_vae": ("write_outputs",),
     "report": ("markdown_table", "write_csv", "read_csv", "plot_metric_vs", "plot_curves", "is_finite"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -120,6 +120,23 @@ def _volumes(datalist: str, splits: Sequence[str], image_size: int, cache: str):
 
 
 # ------------------------------------------------------------------------------------------------- steps
+#: optimisation settings the check takes from the pretrain bundle's ``configs/train.json`` (so the two never drift)
+RECIPE_KEYS = ("weight_decay", "final_weight_decay", "start_lr_factor", "final_lr_factor", "clip_grad", "ema_end",
+               "ema_mode")
+
+
+def bundle_recipe() -> dict[str, Any]:
+    """The pretrain bundle's values of :data:`RECIPE_KEYS` (its ``configs/train.json`` defaults)."""
+    from oct_foundation.experiments.runner import PRETRAIN_BUNDLE
+    from oct_foundation.experiments.units import _bundle_default
+
+    recipe = {k: _bundle_default(PRETRAIN_BUNDLE, k) for k in RECIPE_KEYS}
+    missing = [k for k, v in recipe.items() if v is None]
+    if missing:
+        raise KeyError(f"{PRETRAIN_BUNDLE}/configs/train.json has no {missing}")
+    return recipe
+
+
 def pretrain(volumes, settings: CheckSettings, seed: int):
     """One V-JEPA pretraining run on ``volumes``; returns ``(network, per-epoch mean losses)``."""
     from ignite.engine import Events
@@ -140,11 +157,14 @@ def pretrain(volumes, settings: CheckSettings, seed: int):
     net = VJEPA3D(**settings.network_kwargs())
     masks = mask_generator_for_depth(default_mask_generators(), settings.d_full, settings.d_target, True)
     total = settings.epochs * len(loader)
-    opt = torch.optim.AdamW(build_param_groups(net, settings.learning_rate, 0.04), lr=settings.learning_rate)
+    r = bundle_recipe()
+    opt = torch.optim.AdamW(build_param_groups(net, settings.learning_rate, r["weight_decay"]),
+                            lr=settings.learning_rate)
     trainer = JEPATrainer("cpu", settings.epochs, loader, net, opt, masks,
-                          MomentumSchedule(total, settings.ema_start, 1.0),
-                          WarmupCosineLR(opt, max(1, total // 10), total, 0.32, 0.0016),
-                          WeightDecaySchedule(opt, total, 0.04, 0.4), clip_grad=10.0, mask_seed=seed)
+                          MomentumSchedule(total, settings.ema_start, r["ema_end"], r["ema_mode"]),
+                          WarmupCosineLR(opt, max(1, total // 10), total, r["start_lr_factor"], r["final_lr_factor"]),
+                          WeightDecaySchedule(opt, total, r["weight_decay"], r["final_weight_decay"]),
+                          clip_grad=r["clip_grad"], mask_seed=seed)
     losses: list[float] = []
     epoch_losses: list[float] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))

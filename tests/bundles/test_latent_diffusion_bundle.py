@@ -1,4 +1,4 @@
-"""oct_latent_diffusion: the real configs through monai.bundle.run on a tiny synthetic cohort, and compare_vae.py."""
+"""oct_latent_diffusion: the real configs through monai.bundle.run on a tiny synthetic cohort, and scripts/compare_vae.py."""
 from __future__ import annotations
 
 import csv
