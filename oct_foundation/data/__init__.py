@@ -19,7 +19,7 @@ _EXPORTS = {
         "RecordSpacingd", "input_error_from", "time_as_depth", "TimeAsDepth", "TimeAsDepthd", "build_preprocessing",
         "default_maisi_transforms",
     ),
-    "datalist": ("load_datalist", "datalist_from_folder"),
+    "datalist": ("load_datalist", "datalist_from_folder", "training_datalist"),
     "preflight": ("preflight_datalist", "probe_volume"),
     "batch": ("prepare_batch_image",),
     "latents": ("LoadLatentd", "read_latent", "LATENT_SUFFIXES"),

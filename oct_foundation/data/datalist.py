@@ -6,7 +6,7 @@ from typing import Sequence
 from oct_foundation import io as oio
 from oct_foundation.errors import OCTInputError
 
-__all__ = ["load_datalist", "datalist_from_folder", "DEFAULT_PATH_KEYS"]
+__all__ = ["load_datalist", "datalist_from_folder", "training_datalist", "DEFAULT_PATH_KEYS"]
 
 #: Item keys whose values are file paths (resolved relative to the datalist's folder).
 DEFAULT_PATH_KEYS = ("image", "label")
@@ -73,3 +73,46 @@ def datalist_from_folder(folder, suffixes: Sequence[str] | None = None) -> list[
     if not files:
         raise OCTInputError(folder, f"no files with suffix {', '.join(sfx)}")
     return [{"image": f} for f in files]
+
+
+def training_datalist(datalist, dataset_dir, sections: Sequence[str] = ("training", "validation"),
+                      label_key: str | None = None, label_dir: str = "labels", needs: str | None = None,
+                      val_every: int = 10):
+    """The training items of every bundle, by one rule: the datalist JSON when it exists, else a folder scan.
+
+    Returns what :func:`oct_foundation.data.preflight_datalist` checks: the datalist path when it exists (every
+    section is then read from it), else ``{section: items, "_source": folder}`` from a scan:
+
+    * ``dataset_dir`` is scanned (:func:`datalist_from_folder`; its ``images/`` subfolder when there is
+      one). With ``label_key`` each image is paired with the file of the same name in ``dataset_dir/label_dir``
+      (a missing one is an error naming both files), and every ``val_every``-th pair goes to ``validation``.
+    * ``needs``: what a scan cannot provide (e.g. the ``class`` of each volume): without a datalist that is an
+      error naming the expected datalist and what it must hold.
+    """
+    if datalist and oio.exists(datalist):
+        return str(datalist)
+    if needs:
+        raise OCTInputError(datalist or dataset_dir, f"datalist not found: {needs}, which a folder of images "
+                                                     "cannot provide (see the bundle's docs for the format)")
+    images = oio.join(dataset_dir, "images")
+    folder = images if oio.exists(images) and oio.isdir(images) else dataset_dir
+    items = datalist_from_folder(folder)
+    if label_key:
+        paired = []
+        for it in items:
+            name = it["image"].replace("\\", "/").rsplit("/", 1)[-1]
+            label = oio.join(dataset_dir, label_dir, name)
+            if not oio.exists(label):
+                raise OCTInputError(it["image"], f"no label {label} of the same name (a folder without a datalist "
+                                                 f"pairs {folder}/<name> with {oio.join(dataset_dir, label_dir)}/<name>)")
+            paired.append({**it, label_key: label})
+        items = paired
+        every = max(2, int(val_every))
+        out = {"training": [it for i, it in enumerate(items) if len(items) < 2 or i % every],
+               "validation": [it for i, it in enumerate(items) if len(items) >= 2 and not i % every]}
+    else:
+        out = {"training": items, "validation": []}
+    out = {s: out.get(s, []) for s in sections}
+    out["_source"] = str(dataset_dir)
+    return out
+

@@ -118,7 +118,7 @@ def preflight_datalist(
     limits = ReaderLimits(assume_spacing=assume_spacing, allow_non_oct=allow_non_oct,
                           **({} if max_voxels is None else {"max_voxels": max_voxels}))
     out, bad = {}, []
-    source = name or (datalist if not isinstance(datalist, dict) else "datalist")
+    source = name or (datalist if not isinstance(datalist, dict) else datalist.get("_source", "datalist"))
     for section in sections:
         items = list(datalist.get(section, [])) if isinstance(datalist, dict) else load_datalist(datalist, section)
         good = []

@@ -119,3 +119,23 @@ def test_conflicting_shape_flag_names_the_key(pretrained, cohort, tmp_path):
     assert "--embed_dim 96 disagrees with the model file" in err and "embed_dim=48" in err
     assert str(pretrained.with_name("model.json")) in err
     assert not (tmp_path / "bad" / "models").exists()
+
+
+def test_training_from_a_folder_without_datalist(pretrained, cohort, tmp_path):
+    """One input rule in every training bundle: the datalist, else the folder. Segmentation pairs images/<name>
+    with labels/<name>; classification cannot take classes from a folder and says so, naming the datalist."""
+    import shutil
+
+    data = tmp_path / "folder"
+    shutil.copytree(cohort / "images", data / "images")
+    shutil.copytree(cohort / "labels", data / "labels")
+    root = tmp_path / "segmentation"
+    _cli("training", ["oct_layer_segmentation/configs/train.json"], "--dataset_dir", data, "--bundle_root", root,
+         "--encoder_source", "model_pt", "--encoder_path", pretrained, "--num_epochs", "1", "--num_workers", "0",
+         "--progress_bar", "false", "--decoder_channels", "[8]", *CPU)
+    assert (root / "models" / "model.pt").exists()
+    proc = _cli("training", ["oct_disease_classification/configs/train.json"], "--dataset_dir", data,
+                "--bundle_root", tmp_path / "classification", "--encoder_path", pretrained, "--num_epochs", "1",
+                "--num_workers", "0", *CPU, check=False)
+    assert proc.returncode != 0
+    assert f"{data / 'datalist.json'}: datalist not found: the class of each volume" in proc.stderr

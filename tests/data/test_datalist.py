@@ -109,3 +109,31 @@ def test_reads_the_synthetic_cohort(tmp_path):
         dicom = LoadOCTd("image")({"image": dcm})["image"]
         assert dicom.shape == nifti.shape
         np.testing.assert_allclose(dicom.meta["spacing"], nifti.meta["spacing"], rtol=1e-5)
+
+
+def test_training_datalist_datalist_else_folder(tmp_path):
+    from oct_foundation.data.datalist import training_datalist
+
+    ds = tmp_path / "ds"
+    for sub in ("images", "labels"):
+        (ds / sub).mkdir(parents=True)
+    for i in range(12):
+        for sub in ("images", "labels"):
+            nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(ds / sub / f"c{i:02d}.nii.gz"))
+    dl = ds / "datalist.json"
+    # no datalist: images/ scanned, labels paired by name, every 10th pair held out for validation
+    got = training_datalist(str(dl), str(ds), label_key="label")
+    assert got["_source"] == str(ds) and len(got["training"]) == 10 and len(got["validation"]) == 2
+    assert all(it["label"] == str(ds / "labels" / os.path.basename(it["image"])) for it in got["training"])
+    # unsupervised: every image trains
+    assert len(training_datalist(str(dl), str(ds))["training"]) == 12
+    # a label missing: named, with the rule
+    os.remove(ds / "labels" / "c03.nii.gz")
+    with pytest.raises(OCTInputError, match=r"c03.nii.gz: no label .*labels/c03.nii.gz of the same name"):
+        training_datalist(str(dl), str(ds), label_key="label")
+    # what a folder cannot give: the datalist is required, and the message says what it must hold
+    with pytest.raises(OCTInputError, match=r"datalist.json: datalist not found: the class of each volume"):
+        training_datalist(str(dl), str(ds), needs="the class of each volume")
+    # a datalist that exists wins
+    _write(dl, {"training": [{"image": "images/c00.nii.gz"}], "validation": []})
+    assert training_datalist(str(dl), str(ds), needs="the class of each volume") == str(dl)
