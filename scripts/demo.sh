@@ -11,11 +11,12 @@
 #      supervised MONAI UNet baseline (no pretraining)         -> $OUT/segmentation_unet
 #   7. latent diffusion: autoencoder, U-Net, samples, Frechet  -> $OUT/latent_diffusion
 #      and the trained autoencoder's reconstruction quality    -> $OUT/maisi/eval_trained
-# Sizes are set for a 2-core CPU (15-25 minutes). As a foundation model is used, the encoder is pretrained on
-# unlabelled volumes (UNLABELLED cases of another seed, labels unused; 0 pretrains on the labelled training split)
-# and the downstream heads see few labels: the labelled cohort is split 40/10/50, so the pretrained-vs-random
-# comparison is scored on half the cases (36 of 72), with paired bootstrap intervals. Pretraining uses V-JEPA 2.1's
-# dense loss and V-JEPA's EMA 0.998: the least collapsed setting found (docs/scientific_check.md, round 4).
+# Sizes are set for a 2-core CPU (about 14 minutes on an idle machine). As a foundation model is used, the encoder
+# is pretrained on unlabelled volumes (UNLABELLED cases of another seed, labels unused; 0 pretrains on the
+# labelled training split) and the downstream heads see few labels: the labelled cohort is split 40/10/50, so the
+# pretrained-vs-random comparison is scored on half the cases (36 of 72), with paired bootstrap intervals.
+# Pretraining uses V-JEPA 2.1's dense loss and V-JEPA's EMA 0.998: the least collapsed setting found
+# (docs/scientific_check.md, round 4).
 # Knobs: OUT, CASES, SPLIT, UNLABELLED, LESION_SCALE (1: focal lesions; see docs/scientific_check.md),
 # PRETRAIN_EPOCHS, PROBE_EPOCHS, SEG_EPOCHS, AE_EPOCHS.
 # Results are never overwritten: a second run reuses finished steps (delete $OUT to start again).
