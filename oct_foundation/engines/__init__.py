@@ -11,11 +11,11 @@ _EXPORTS = {
         "JEPATrainer", "JEPAEvaluator", "prepare_batch_image", "size_for_epoch", "freeze_encoder",
         "encoder_units", "prepare_network", "mask_generator_for_depth", "draw_masks",
     ),
-    "handlers": (
-        "ProgressBarHandler", "JEPAStatsLogger", "TrainingCheckpoint", "latest_checkpoint", "resolve_resume",
-        "ProgressiveUnfreezing", "ResumeCheckpoint", "EpochSeed", "TerminateOnNanLoss", "ModelExport", "peak_memory_mb", "slice_indices_of",
-        "RepresentationRankMonitor",
+    "monitoring": (
+        "ProgressBarHandler", "JEPAStatsLogger", "RepresentationRankMonitor", "peak_memory_mb", "slice_indices_of",
     ),
+    "checkpoints": ("TrainingCheckpoint", "ResumeCheckpoint", "ModelExport", "latest_checkpoint", "resolve_resume"),
+    "training_control": ("EpochSeed", "TerminateOnNanLoss", "ProgressiveUnfreezing"),
     "schedules": (
         "cosine_value", "linear_value", "warmup_cosine_value", "WarmupCosineLR", "WeightDecaySchedule",
         "MomentumSchedule", "build_param_groups", "tokens_per_sample", "accumulation_for_tokens",
@@ -23,7 +23,7 @@ _EXPORTS = {
     "embedding_inference": (
         "EmbeddingProcessor", "run_embedding_inference",
     ),
-    "runs": ("start_training_run", "TrainingRun", "run_settings", "checkpoint_run", "find_checkpoints"),
+    "runs": ("process_rank", "start_training_run", "TrainingRun", "run_settings", "checkpoint_run", "find_checkpoints"),
     "batch_inference": ("BatchInference", "anonymous_id", "as_bool", "list_inputs"),
     "downstream": (
         "PrepareClassBatch", "StackOutputs", "ClassificationReportHandler", "SegmentationReportHandler",

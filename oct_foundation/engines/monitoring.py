@@ -1,6 +1,6 @@
-"""Ignite handlers for JEPA pretraining: progress bar, statistics / TensorBoard logging (loss, LR, EMA momentum,
-tokens/s, peak memory, slice-index histograms), atomic resumable checkpoints, progressive unfreezing, the
-representation-collapse monitor (effective rank of the encoders' tokens) and the final ``models/model.pt`` export.
+"""Ignite handlers that watch a run without changing it: the progress bar, statistics / TensorBoard logging (loss, LR,
+EMA momentum, tokens/s, peak memory, slice-index histograms) and the representation-collapse monitor (effective
+rank of the encoders' tokens and pooled features). Rank 0 logs and writes; the others do nothing.
 
 Each handler has ``attach(engine)`` so that a bundle lists it in ``train#handlers``.
 """
@@ -13,30 +13,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from ignite.engine import Engine, Events
 
-from oct_foundation import io
+from oct_foundation.engines.runs import process_rank
 
-__all__ = [
-    "ProgressBarHandler",
-    "JEPAStatsLogger",
-    "TrainingCheckpoint",
-    "latest_checkpoint",
-    "resolve_resume",
-    "ProgressiveUnfreezing",
-    "ResumeCheckpoint",
-    "TerminateOnNanLoss",
-    "ModelExport",
-    "RepresentationRankMonitor",
-    "peak_memory_mb",
-    "slice_indices_of",
-]
+__all__ = ["ProgressBarHandler", "peak_memory_mb", "slice_indices_of", "JEPAStatsLogger", "RepresentationRankMonitor"]
 
 logger = logging.getLogger("oct_foundation.engines")
-
-
-def _rank() -> int:
-    from oct_foundation.engines.runs import process_rank
-
-    return process_rank()
 
 
 def _scalar(v) -> float:
@@ -73,7 +54,7 @@ class ProgressBarHandler:
     def attach(self, engine: Engine) -> None:
         from ignite.handlers import ProgressBar
 
-        if _rank() != 0:
+        if process_rank() != 0:
             return
         ProgressBar(persist=self.persist).attach(engine, output_transform=self._transform)
 
@@ -141,7 +122,7 @@ class JEPAStatsLogger(_TensorBoardWriter):
         self.losses: list[float] = []
 
     def attach(self, engine: Engine) -> None:
-        if _rank() != 0:
+        if process_rank() != 0:
             return
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
@@ -202,315 +183,6 @@ class JEPAStatsLogger(_TensorBoardWriter):
     def _completed(self, engine: Engine) -> None:
         if self._writer is not None:
             self._writer.flush()
-
-
-def latest_checkpoint(save_dir: str, prefix: str = "checkpoint") -> str | None:
-    """The checkpoint with the highest epoch number in ``save_dir`` (names ``<prefix>_<epoch>.pt``; a local folder
-    or an fsspec URL), or None."""
-    from oct_foundation.engines.runs import find_checkpoints
-
-    found = find_checkpoints(save_dir, prefix)
-    return found[-1][1] if found else None
-
-
-def resolve_resume(resume: str | None, save_dir: str, prefix: str = "checkpoint") -> str:
-    """Checkpoint path to resume from: ``""`` -> none (``""``); ``"latest"`` -> :func:`latest_checkpoint` of
-    ``save_dir`` (``""`` when there is none yet); any other value is a path, which must exist."""
-    if not resume:
-        return ""
-    if str(resume).lower() in ("latest", "auto", "true"):
-        return latest_checkpoint(save_dir, prefix) or ""
-    if not io.exists(resume):
-        from oct_foundation.errors import CheckpointError
-
-        raise CheckpointError(resume, "checkpoint to resume from not found")
-    return str(resume)
-
-
-class _URLSaver:
-    """Ignite save handler for an fsspec URL folder (``gs://``, ``memory://``): each checkpoint is written with
-    :func:`oct_foundation.io.torch_save` (complete or not at all); rank 0 only."""
-
-    def __init__(self, dirname: str) -> None:
-        self.dirname = str(dirname).rstrip("/")
-
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        if _rank() == 0:
-            io.torch_save(checkpoint, io.join(self.dirname, filename))
-
-    def remove(self, filename: str) -> None:
-        if _rank() == 0:
-            io.remove(io.join(self.dirname, filename))
-
-
-class TrainingCheckpoint:
-    """Atomic, resumable training checkpoints with Ignite ``Checkpoint`` + ``DiskSaver(atomic=True)`` (local
-    folders) or :func:`oct_foundation.io.torch_save` (fsspec URLs such as ``gs://``; never a local folder named
-    ``gs:``).
-
-    Saves ``save_dict`` (use ``JEPATrainer.checkpoint_objects()``: network, optimizer, schedulers, trainer state,
-    scaler) as ``<save_dir>/<prefix>_<epoch>.pt`` every ``save_interval`` epochs and at the end, keeping the last
-    ``n_saved``. Under ``torch.distributed`` only rank 0 writes. Resume with MONAI ``CheckpointLoader`` and the
-    same ``save_dict`` (:class:`ResumeCheckpoint` does that for a ``JEPATrainer``).
-
-    ``save_dict=None`` takes ``engine.checkpoint_objects()`` of the engine it is attached to, so that a bundle
-    config does not need a reference from the handler list back to the trainer (a circular reference).
-    ``run`` (the config's ``@training_run``, a :class:`~oct_foundation.engines.runs.TrainingRun`) is stored in
-    every checkpoint under ``run``, so that ``--resume latest`` only continues checkpoints of the same run config.
-    """
-
-    def __init__(
-        self,
-        save_dir: str,
-        save_dict: Mapping | None = None,
-        save_interval: int = 1,
-        n_saved: int | None = 2,
-        prefix: str = "checkpoint",
-        save_final: bool = True,
-        run: Any = None,
-    ) -> None:
-        self.save_dir = str(save_dir)
-        self.run = run
-        self.save_dict = dict(save_dict) if save_dict is not None else None
-        self.save_interval = max(1, int(save_interval))
-        self.n_saved = n_saved
-        self.prefix = prefix
-        self.save_final = save_final
-        self.checkpoint = None
-
-    def attach(self, engine: Engine) -> None:
-        from ignite.handlers import Checkpoint, DiskSaver
-
-        if self.save_dict is None:
-            self.save_dict = engine.checkpoint_objects()
-        if self.run is not None:
-            self.save_dict = {**self.save_dict, "run": self.run}
-        if io.is_url(self.save_dir):
-            saver = _URLSaver(self.save_dir)
-        else:
-            saver = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
-        self.checkpoint = Checkpoint(
-            self.save_dict,
-            saver,
-            filename_prefix="",
-            n_saved=self.n_saved,
-            global_step_transform=lambda e, _: e.state.epoch,
-            filename_pattern=self.prefix + "_{global_step}.{ext}",
-        )
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._save)
-        if self.save_final:
-            engine.add_event_handler(Events.COMPLETED, self._save_final)
-
-    def _save(self, engine: Engine) -> None:
-        self.checkpoint(engine)
-
-    def _save_final(self, engine: Engine) -> None:
-        if engine.state.epoch % self.save_interval != 0:  # the epoch-end save already wrote this epoch
-            self.checkpoint(engine)
-
-    @property
-    def last_checkpoint(self) -> str | None:
-        if self.checkpoint is None or self.checkpoint.last_checkpoint is None:
-            return None
-        return io.join(self.save_dir, str(self.checkpoint.last_checkpoint))
-
-
-class ResumeCheckpoint:
-    """Resume training from ``load_path`` (see :func:`oct_foundation.engines.runs.start_training_run`) into
-    ``load_dict`` (default: the engine's ``checkpoint_objects()``: network, optimizer, schedulers, trainer state,
-    scaler) when the engine starts, as MONAI's ``CheckpointLoader`` does (the engine keeps its own ``max_epochs``,
-    so a resumed run may train longer). The file is read with :func:`oct_foundation.io.torch_load`: a local path
-    or fsspec URL, weights only (a file that would run code, text, an HTML page or junk is refused naming the
-    file). An empty ``load_path`` does nothing (fresh start)."""
-
-    def __init__(self, load_path: str | None, load_dict: Mapping | None = None, map_location: Any = "cpu",
-                 strict: bool = True) -> None:
-        self.load_path = str(load_path) if load_path else ""
-        self.load_dict = dict(load_dict) if load_dict is not None else None
-        self.map_location = map_location
-        self.strict = strict
-
-    def attach(self, engine: Engine) -> None:
-        if not self.load_path:
-            return
-        if self.load_dict is None:
-            self.load_dict = engine.checkpoint_objects()
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        from ignite.handlers import Checkpoint
-
-        from oct_foundation.errors import CheckpointError
-
-        checkpoint = io.torch_load(self.load_path, map_location=self.map_location)
-        if not isinstance(checkpoint, Mapping):
-            raise CheckpointError(self.load_path, f"not a training checkpoint (a {type(checkpoint).__name__})")
-        missing = [k for k in self.load_dict if k not in checkpoint]
-        if missing and self.strict:
-            raise CheckpointError(self.load_path, f"not a checkpoint of this training: no {missing} in it (it has "
-                                                  f"{sorted(checkpoint)})")
-        prior_max_epochs = engine.state.max_epochs
-        try:
-            Checkpoint.load_objects(to_load={k: v for k, v in self.load_dict.items() if k in checkpoint},
-                                    checkpoint=dict(checkpoint), strict=self.strict)
-        except (RuntimeError, KeyError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(self.load_path, f"does not fit this training run ({first})") from None
-        if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
-            raise CheckpointError(self.load_path, f"holds epoch {engine.state.epoch}, more than this run's "
-                                                  f"num_epochs {prior_max_epochs}; pass a larger --num_epochs to "
-                                                  "train further")
-        engine.state.max_epochs = prior_max_epochs
-        logger.info("resuming from %s (epoch %d)", self.load_path, engine.state.epoch)
-
-
-class EpochSeed:
-    """Seed every random source at the start of each epoch from ``seed + epoch``.
-
-    The data order (``RandomSampler`` draws its seed from the global torch RNG when the epoch's iterator is
-    made, after ``EPOCH_STARTED``), the worker seeds, and the random transforms (``DepthSubsampled`` phase,
-    crops) then depend only on the epoch number, so a run resumed from an epoch checkpoint sees exactly the
-    batches the uninterrupted run saw. ``transform``: the dataset's transform (``set_random_state`` is called).
-    """
-
-    def __init__(self, seed: int = 0, transform: Any = None) -> None:
-        self.seed = int(seed)
-        self.transform = transform
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        import random
-
-        import numpy as np
-
-        s = (self.seed + int(engine.state.epoch)) % (2**32)
-        torch.manual_seed(s)
-        np.random.seed(s)
-        random.seed(s)
-        if self.transform is not None and hasattr(self.transform, "set_random_state"):
-            self.transform.set_random_state(seed=s)
-
-
-class TerminateOnNanLoss:
-    """Stops training when the iteration loss is NaN or infinite (Ignite ``TerminateOnNan`` on ``output["loss"]``)."""
-
-    def __init__(self, key: str = "loss") -> None:
-        self.key = key
-
-    def _loss(self, output):
-        return output[self.key] if isinstance(output, Mapping) else output
-
-    def attach(self, engine: Engine) -> None:
-        from ignite.handlers import TerminateOnNan
-
-        engine.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=self._loss))
-
-
-class ProgressiveUnfreezing:
-    """Gradual unfreezing of a ViT encoder, applied at the start of every epoch from the (0-based) epoch alone,
-    so it is the same after a resume.
-
-    Units from the input side: ``patch_embed``, ``blocks.0`` ... Until ``start_epoch`` the patch embedding and
-    the first ``freeze_first_n`` blocks are frozen (phase 1). From ``start_epoch`` one unit is unfrozen every
-    ``every`` epochs, the deepest frozen block first (``blocks.{n-1}``, ..., ``blocks.0``, then ``patch_embed``),
-    until everything trains (final phase). ``every <= 0`` keeps the initial freezing for the whole run.
-
-    The optimizer must already hold the frozen parameters (``build_param_groups(..., exclude_frozen=False)``):
-    AdamW ignores parameters without gradients, so they start moving when unfrozen. It acts on every rank of a
-    distributed run (only rank 0 logs), so every DDP replica rebuilds its wrapper at the same epoch.
-    """
-
-    def __init__(
-        self,
-        encoder: torch.nn.Module,
-        freeze_first_n: int,
-        start_epoch: int = 0,
-        every: int = 1,
-        freeze_patch_embed: bool = True,
-    ) -> None:
-        self.encoder = encoder
-        self.freeze_first_n = int(freeze_first_n)
-        depth = len(encoder.blocks)
-        if not 0 <= self.freeze_first_n <= depth:
-            raise ValueError(f"freeze_first_n must be in [0, {depth}], got {freeze_first_n}")
-        self.start_epoch = int(start_epoch)
-        self.every = int(every)
-        self.freeze_patch_embed = bool(freeze_patch_embed) and self.freeze_first_n > 0
-        self.history: list[tuple[int, list[str]]] = []
-
-    def initial_frozen(self) -> list[str]:
-        """Frozen units of phase 1, from the input side."""
-        units = ["patch_embed"] if self.freeze_patch_embed else []
-        return units + [f"blocks.{i}" for i in range(self.freeze_first_n)]
-
-    def unfreeze_order(self) -> list[str]:
-        """The order in which units are unfrozen: deepest frozen block first, patch embedding last."""
-        return list(reversed(self.initial_frozen()))
-
-    def frozen_at(self, epoch: int) -> list[str]:
-        """Frozen units during the 0-based ``epoch``."""
-        frozen = self.initial_frozen()
-        if self.every <= 0 or epoch < self.start_epoch:
-            return frozen
-        n_unfrozen = 1 + (epoch - self.start_epoch) // self.every
-        return frozen[: max(0, len(frozen) - n_unfrozen)]
-
-    def apply(self, epoch: int) -> list[str]:
-        """Set ``requires_grad`` of every unit for the 0-based ``epoch``; returns the frozen units."""
-        from oct_foundation.networks.freezing import encoder_units
-
-        frozen = set(self.frozen_at(epoch))
-        for name, params in encoder_units(self.encoder):
-            for p in params:
-                p.requires_grad_(name not in frozen)
-        return sorted(frozen, key=lambda n: -1 if n == "patch_embed" else int(n.split(".")[1]))
-
-    def attach(self, engine: Engine) -> None:
-        # every rank: the model changes, and under DDP all ranks must rebuild their wrapper at the same epoch
-        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
-
-    def _epoch_started(self, engine: Engine) -> None:
-        epoch0 = engine.state.epoch - 1
-        before = self.frozen_at(epoch0 - 1) if epoch0 > 0 else None
-        frozen = self.apply(epoch0)
-        self.history.append((epoch0, frozen))
-        if _rank() == 0 and (before is None or before != frozen):
-            logger.info("epoch %d: frozen encoder units %s", engine.state.epoch, frozen or "none")
-
-
-class ModelExport:
-    """Writes the plain ``state_dict`` of ``network`` to ``path`` (``models/model.pt``) atomically when training
-    completes (rank 0 only), and beside it ``model.json``, the network's description
-    (:func:`oct_foundation.networks.model_files.save_model`: import path, constructor arguments, versions,
-    sha256), from which downstream bundles build the network without being told its shape. The weights load with
-    ``torch.load(path, weights_only=True)``.
-
-    ``network_def_args`` / ``target``: the constructor arguments and import path to record, for a network whose
-    class does not record them itself (:func:`~oct_foundation.networks.model_files.records_init_args`); ``extra``:
-    more fields for the description. A network that records nothing and is given nothing is exported as bare
-    weights (any older ``model.json`` beside them is removed).
-    """
-
-    def __init__(self, network: torch.nn.Module, path: str, network_def_args: dict | None = None,
-                 target: str | None = None, extra: dict | None = None) -> None:
-        self.network = network
-        self.path = str(path)
-        self.network_def_args = network_def_args
-        self.target = target
-        self.extra = extra
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine | None = None) -> None:
-        if _rank() != 0:
-            return
-        from oct_foundation.networks.model_files import export_model
-
-        export_model(self.network, self.path, self.network_def_args, self.target, self.extra)
-        logger.info("saved %s", self.path)
 
 
 COLLAPSE_DOC = "bundles/oct_vjepa_pretrain/docs/README.md"
@@ -631,7 +303,7 @@ class RepresentationRankMonitor(_TensorBoardWriter):
         self.history: list[dict[str, float]] = []
 
     def attach(self, engine: Engine) -> None:
-        if self.interval <= 0 or _rank() != 0:
+        if self.interval <= 0 or process_rank() != 0:
             return
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.COMPLETED, self._completed)
