@@ -97,6 +97,9 @@ KEY_MAPPING: dict[str, dict[str, str]] = {
         "predictor: predictor_pos_embed [1, N, P] (V-JEPA 1 only)": "predictor_pos_embed",
         "predictor: predictor_blocks.{i}.*": "predictor_blocks.{i}.*",
         "predictor: predictor_norm.*, predictor_proj.*": "predictor_norm.*, predictor_proj.*",
+        "predictor (2.1): predictor_embed.{0,2}.* (4 levels: Linear(4E, E), GELU, Linear(E, P)), video_mod_embed, "
+        "img_mod_embed, predictor_proj_context.*": "same names (Predictor3D(num_levels=4, modality_embedding=True, "
+        "context_proj=True); distilled B/L: num_levels=1, out_embed_dim=1664)",
     },
     "hf (VJEPA2Model; optional prefix vjepa2.)": {
         "encoder.embeddings.patch_embeddings.proj.*": "encoder: patch_embed.proj.*",
@@ -603,6 +606,14 @@ def _hints(report: LoadReport) -> list[str]:
                          f"(and rope_variant='rotary', interpolate_rope=True), or use a vjepa2_1 preset")
         elif any(frag in k for k in report.missing):
             hints.append(f"the file has no {frag} (not a V-JEPA 2.1 encoder): build the encoder without {opt}")
+    p21 = ("predictor.predictor_proj_context.", "predictor.video_mod_embed", "predictor.predictor_embed.0.")
+    if any(k.startswith(p21) for k in report.unexpected):
+        hints.append("the file's predictor is a V-JEPA 2.1 predictor (predictor_proj_context, modality embeddings, "
+                     "hierarchical predictor_embed): use a vjepa2_1 preset, or build VJEPA3D with "
+                     "predictor_kwargs=dict(num_levels=..., context_proj=True, modality_embedding=True)")
+    elif any(k.startswith(p21) for k in report.missing):
+        hints.append("the file's predictor is not a V-JEPA 2.1 predictor: build it without the 2.1 "
+                     "predictor_kwargs (num_levels, context_proj, modality_embedding)")
     if any(k.endswith("pos_embed") and not k.endswith("predictor_pos_embed") for k in report.missing):
         hints.append("the file's encoder has no additive position table (V-JEPA 2 uses RoPE): "
                      "build the model with pos_embed='rope'")

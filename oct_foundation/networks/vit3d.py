@@ -56,6 +56,7 @@ __all__ = [
     "slice_token_positions",
     "token_positions",
     "rope_tables",
+    "interpolate_rope_positions",
     "apply_rope",
     "rope_axis_dim",
     "gather_tokens",
@@ -159,6 +160,14 @@ def slice_token_positions(slice_indices, tubelet_size: int) -> torch.Tensor:
         raise ValueError(f"{idx.shape[1]} slice indices are fewer than one tubelet of {k}")
     mean = idx[:, : n * k].reshape(idx.shape[0], n, k).mean(-1)
     return ((mean - (k - 1) / 2.0) / k).float()
+
+
+def interpolate_rope_positions(pos: torch.Tensor, grid: Sequence[int], pretrained_grid: int = 16) -> torch.Tensor:
+    """V-JEPA 2.1's ``interpolate_rope``: height/width positions ``pos [..., 3]`` of ``grid`` rescaled by
+    ``(G - 1) / (H' - 1)`` and ``(G - 1) / (W' - 1)`` (``G = pretrained_grid``; a single row/column maps to 0)."""
+    g = float(int(pretrained_grid) - 1)
+    scale = [1.0] + [g / (n - 1) if n > 1 else 0.0 for n in (int(grid[1]), int(grid[2]))]
+    return pos * torch.tensor(scale, device=pos.device, dtype=pos.dtype)
 
 
 def rope_axis_dim(head_dim: int) -> int:
@@ -557,9 +566,7 @@ class VisionTransformer3D(nn.Module):
         :func:`token_positions`)."""
         pos = token_positions(grid, idx, device, depth_positions)
         if self.interpolate_rope:
-            g = float(self.rope_pretrained_grid - 1)
-            scale = [1.0] + [g / (n - 1) if n > 1 else 0.0 for n in (int(grid[1]), int(grid[2]))]
-            pos = pos * torch.tensor(scale, device=pos.device, dtype=pos.dtype)
+            pos = interpolate_rope_positions(pos, grid, self.rope_pretrained_grid)
         return rope_tables(pos, self.head_dim, self.rope_variant)
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:

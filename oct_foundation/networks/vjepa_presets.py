@@ -12,9 +12,20 @@ strictly. Sizes follow the public code (facebookresearch/vjepa2 ``src/models/vis
 * V-JEPA 2.1: ViT-B/16 (768 x 12, 12 heads) and ViT-L/16 (distilled), ViT-g/16, ViT-G/16 (1664 x 48, 26 heads;
   the public builder misspells ``mlp_ratio`` so its MLP ratio is the default 4) at 384 px; exact rotary RoPE,
   ``interpolate_rope``, modality embeddings, the single-frame ``patch_embed_img`` and the four hierarchical
-  norms. The 2.1 predictor is not the package's predictor (it predicts the concatenated hierarchical outputs),
-  so the 2.1 entries build the 2.0-style predictor of the same width and load only the encoder from the file
-  (``allow_missing=["predictor.*"], allow_unexpected=["predictor.*"]``; the docs table says so).
+  norms. The 2.1 predictor (``app/vjepa_2_1/models/predictor.py`` as ``src/hub/backbones.py`` builds it for the
+  four files): 384 wide, 12 heads, MLP 4, 8 mask tokens, RoPE, modality embeddings and a context projection
+  (``predictor_proj_context``, the dense loss); ViT-g/G: 24 blocks on the 4 concatenated hierarchical levels
+  (``predictor_embed`` = Linear(4E, E), GELU, Linear(E, 384); ``predictor_proj[_context]`` Linear(384, 4E));
+  distilled ViT-B/L: 12 blocks on the last level only (``predictor_embed`` Linear(E, 384)) predicting their
+  ViT-G teacher's 1664 channels (``predictor_proj[_context]`` Linear(384, 1664)). Encoder and predictor load
+  strictly, no allow-list. The g/G predictors train with the package's 2.1 objective as they are (deep
+  self-supervision on the 4 levels; ``dense_loss=True`` adds the context loss weighted by
+  ``context_loss_weight`` 0.5, the paper's video value); the B/L predictors run (prediction of the teacher's
+  features) but cannot be trained against the file's own target encoder (1024/768 channels, the teacher is not
+  in the file): for JEPA training override ``predictor_kwargs["out_embed_dim"] = None`` and let the load allow
+  ``predictor.predictor_proj*``.
+  The predictor's ``interpolate_rope`` follows the 2.1 training code (``init_video_model`` passes the encoder's
+  option to both); the hub builder leaves it off for the predictor (``predictor_kwargs`` can turn it off).
 
 ``img_size`` is nominal (RoPE works on any grid); the OCT defaults are one channel and the files' 16 px patches.
 """
@@ -30,6 +41,14 @@ _PREDICTOR_20 = dict(predictor_embed_dim=384, predictor_depth=12, predictor_num_
 _COMMON = dict(in_chans=1, patch_size=16, tubelet_size=2, pos_embed="rope", qkv_bias=True, **_PREDICTOR_20)
 _V21_ENCODER = dict(interpolate_rope=True, rope_pretrained_grid=16, modality_embedding=True,
                     img_temporal_dim_size=1, hierarchical_norms=True)
+#: V-JEPA 2.1 predictor (src/hub/backbones.py ``_make_vjepa2_1_model``): 384 wide, 12 heads, 8 mask tokens,
+#: ``return_all_tokens`` (context projection); ViT-g/G 24 blocks on 4 levels, distilled B/L 12 blocks on 1 level
+#: predicting the ViT-G teacher's 1664 channels
+_V21_TEACHER_DIM = 1664
+_V21_PREDICTOR = dict(predictor_embed_dim=384, predictor_num_heads=12, predictor_mlp_ratio=4.0, num_mask_tokens=8,
+                      context_loss_weight=0.5)
+_V21_PREDICTOR_OPTIONS = dict(context_proj=True, modality_embedding=True, interpolate_rope=True,
+                              rope_pretrained_grid=16)
 
 _SIZES = {
     "vitb": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
@@ -45,8 +64,11 @@ def _v20(size: str, px: int) -> Dict[str, Any]:
 
 
 def _v21(size: str, px: int = 384) -> Dict[str, Any]:
+    distilled = size in ("vitb", "vitl")
+    levels = dict(num_levels=1, out_embed_dim=_V21_TEACHER_DIM) if distilled else dict(num_levels=4)
     return dict(_COMMON, img_size=(16, px, px), rope_variant="rotary", encoder_kwargs=dict(_V21_ENCODER),
-                **_SIZES[size])
+                **{**_V21_PREDICTOR, "predictor_depth": 12 if distilled else 24},
+                predictor_kwargs=dict(_V21_PREDICTOR_OPTIONS, **levels), **_SIZES[size])
 
 
 #: preset name -> ``VJEPA3D`` keyword arguments
@@ -67,11 +89,10 @@ VJEPA_CHECKPOINT_FILES: Dict[str, Dict[str, Any]] = {
     "vjepa2_vith_256": dict(file="vith.pt", encoder_key="encoder, target_encoder", predictor=True),
     "vjepa2_vitg_256": dict(file="vitg.pt", encoder_key="encoder, target_encoder", predictor=True),
     "vjepa2_vitg_384": dict(file="vitg-384.pt", encoder_key="encoder, target_encoder", predictor=True),
-    "vjepa2_1_vitb_384": dict(file="vjepa2_1_vitb_dist_vitG_384.pt", encoder_key="ema_encoder", predictor=False),
-    "vjepa2_1_vitl_384": dict(file="the 2.1 ViT-L (distilled) release file", encoder_key="ema_encoder",
-                              predictor=False),
-    "vjepa2_1_vitg_384": dict(file="the 2.1 ViT-g release file", encoder_key="target_encoder", predictor=False),
-    "vjepa2_1_vitG_384": dict(file="the 2.1 ViT-G release file", encoder_key="target_encoder", predictor=False),
+    "vjepa2_1_vitb_384": dict(file="vjepa2_1_vitb_dist_vitG_384.pt", encoder_key="ema_encoder", predictor=True),
+    "vjepa2_1_vitl_384": dict(file="vjepa2_1_vitl_dist_vitG_384.pt", encoder_key="ema_encoder", predictor=True),
+    "vjepa2_1_vitg_384": dict(file="vjepa2_1_vitg_384.pt", encoder_key="target_encoder", predictor=True),
+    "vjepa2_1_vitG_384": dict(file="vjepa2_1_vitG_384.pt", encoder_key="target_encoder", predictor=True),
 }
 
 

@@ -3,8 +3,11 @@
 The models are built on the ``meta`` device (no memory, no time); the file layouts are written here from the
 public code's formulas (facebookresearch/vjepa2: encoder ``patch_embed.proj`` [E, 3, 2, 16, 16], blocks with
 ``qkv`` [3E, E] and MLP ``int(E * mlp_ratio)``, ``norm`` or 2.1's ``norms_block.0..3``, ``patch_embed_img``,
-``video_mod_embed``/``img_mod_embed``; 2.0 predictor 12 x 384 with 10 mask tokens), and the loader's adaptation
-must map every file tensor with nothing missing, unexpected or mismatched.
+``video_mod_embed``/``img_mod_embed``; 2.0 predictor 12 x 384 with 10 mask tokens; 2.1 predictor 384 wide with 8
+mask tokens, modality embeddings and ``predictor_proj_context``: ViT-g/G 24 blocks on 4 hierarchical levels,
+``predictor_embed.0/2`` and projections to 4E, distilled ViT-B/L 12 blocks on one level and projections to the
+teacher's 1664), and the loader's adaptation must map every file tensor with nothing missing, unexpected or
+mismatched.
 """
 import pytest
 import torch
@@ -62,6 +65,24 @@ def _official_predictor_20(e):
     return sd
 
 
+def _official_predictor_21(e, distilled):
+    """``app/vjepa_2_1/models/predictor.py`` as ``src/hub/backbones.py`` builds it for the four 2.1 files."""
+    levels, depth = (1, 12) if distilled else (4, 24)
+    out = levels * (1664 if distilled else e)
+    if levels == 1:
+        sd = {"predictor_embed.weight": _m(384, e), "predictor_embed.bias": _m(384)}
+    else:
+        sd = {"predictor_embed.0.weight": _m(e, 4 * e), "predictor_embed.0.bias": _m(e),
+              "predictor_embed.2.weight": _m(384, e), "predictor_embed.2.bias": _m(384)}
+    sd.update({"predictor_norm.weight": _m(384), "predictor_norm.bias": _m(384),
+               "predictor_proj.weight": _m(out, 384), "predictor_proj.bias": _m(out),
+               "predictor_proj_context.weight": _m(out, 384), "predictor_proj_context.bias": _m(out),
+               "video_mod_embed": _m(1, 1, 384), "img_mod_embed": _m(1, 1, 384)})
+    sd.update({f"mask_tokens.{i}": _m(1, 1, 384) for i in range(8)})
+    sd.update(_blocks("predictor_blocks.", depth, 384, 1536))
+    return sd
+
+
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_preset_matches_public_layout(name):
     e, depth, heads, hidden, v21 = SIZES[name]
@@ -71,7 +92,9 @@ def test_preset_matches_public_layout(name):
     assert net.encoder.rope_variant == ("rotary" if v21 else "vjepa2")
     parts = [("encoder", _official_encoder(e, depth, hidden, v21), net.encoder.state_dict()),
              ("target_encoder", _official_encoder(e, depth, hidden, v21), net.target_encoder.state_dict())]
-    parts.append(("predictor", _official_predictor_20(e), net.predictor.state_dict()))
+    file_pred = _official_predictor_21(e, name.startswith(("vjepa2_1_vitb", "vjepa2_1_vitl"))) if v21 else \
+        _official_predictor_20(e)
+    parts.append(("predictor", file_pred, net.predictor.state_dict()))
     for part, file_sd, target in parts:
         _, rep = adapt_state_dict(file_sd, target, mask_token_keys=[k for k in target if "mask_token" in k])
         assert not rep.missing and not rep.unexpected and not rep.mismatched, (part, rep.table())
@@ -134,7 +157,8 @@ def test_bundle_preset_key_builds_the_checkpoint_architecture(name):
         net = _bundle_parser(preset=name, image_size=[64, 64], d_target=8).get_parsed_content("network_def")
     assert net.encoder.embed_dim == e and len(net.encoder.blocks) == depth and net.encoder.num_heads == heads
     assert net.encoder.img_size == (8, 64, 64)  # the bundle's input keys are kept
-    assert len(net.predictor.mask_tokens) == 10 and len(net.predictor.predictor_blocks) == 12
+    assert len(net.predictor.mask_tokens) == (8 if v21 else 10) and len(net.predictor.predictor_blocks) == 12
+    assert (net.predictor.predictor_proj_context is not None) is v21
     assert net.encoder.hierarchical_norms is v21 and net.target_encoder.hierarchical_norms is v21
     _, rep = adapt_state_dict(_official_encoder(e, depth, hidden, v21), net.encoder.state_dict())
     assert not rep.missing and not rep.unexpected and not rep.mismatched
