@@ -2,7 +2,9 @@
 
 The registry holds the architectures of every public V-JEPA 2 / 2.1 checkpoint
 (:data:`oct_foundation.networks.vjepa_presets.VJEPA_CHECKPOINT_PRESETS`, e.g. ``vjepa2_vitl_256``,
-``vjepa2_1_vitl_384``); the package's own sizes are added beside them. :func:`build_vjepa` is what the pretraining
+``vjepa2_1_vitl_384``), the distilled 2.1 ViT-B/L for JEPA training on their own targets
+(:data:`~oct_foundation.networks.vjepa_presets.VJEPA21_TRAINING_PRESETS`, ``vjepa2_1_vitl_384_jepa``); the
+package's own sizes are added beside them. :func:`build_vjepa` is what the pretraining
 bundle's ``network_def`` calls: ``--preset NAME`` replaces the architecture keys by the preset's while the bundle
 keeps its input keys (``in_chans``, ``img_size``).
 """
@@ -11,13 +13,14 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict
 
-from .vjepa_presets import VJEPA_CHECKPOINT_PRESETS
+from .vjepa_presets import VJEPA21_TRAINING_PRESETS, VJEPA_CHECKPOINT_PRESETS
 
 __all__ = ["PRESETS", "OCT_PRESETS", "get_preset", "build_vjepa"]
 
 #: preset name -> ``VJEPA3D`` keyword arguments
 PRESETS: Dict[str, Dict[str, Any]] = {}
 PRESETS.update(copy.deepcopy(VJEPA_CHECKPOINT_PRESETS))
+PRESETS.update(copy.deepcopy(VJEPA21_TRAINING_PRESETS))
 
 #: the package's own sizes: ``vit_tiny_oct`` is the demo's network (scripts/demo.sh ``NET``/``PRED``),
 #: ``vit_small_oct`` the pretraining bundle's defaults (configs/train.json)

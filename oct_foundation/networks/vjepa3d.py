@@ -197,7 +197,8 @@ class VJEPA3D(nn.Module):
                 f"the predictor predicts {out_dim} channels but the target encoder gives {h_dim}: its "
                 f"out_embed_dim={self.predictor.out_embed_dim} is another network's width (the distilled "
                 f"V-JEPA 2.1 ViT-B/L predictors predict their ViT-G teacher's 1664 channels, which the file does "
-                f"not hold); for JEPA training build the predictor with out_embed_dim=None (new projections)")
+                f"not hold); for JEPA training build the predictor with out_embed_dim=None (new projections: presets "
+                f"vjepa2_1_vitb_384_jepa, vjepa2_1_vitl_384_jepa)")
         h = self.target_features(x, depth_positions)
         modality = "image" if self.encoder.is_image_input(x.shape[2]) else "video"
         single = isinstance(ctx_idx, torch.Tensor)

@@ -22,8 +22,9 @@ strictly. Sizes follow the public code (facebookresearch/vjepa2 ``src/models/vis
   self-supervision on the 4 levels; ``dense_loss=True`` adds the context loss weighted by
   ``context_loss_weight`` 0.5, the paper's video value); the B/L predictors run (prediction of the teacher's
   features) but cannot be trained against the file's own target encoder (1024/768 channels, the teacher is not
-  in the file): for JEPA training override ``predictor_kwargs["out_embed_dim"] = None`` and let the load allow
-  ``predictor.predictor_proj*``.
+  in the file): for JEPA training use :data:`VJEPA21_TRAINING_PRESETS` (``vjepa2_1_vitb_384_jepa``,
+  ``vjepa2_1_vitl_384_jepa``: the same network with the predictor's two projections to the model's own width,
+  which start from their initialisation; the load must allow ``predictor.predictor_proj*``).
   The predictor's ``interpolate_rope`` follows the 2.1 training code (``init_video_model`` passes the encoder's
   option to both); the hub builder leaves it off for the predictor (``predictor_kwargs`` can turn it off).
 
@@ -34,7 +35,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict
 
-__all__ = ["VJEPA_CHECKPOINT_PRESETS", "VJEPA_CHECKPOINT_FILES", "get_checkpoint_preset", "RECIPES", "recipe_args"]
+__all__ = ["VJEPA_CHECKPOINT_PRESETS", "VJEPA_CHECKPOINT_FILES", "VJEPA21_TRAINING_PRESETS", "get_checkpoint_preset",
+           "RECIPES", "recipe_args"]
 
 _PREDICTOR_20 = dict(predictor_embed_dim=384, predictor_depth=12, predictor_num_heads=12, predictor_mlp_ratio=4.0,
                      num_mask_tokens=10)
@@ -82,6 +84,16 @@ VJEPA_CHECKPOINT_PRESETS: Dict[str, Dict[str, Any]] = {
     "vjepa2_1_vitg_384": _v21("vitg"),
     "vjepa2_1_vitG_384": _v21("vitG"),
 }
+
+#: the distilled 2.1 ViT-B/L for JEPA training on their own target encoder: the file's network with the predictor's
+#: ``predictor_proj`` / ``predictor_proj_context`` to the model's width (from their initialisation; the file's
+#: project to the 1664-channel teacher). Load with ``allow_missing=["predictor.predictor_proj*"]`` (the bundle's
+#: default ``predictor.*`` covers it).
+VJEPA21_TRAINING_PRESETS: Dict[str, Dict[str, Any]] = {}
+for _name in ("vjepa2_1_vitb_384", "vjepa2_1_vitl_384"):
+    _kw = copy.deepcopy(VJEPA_CHECKPOINT_PRESETS[_name])
+    _kw["predictor_kwargs"]["out_embed_dim"] = None
+    VJEPA21_TRAINING_PRESETS[_name + "_jepa"] = _kw
 
 #: preset name -> (release file, the file's key holding the released encoder, whether the predictor loads)
 VJEPA_CHECKPOINT_FILES: Dict[str, Dict[str, Any]] = {
