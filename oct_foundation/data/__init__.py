@@ -11,11 +11,11 @@ import os
 _EXPORTS = {
     "readers": (
         "OCTImage", "NiftiOCTReader", "DicomOCTReader", "HeidelbergVolReader", "NumpyOCTReader",
-        "OCTVolumeReader", "LoadOCTd", "load_oct", "write_dicom_oct", "write_heyex_vol", "OPT_SOP_CLASS_UID",
+        "OCTVolumeReader", "LoadOCTd", "LoadOCTSlicesd", "load_oct", "write_dicom_oct", "write_heyex_vol", "OPT_SOP_CLASS_UID",
         "OCT_SUFFIXES", "dicom_spacing", "spacing_affine", "sniff_format",
     ),
     "transforms": (
-        "DEPTH_STRATEGIES", "sample_depth_indices", "DepthSubsampled", "MinDepthd", "CheckFinited",
+        "DEPTH_STRATEGIES", "sample_depth_indices", "select_depth", "DepthSubsampled", "MinDepthd", "CheckFinited",
         "RecordSpacingd", "input_error_from", "time_as_depth", "TimeAsDepth", "TimeAsDepthd", "build_preprocessing",
         "default_maisi_transforms",
     ),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader, MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, RandomizableTrait
 
 from oct_foundation import io as oio
 from oct_foundation.data.suffixes import (DICOM_SUFFIXES, HEYEX_SUFFIXES, NIFTI_SUFFIXES, NUMPY_SUFFIXES,  # noqa: F401
@@ -40,6 +40,7 @@ __all__ = [
     "NumpyOCTReader",
     "OCTVolumeReader",
     "LoadOCTd",
+    "LoadOCTSlicesd",
     "load_oct",
     "write_dicom_oct",
     "write_heyex_vol",
@@ -90,6 +91,37 @@ class OCTImage:
     fmt: str
     original_affine: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
+    #: set when ``array`` holds only some slices (:meth:`_OCTReaderBase.read_depth`): the file's slice count D
+    depth: int | None = None
+    #: the file's slices that ``array`` holds (int64 ``[d]``), with ``depth``
+    slice_indices: np.ndarray | None = None
+
+    @property
+    def full_shape(self) -> tuple:
+        """``[C, D, H, W]`` of the whole volume in the file (``array.shape`` unless only some slices were read)."""
+        shape = tuple(self.array.shape)
+        return shape if self.depth is None else (shape[0], int(self.depth)) + shape[2:]
+
+
+def _subsample_image(img: OCTImage, choose) -> OCTImage:
+    """Keep the slices ``choose(D)`` picks of a volume that was read whole (formats without partial reading)."""
+    depth = int(img.array.shape[1])
+    idx = np.asarray(choose(depth), dtype=np.int64)
+    if not (len(idx) == depth and np.array_equal(idx, np.arange(depth))):
+        img.array = np.ascontiguousarray(img.array[:, idx])
+    img.depth, img.slice_indices = depth, idx
+    return img
+
+
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique indices as ``[(start, stop), ...]`` runs of consecutive values."""
+    out: list[tuple[int, int]] = []
+    for i in (int(v) for v in idx):
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
 
 
 def _finalise(array: np.ndarray, path, *, channel_last: bool, sanitize_nan: bool, dtype) -> np.ndarray:
@@ -155,9 +187,27 @@ class _OCTReaderBase(ImageReader):
             return [self._checked(self._read_one(str(p))) for p in data]
         return self._checked(self._read_one(str(data)))
 
+    def read_depth(self, data, choose):
+        """Read only the slices ``choose`` picks: ``choose(D)`` is called once per file with its slice count D
+        (from the header, before any voxel is decoded, where the format allows) and returns the sorted int64
+        indices to keep. Returns an :class:`OCTImage` (a list for a sequence of paths) whose ``array`` holds
+        ``[C, len(indices), H, W]``, with ``depth`` and ``slice_indices`` set; the voxels are exactly those of
+        :meth:`read` followed by indexing. Formats without partial reading (see ``partial_depth``) read the
+        whole volume and keep the chosen slices. The limits are checked against the whole volume's shape."""
+        if isinstance(data, (list, tuple)):
+            return [self._checked(self._read_depth_one(str(p), choose)) for p in data]
+        return self._checked(self._read_depth_one(str(data), choose))
+
+    #: True when :meth:`read_depth` decodes only the chosen slices (else it reads whole, then subsamples)
+    partial_depth = False
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        """Default: the whole volume, then the chosen slices. Formats that can do better override this."""
+        return _subsample_image(self._read_one(path), choose)
+
     def _checked(self, img: OCTImage) -> OCTImage:
         """The rules of :mod:`oct_foundation.data.validation` on what a format reader returned."""
-        check_voxels(img.filename, img.array.shape, self.limits, what="decoded data")
+        check_voxels(img.filename, img.full_shape, self.limits, what="decoded data")
         img.spacing = check_spacing(img.filename, img.spacing, self.limits)
         return img
 
@@ -179,13 +229,14 @@ class _OCTReaderBase(ImageReader):
                 )
         array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
         spacing = tuple(float(s) for s in first.spacing)
+        spatial = first.full_shape[1:]  # the file's shape, also when only some slices were read
         meta = {
             "spacing": np.asarray(spacing, dtype=np.float64),
             "affine": spacing_affine(spacing),
             "original_affine": (
                 first.original_affine if first.original_affine is not None else spacing_affine(spacing)
             ),
-            "spatial_shape": np.asarray(array.shape[1:]),
+            "spatial_shape": np.asarray(spatial),
             "original_channel_dim": 0,
             "filename_or_obj": first.filename,
             "format": first.fmt,
@@ -256,7 +307,21 @@ class NiftiOCTReader(_OCTReaderBase):
     suffixes = NIFTI_SUFFIXES
     fmt = "nifti"
 
+    partial_depth = True
+
     def _read_one(self, path: str) -> OCTImage:
+        return self._read(path, None)
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        return self._read(path, choose)
+
+    def _read(self, path: str, choose) -> OCTImage:
+        """The whole volume (``choose`` None) or only the slices ``choose(D)`` picks.
+
+        Partial reading takes the chosen slices straight from an array view of the (inflated) file bytes
+        along the file axis that becomes D, then applies nibabel's read scaling and the reorientation to those
+        slices only: a ``.nii.gz`` is still inflated whole (gzip has no random access), but the float
+        conversion, scaling, reorientation copy and finiteness check of the other slices are skipped."""
         import nibabel as nib
 
         raw = _read_bytes(path)
@@ -272,9 +337,12 @@ class NiftiOCTReader(_OCTReaderBase):
         klass = {348: nib.Nifti1Image, 540: nib.Nifti2Image}.get(sizeof_hdr)
         if klass is None:
             raise OCTInputError(path, "not a NIfTI file (bad header size)")
+        depth = idx = None
         try:
             img = klass.from_bytes(raw)
-            data = np.asanyarray(img.dataobj)
+            shape = tuple(img.dataobj.shape)
+            if choose is None or len(shape) not in (3, 4):
+                data = np.asanyarray(img.dataobj)
         except Exception as e:  # nibabel raises several types for short/corrupt data
             raise OCTInputError(path, f"cannot read NIfTI data, file truncated or corrupt ({_first_line(e)})") from None
         # nibabel's header checks replace zero pixdim by 1 and negative by its absolute value: read the raw
@@ -287,8 +355,10 @@ class NiftiOCTReader(_OCTReaderBase):
         scale = {"micron": 1e-3, "meter": 1e3}.get(unit, 1.0)
         spacing = [z * scale for z in zooms]  # validated by _checked: no silent 1 mm for a zero/negative zoom
         extra = {"orientation": "as stored: no qform/sform orientation in the file"}
-        if data.ndim in (3, 4):
+        if len(shape) in (3, 4):
             ornt, codes = nifti_orientation(img, path)
+            if choose is not None:
+                data, depth, idx = self._read_slices(img, raw, shape, ornt, choose, path)
             if ornt is not None:
                 from nibabel.orientations import apply_orientation
 
@@ -301,9 +371,41 @@ class NiftiOCTReader(_OCTReaderBase):
                     spacing = new
                 extra = {"orientation": f"{''.join(codes)}{' -> RAS (reoriented)' if reoriented else ''}"}
         arr = self._finalise(data, path, channel_last=True)
-        return OCTImage(arr, tuple(spacing), path, self.fmt,
-                        original_affine=np.asarray(img.affine, dtype=np.float64), extra=extra)
+        out = OCTImage(arr, tuple(spacing), path, self.fmt,
+                       original_affine=np.asarray(img.affine, dtype=np.float64), extra=extra)
+        if choose is None:
+            return out
+        if depth is None:  # not a 3D/4D array: _finalise refused it above, kept for safety
+            return _subsample_image(out, choose)
+        out.depth, out.slice_indices = depth, idx
+        return out
 
+    @staticmethod
+    def _read_slices(img, raw: bytes, shape: tuple, ornt, choose, path):
+        """``(scaled data with only the chosen slices along the file axis that becomes D, D, indices)``."""
+        from nibabel.volumeutils import apply_read_scaling
+
+        if ornt is None:
+            axis, flip = 0, False
+        else:
+            axis = int(np.flatnonzero(ornt[:, 0] == 0)[0])
+            flip = bool(ornt[axis, 1] == -1)
+        depth = int(shape[axis])
+        idx = np.asarray(choose(depth), dtype=np.int64)
+        # after apply_orientation flips that axis, ascending file indices depth-1-idx come out as idx
+        file_idx = np.sort(depth - 1 - idx) if flip else idx
+        proxy = img.dataobj
+        try:
+            view = np.ndarray(shape, dtype=img.header.get_data_dtype(), buffer=raw, offset=int(proxy.offset),
+                              order=proxy.order)
+        except (TypeError, ValueError) as e:
+            raise OCTInputError(path, f"cannot read NIfTI data, file truncated or corrupt ({_first_line(e)})") from None
+        unscaled = view if len(file_idx) == depth else np.take(view, file_idx, axis=axis)
+        if unscaled is view:
+            unscaled = np.array(view)
+        # nibabel's ArrayProxy._get_scaled(dtype=None): the same scaling, on the kept slices only
+        data = apply_read_scaling(unscaled, np.asanyarray(proxy.slope), np.asanyarray(proxy.inter))
+        return data, depth, idx
 
     def _check_header_shape(self, raw: bytes, path) -> int | None:
         """``max_voxels`` against the header's dim field; returns the bytes the data needs (None: no header)."""
@@ -463,8 +565,18 @@ class DicomOCTReader(_OCTReaderBase):
 
     suffixes = DICOM_SUFFIXES
     fmt = "dicom"
+    partial_depth = True
 
     def _read_one(self, path: str) -> OCTImage:
+        return self._read(path, None)
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        return self._read(path, choose)
+
+    def _read(self, path: str, choose) -> OCTImage:
+        """The whole volume, or (``choose``) only the chosen frames, decoded one by one with pydicom's
+        frame-level ``iter_pixels(ds, indices=...)`` (the same decoder as ``ds.pixel_array``; compressed
+        transfer syntaxes decode only those frames)."""
         import pydicom
         from pydicom.errors import InvalidDicomError
 
@@ -487,12 +599,21 @@ class DicomOCTReader(_OCTReaderBase):
             header_shape = None
         if header_shape is not None:
             check_voxels(path, header_shape, self.limits, what="DICOM header (frames x rows x columns x samples)")
-        try:
-            data = ds.pixel_array
-        except Exception as e:
-            raise OCTInputError(path, f"cannot decode DICOM pixel data ({_first_line(e)})") from None
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        idx = None
+        try:
+            if choose is not None and frames > 1 and "PixelData" in ds:
+                from pydicom.pixels import iter_pixels
+
+                idx = np.asarray(choose(frames), dtype=np.int64)
+                data = np.stack(list(iter_pixels(ds, indices=[int(i) for i in idx])), axis=0)
+            else:
+                data = ds.pixel_array
+        except OCTInputError:
+            raise
+        except Exception as e:
+            raise OCTInputError(path, f"cannot decode DICOM pixel data ({_first_line(e)})") from None
         if frames == 1 and data.ndim == 2 + (spp > 1):
             raise OCTInputError(
                 path, f"expected a multi-frame 3D volume, got a single 2D frame with shape {tuple(data.shape)}"
@@ -500,10 +621,16 @@ class DicomOCTReader(_OCTReaderBase):
         spacing, sources = dicom_spacing(ds)
         arr = self._finalise(data, path, channel_last=spp > 1)
         sop = str(getattr(ds, "SOPClassUID", ""))
-        return OCTImage(
+        out = OCTImage(
             arr, spacing, path, self.fmt,
             extra={"sop_class_uid": sop, "spacing_source": f"{sources['slice']}; {sources['in_plane']}"},
         )
+        if choose is None:
+            return out
+        if idx is None:
+            return _subsample_image(out, choose)
+        out.depth, out.slice_indices = frames, idx
+        return out
 
 
 def write_dicom_oct(
@@ -686,6 +813,71 @@ class HeidelbergVolReader(_OCTReaderBase):
         arr = self._finalise(data, path)  # spacing validated by _checked (no silent 1 mm)
         return OCTImage(arr, spacing, path, self.fmt, extra={"heyex_intensity": self.intensity})
 
+    partial_depth = True  # .vol only; .e2e is read whole
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        """``.vol``: the 2048-byte file header (eyepy's own construct definition), then only the chosen B-scans,
+        each at its known offset (header, SLO image, then per B-scan ``bscan_hdr_size`` bytes of header and
+        ``float32 [H, W]``), with eyepy's intensity transform on those B-scans (it works voxel by voxel)."""
+        if _name(path).endswith(".e2e"):
+            return _subsample_image(self._read_one(path), choose)
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        try:
+            with oio.open_file(path, "rb") as f:
+                hdr = _heyex_header().parse(f.read(_HEYEX_HEADER_BYTES))
+                if int(hdr.scan_pattern) == 2:
+                    raise ValueError("The EyeVolume object does not support scan pattern 2 (one Circular B-scan).")
+                if int(hdr.scan_pattern) == 5:
+                    raise ValueError("The EyeVolume object does not support scan pattern 5 (Radial scan - star "
+                                     "pattern).")
+                n, h, w = int(hdr.n_bscans), int(hdr.size_y), int(hdr.size_x)
+                check_voxels(path, (n, h, w), self.limits, what="HEYEX VOL header")
+                first = _HEYEX_HEADER_BYTES + int(hdr.size_x_slo) * int(hdr.size_y_slo)
+                step = int(hdr.bscan_hdr_size) + h * w * 4
+                size = f.seek(0, 2)
+                if n < 1 or h < 1 or w < 1 or size < first + n * step:
+                    raise EOFError(f"{size} bytes, the header describes {first + n * step}")
+                idx = np.asarray(choose(n), dtype=np.int64)
+                scans = []
+                for i in idx:
+                    f.seek(first + int(i) * step + int(hdr.bscan_hdr_size))
+                    buf = f.read(h * w * 4)
+                    scans.append(np.frombuffer(buf, dtype="float32").reshape(h, w))
+                raw = np.stack(scans, axis=0)
+        except OCTInputError:
+            raise
+        except Exception as e:  # as _read_one
+            short = type(e).__name__ in ("StreamError", "EOFError") or isinstance(e, EOFError)
+            what = ", file truncated or corrupt" if short else ""
+            raise OCTInputError(path, f"cannot read HEYEX VOL file{what} ({_first_line(e)})") from None
+        if self.intensity == "raw":
+            data = np.array(raw, dtype=np.float32)
+            data[data == np.finfo(np.float32).max] = 0
+        else:
+            from eyepy.core.utils import vol_intensity_transform  # what eyepy's EyeVolume.data applies to .vol
+
+            data = vol_intensity_transform(np.copy(raw))
+        spacing = (float(hdr.distance), float(hdr.scale_y), float(hdr.scale_x))
+        arr = self._finalise(data, path)
+        return OCTImage(arr, spacing, path, self.fmt, extra={"heyex_intensity": self.intensity}, depth=n,
+                        slice_indices=idx)
+
+
+_HEYEX_HEADER_BYTES = 2048
+_HEYEX_HEADER = None
+
+
+def _heyex_header():
+    """eyepy's ``vol_format`` up to (not including) the SLO image and the B-scans: the 2048-byte file header."""
+    global _HEYEX_HEADER
+    if _HEYEX_HEADER is None:
+        import construct as cs
+        from eyepy.io.he.vol_reader import vol_format
+
+        _HEYEX_HEADER = cs.Struct(*[sc for sc in vol_format.subcons if sc.name not in ("localizer", "bscans")])
+    return _HEYEX_HEADER
+
 
 def write_heyex_vol(path, volume: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), slo=None) -> str:
     """Write ``volume [D, H, W]`` (uint8 display intensities) as a HEYEX ``.vol`` file.
@@ -774,6 +966,57 @@ class NumpyOCTReader(_OCTReaderBase):
             raise OCTInputError(path, "expected a single array in .npy")
         arr = self._finalise(data, path, channel_last=False)
         return OCTImage(arr, self.spacing, path, self.fmt)
+
+    partial_depth = True
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        """Only the chosen slices: a local file through ``np.load(mmap_mode="r")``, a URL by reading the byte
+        ranges of the chosen slices after the header (C order; a Fortran-order array is read whole)."""
+        try:
+            with oio.open_file(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+                offset = f.tell()
+        except OCTInputError:
+            raise
+        except Exception:
+            shape = None
+        if shape is None or fortran or dtype.hasobject or len(shape) not in (3, 4) or 0 in shape:
+            return _subsample_image(self._read_one(path), choose)  # the whole read names any problem
+        check_voxels(path, shape, self.limits, what=".npy header")
+        axis = len(shape) - 3
+        depth = int(shape[axis])
+        idx = np.asarray(choose(depth), dtype=np.int64)
+        try:
+            if not oio.is_url(path):
+                data = np.load(oio._strip_file(path), mmap_mode="r", allow_pickle=False)
+                data = np.array(data[idx] if axis == 0 else data[:, idx])
+            else:
+                data = self._read_ranges(path, shape, dtype, offset, idx)
+        except Exception as e:
+            raise OCTInputError(path, f"cannot read .npy array, file truncated or corrupt ({_first_line(e)})") from None
+        arr = self._finalise(data, path, channel_last=False)
+        return OCTImage(arr, self.spacing, path, self.fmt, depth=depth, slice_indices=idx)
+
+    @staticmethod
+    def _read_ranges(path, shape, dtype, offset: int, idx: np.ndarray) -> np.ndarray:
+        channels = 1 if len(shape) == 3 else int(shape[0])
+        depth, h, w = (int(v) for v in shape[-3:])
+        slice_bytes = h * w * dtype.itemsize
+        out = np.empty((channels, len(idx), h, w), dtype=dtype)
+        with oio.open_file(path, "rb") as f:
+            for c in range(channels):
+                k = 0
+                for start, stop in _runs(idx):
+                    f.seek(offset + (c * depth + start) * slice_bytes)
+                    buf = f.read((stop - start) * slice_bytes)
+                    if len(buf) != (stop - start) * slice_bytes:
+                        raise EOFError(f"{len(buf)} bytes where {(stop - start) * slice_bytes} were expected")
+                    out[c, k:k + stop - start] = np.frombuffer(buf, dtype=dtype).reshape(stop - start, h, w)
+                    k += stop - start
+        return out[0] if len(shape) == 3 else out
 
 
 # ----------------------------------------------------------------------------------------------- dispatch
@@ -864,6 +1107,13 @@ class OCTVolumeReader(_OCTReaderBase):
             raise OCTInputError(path, "file not found")
         return self.reader_for(path)._read_one(path)
 
+    partial_depth = True  # where the format reader has it
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        if not oio.exists(path):
+            raise OCTInputError(path, "file not found")
+        return self.reader_for(path)._read_depth_one(path, choose)
+
 
 def load_oct(path, reader: ImageReader | None = None, dtype=None) -> MetaTensor:
     """Read one file into ``MetaTensor [C, D, H, W]`` (meta: spacing, affine, filename_or_obj, ...)."""
@@ -923,4 +1173,91 @@ class LoadOCTd(MapTransform):
             except Exception as e:
                 self._failure = f"{key!r}: {value}: {_first_line(e)}"
                 raise
+        return d
+
+
+#: meta flag set by :class:`LoadOCTSlicesd` on what it read; the :class:`DepthSubsampled` it serves removes it
+READ_SUBSAMPLED = "depth_subsampled_on_read"
+
+
+class _DepthChoice:
+    """``choose(D)`` for the readers: the first file of an item draws the indices from the sampler (one draw
+    per item, as the sampler's own ``__call__`` does); the other files of the item get the same ones."""
+
+    def __init__(self, sampler, min_depth: int | None):
+        self.sampler, self.min_depth = sampler, min_depth
+        self.source = None
+        self.depth = None
+        self.indices = None
+
+    def __call__(self, depth: int) -> np.ndarray:
+        depth = int(depth)
+        if self.min_depth is not None and depth < self.min_depth:  # as MinDepthd: before any random draw
+            raise OCTInputError(self.source, f"{depth} slices, fewer than the {self.min_depth} needed")
+        sampler_min = getattr(self.sampler, "min_depth", None)
+        if sampler_min is not None and depth < sampler_min:
+            raise OCTInputError(self.source, f"{depth} slices, fewer than the {sampler_min} this pipeline needs")
+        if self.depth is None:
+            self.sampler.randomize(depth)
+            self.depth, self.indices = depth, np.asarray(self.sampler._indices, dtype=np.int64)
+        elif depth != self.depth:
+            raise OCTInputError(self.source, f"keys have different slice counts ({self.depth} and {depth})")
+        return self.indices
+
+
+class LoadOCTSlicesd(RandomizableTrait, LoadOCTd):
+    """:class:`LoadOCTd` that reads only the slices a :class:`~oct_foundation.data.transforms.DepthSubsampled`
+    keeps, so that reading costs ``d_target`` slices instead of D.
+
+    Put ``depth`` itself later in the same ``Compose`` (``build_preprocessing`` does): the indices are drawn here
+    from ``depth``'s random state, once per item, exactly as ``depth`` would draw them (so ``set_random_state``
+    seeds and the chosen slices are those of the read-all chain), and the volume read carries ``depth``'s
+    metadata (``slice_indices``, ``original_depth``, affine and ``spacing`` of the kept slices). ``depth`` then
+    leaves it alone; values that were already tensors it subsamples as before. Formats that cannot read part of
+    a file (``partial_depth`` False, e.g. the vendor formats, video) are read whole and then subsampled here.
+    ``min_depth`` refuses shorter files before any draw, as ``MinDepthd`` does. A reader without
+    ``read_depth`` (e.g. a plain MONAI reader) reads whole.
+
+    It is marked random (``RandomizableTrait``), so ``CacheDataset`` does not cache its output (the slices
+    change every epoch); to cache whole volumes use :class:`LoadOCTd` and ``DepthSubsampled`` instead
+    (``build_preprocessing(read_kept_slices=False)``).
+    """
+
+    def __init__(self, keys: KeysCollection, depth, min_depth: int | None = None, **kwargs):
+        super().__init__(keys, **kwargs)
+        self.depth = depth
+        self.min_depth = int(min_depth) if min_depth else None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        from oct_foundation.data.transforms import select_depth
+
+        d = dict(data)
+        self._failure = None
+        choice = _DepthChoice(self.depth, self.min_depth)
+        reader = self.reader
+        for key in self.key_iterator(d):
+            value = d[key]
+            if isinstance(value, (torch.Tensor, np.ndarray)):
+                continue
+            choice.source = value[0] if isinstance(value, (list, tuple)) and value else value
+            try:
+                if not hasattr(reader, "read_depth"):
+                    out = load_oct(value, reader)
+                    idx = np.asarray(choice(int(out.shape[1])), dtype=np.int64)
+                    out = select_depth(out, idx, int(out.shape[1]))
+                else:
+                    img = reader.read_depth(value if isinstance(value, (list, tuple)) else str(value), choice)
+                    array, meta = reader.get_data(img)
+                    affine = torch.as_tensor(meta.pop("affine"), dtype=torch.float64)
+                    meta["filename_or_obj"] = str(value)
+                    out = MetaTensor(torch.as_tensor(array), affine=affine, meta=meta)
+                    out = select_depth(out, choice.indices, choice.depth, selected=True)
+            except OCTInputError as e:
+                self._failure = f"{key!r}: {e}"
+                raise
+            except Exception as e:
+                self._failure = f"{key!r}: {value}: {_first_line(e)}"
+                raise
+            out.meta[READ_SUBSAMPLED] = True
+            d[key] = out
         return d

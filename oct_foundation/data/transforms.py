@@ -20,6 +20,7 @@ from oct_foundation.errors import OCTInputError
 __all__ = [
     "DEPTH_STRATEGIES",
     "sample_depth_indices",
+    "select_depth",
     "DepthSubsampled",
     "MinDepthd",
     "CheckFinited",
@@ -127,16 +128,18 @@ def _spacing(affine) -> np.ndarray:
     return np.sqrt((a[:3, :3] ** 2).sum(axis=0))
 
 
-def _select_depth(x, idx: np.ndarray, depth: int):
+def select_depth(x, idx: np.ndarray, depth: int, selected: bool = False):
     """``x [C, D, H, W]`` -> ``[C, len(idx), H, W]``; affine and ``spacing`` follow the kept slices.
 
     The depth column of the affine becomes the mean step between kept slices (exact for uniform and
-    contiguous choices) and the origin moves to the first kept slice.
+    contiguous choices) and the origin moves to the first kept slice. ``selected``: ``x`` already holds only
+    the slices ``idx`` of a volume of ``depth`` slices (read so by :class:`~oct_foundation.data.readers.LoadOCTSlicesd`),
+    with the whole volume's affine; only the metadata is updated.
     """
     t = torch.as_tensor(idx, dtype=torch.long)
     if not isinstance(x, MetaTensor):
         x = MetaTensor(torch.as_tensor(x))
-    data = torch.index_select(x.as_tensor(), 1, t.to(x.device))
+    data = x.as_tensor() if selected else torch.index_select(x.as_tensor(), 1, t.to(x.device))
     affine = x.affine.clone().to(torch.float64)
     step = float(idx[-1] - idx[0]) / (len(idx) - 1) if len(idx) > 1 else 1.0
     shift = torch.eye(affine.shape[0], dtype=torch.float64)
@@ -150,6 +153,15 @@ def _select_depth(x, idx: np.ndarray, depth: int):
     out.meta["original_depth"] = int(depth)
     out.meta["spacing"] = _spacing(new_affine)
     return out
+
+
+_select_depth = select_depth
+#: meta flag of volumes that LoadOCTSlicesd already subsampled while reading (same as readers.READ_SUBSAMPLED)
+READ_SUBSAMPLED = "depth_subsampled_on_read"
+
+
+def _read_subsampled(x) -> bool:
+    return isinstance(x, MetaTensor) and bool(x.meta.get(READ_SUBSAMPLED, False))
 
 
 class DepthSubsampled(Randomizable, MapTransform):
@@ -209,6 +221,19 @@ class DepthSubsampled(Randomizable, MapTransform):
         keys = list(self.key_iterator(d))
         if not keys:
             return d
+        done = [k for k in keys if _read_subsampled(d[k])]
+        if done:  # LoadOCTSlicesd drew the indices from this transform and read only those slices
+            for k in done:
+                d[k].meta.pop(READ_SUBSAMPLED, None)
+            depth = int(d[done[0]].meta["original_depth"])
+            for k in keys:
+                if k in done:
+                    continue
+                if int(d[k].shape[1]) != depth:
+                    raise OCTInputError(_source(d, k), f"keys have different slice counts "
+                                                       f"({depth} and {int(d[k].shape[1])})")
+                d[k] = _select_depth(d[k], self._indices, depth)
+            return d
         depths = {k: int(d[k].shape[1]) for k in keys}
         depth = depths[keys[0]]
         if any(v != depth for v in depths.values()):
@@ -233,7 +258,7 @@ class MinDepthd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for k in self.key_iterator(d):
-            depth = int(d[k].shape[1])
+            depth = int(d[k].meta["original_depth"] if _read_subsampled(d[k]) else d[k].shape[1])
             if depth < self.min_depth:
                 raise OCTInputError(_source(d, k), f"{depth} slices, fewer than the {self.min_depth} needed")
         return d
@@ -326,11 +351,13 @@ def build_preprocessing(
     max_voxels: int | None = None,
     assume_spacing: Sequence[float] | None = None,
     allow_non_oct: bool = False,
+    read_kept_slices: bool = True,
 ) -> list:
     """The standard OCT preprocessing chain, as a list of dictionary transforms (``Compose`` it).
 
     Order (cheap first, so cost grows with ``d_target``, not D):
-    ``LoadOCTd`` (refuses NaN/Inf) -> ``EnsureTyped`` -> ``MinDepthd`` -> ``DepthSubsampled`` ->
+    ``LoadOCTd`` (refuses NaN/Inf; ``LoadOCTSlicesd``, reading only the kept slices, when ``read_kept_slices``)
+    -> ``EnsureTyped`` -> ``MinDepthd`` -> ``DepthSubsampled`` ->
     ``CheckFinited`` (only when ``load=False``) ->
     ``Spacingd`` (``target_spacing`` ``(sd, sh, sw)``; labels nearest) -> ``Resized`` (``image_size``
     ``(D, H, W)`` or ``(H, W)``; images ``area``, labels nearest) -> intensity normalisation (images only)
@@ -347,6 +374,11 @@ def build_preprocessing(
         load: start with :class:`LoadOCTd` (set ``False`` when items already hold tensors).
         sanitize_nan: NaN/Inf voxels become 0 instead of an error. min_depth: refuse shorter volumes.
         max_voxels, assume_spacing, allow_non_oct: the readers' limits (:mod:`oct_foundation.data.validation`).
+        read_kept_slices: with ``load`` and ``d_target`` (and not ``eval_full_depth``), read only the slices
+            :class:`DepthSubsampled` keeps (:class:`~oct_foundation.data.readers.LoadOCTSlicesd` draws them from
+            that transform's random state before reading, so the output and the seeded choice are those of the
+            read-all chain). ``False``: read every slice, then subsample (the chain to use when a
+            ``CacheDataset`` keeps whole volumes in memory; the partial reader is not cached).
     """
     from monai.transforms import (
         EnsureTyped,
@@ -364,28 +396,35 @@ def build_preprocessing(
     resize_modes = ["area"] * len(image_keys) + (["nearest"] * (1 if label_key else 0))
     amk = allow_missing_keys
     out: list = []
+    depth = None
+    if d_target:
+        eval_strategy = "contiguous" if strategy == "contiguous" else "uniform"
+        depth = DepthSubsampled(
+            all_keys,
+            d_target,
+            strategy=strategy if train else eval_strategy,
+            preserve_first_last=preserve_first_last,
+            random_phase=train,
+            centred=not train,
+            eval_mode=(not train) and eval_full_depth,
+            allow_missing_keys=amk,
+        )
     if load:
-        out.append(LoadOCTd(all_keys, allow_missing_keys=amk, sanitize_nan=sanitize_nan, max_voxels=max_voxels,
-                            assume_spacing=assume_spacing, allow_non_oct=allow_non_oct))
+        limits = dict(allow_missing_keys=amk, sanitize_nan=sanitize_nan, max_voxels=max_voxels,
+                      assume_spacing=assume_spacing, allow_non_oct=allow_non_oct)
+        if depth is not None and read_kept_slices and not depth.eval_mode:
+            from oct_foundation.data.readers import LoadOCTSlicesd
+
+            out.append(LoadOCTSlicesd(all_keys, depth, min_depth=min_depth, **limits))
+        else:
+            out.append(LoadOCTd(all_keys, **limits))
     out.append(EnsureTyped(image_keys, dtype=torch.float32, track_meta=True, allow_missing_keys=amk))
     if label_key:
         out.append(EnsureTyped([label_key], track_meta=True, allow_missing_keys=True))
     if min_depth:
         out.append(MinDepthd(all_keys, min_depth, allow_missing_keys=amk))
-    if d_target:
-        eval_strategy = "contiguous" if strategy == "contiguous" else "uniform"
-        out.append(
-            DepthSubsampled(
-                all_keys,
-                d_target,
-                strategy=strategy if train else eval_strategy,
-                preserve_first_last=preserve_first_last,
-                random_phase=train,
-                centred=not train,
-                eval_mode=(not train) and eval_full_depth,
-                allow_missing_keys=amk,
-            )
-        )
+    if depth is not None:
+        out.append(depth)
     if not load:
         # The readers already refuse (or sanitise) non-finite voxels; tensors given directly are checked
         # here, after depth subsampling, so the check costs d_target slices, not D.
