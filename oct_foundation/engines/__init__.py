@@ -1,4 +1,5 @@
-"""Engines: the JEPA trainer / evaluator, training handlers, schedules, embedding inference, batch inference.
+"""Engines: the JEPA trainer / evaluator, training handlers, schedules, report handlers, batch inference and its
+processors (one base, :class:`~oct_foundation.engines.processors.InferenceProcessor`).
 
 Names are resolved lazily (module ``__getattr__``) so that ``import oct_foundation.engines`` stays cheap and
 bundle configs can use ``_target_: oct_foundation.engines.JEPATrainer``.
@@ -14,7 +15,10 @@ _EXPORTS = {
     "monitoring": (
         "ProgressBarHandler", "JEPAStatsLogger", "RepresentationRankMonitor", "peak_memory_mb", "slice_indices_of",
     ),
-    "checkpoints": ("TrainingCheckpoint", "ResumeCheckpoint", "ModelExport", "latest_checkpoint", "resolve_resume"),
+    "checkpoints": (
+        "TrainingCheckpoint", "ResumeCheckpoint", "ModelExport", "BestModelExport", "latest_checkpoint",
+        "resolve_resume",
+    ),
     "training_control": ("EpochSeed", "TerminateOnNanLoss", "ProgressiveUnfreezing"),
     "schedules": (
         "cosine_value", "linear_value", "warmup_cosine_value", "WarmupCosineLR", "WeightDecaySchedule",
@@ -25,10 +29,10 @@ _EXPORTS = {
     ),
     "runs": ("process_rank", "start_training_run", "TrainingRun", "run_settings", "checkpoint_run", "find_checkpoints"),
     "batch_inference": ("BatchInference", "anonymous_id", "as_bool", "list_inputs"),
-    "downstream": (
-        "PrepareClassBatch", "StackOutputs", "ClassificationReportHandler", "SegmentationReportHandler",
-        "SegmentationProcessor", "ClassificationProcessor", "BestModelExport",
-    ),
+    "batches": ("PrepareClassBatch", "StackOutputs"),
+    "reports": ("ClassificationReportHandler", "SegmentationReportHandler"),
+    "processors": ("InferenceProcessor",),
+    "downstream_inference": ("SegmentationProcessor", "ClassificationProcessor"),
     "maisi_inference": ("MaisiEncodeProcessor", "MaisiDecodeProcessor", "MaisiEvaluateProcessor"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

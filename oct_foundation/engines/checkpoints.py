@@ -1,5 +1,6 @@
 """Ignite handlers that keep a run's state: atomic, resumable training checkpoints (local or fsspec URLs), resuming from
-them, and the final ``models/model.pt`` export with its ``model.json``.
+them, and the ``models/model.pt`` export with its ``model.json``: at the end of training (:class:`ModelExport`) or
+whenever a validation metric improves (:class:`BestModelExport`). Only rank 0 writes.
 
 Each handler has ``attach(engine)`` so that a bundle lists it in ``train#handlers``.
 """
@@ -14,7 +15,8 @@ from ignite.engine import Engine, Events
 from oct_foundation import io
 from oct_foundation.engines.runs import process_rank
 
-__all__ = ["latest_checkpoint", "resolve_resume", "TrainingCheckpoint", "ResumeCheckpoint", "ModelExport"]
+__all__ = ["latest_checkpoint", "resolve_resume", "TrainingCheckpoint", "ResumeCheckpoint", "ModelExport",
+           "BestModelExport"]
 
 logger = logging.getLogger("oct_foundation.engines")
 
@@ -210,3 +212,50 @@ class ModelExport:
 
         export_model(self.network, self.path, self.network_def_args, self.target, self.extra)
         logger.info("saved %s", self.path)
+
+
+class BestModelExport:
+    """Evaluator handler: when ``metric_name`` improves, write the plain ``state_dict`` of ``network`` to
+    ``path`` (``models/model.pt``) atomically (rank 0 only), with the network's description ``model.json``
+    beside it (:func:`oct_foundation.networks.model_files.save_model`; the metric under ``extra.best``), plus a
+    sidecar ``<path>.json`` with the metric, its value and the trainer epoch. MONAI's ``CheckpointSaver`` writes
+    in place, so a crash during the write could leave a truncated best model; this never does. The weights load with ``weights_only=True``.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str, metric_name: str, mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.network = network
+        self.path = str(path)
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best: float | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _better(self, value: float) -> bool:
+        if value != value:  # NaN never improves
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def __call__(self, engine) -> None:
+        if self.metric_name not in engine.state.metrics:
+            raise KeyError(f"metric '{self.metric_name}' not computed (have: {sorted(engine.state.metrics)})")
+        value = float(engine.state.metrics[self.metric_name])
+        if not self._better(value):
+            return
+        self.best = value
+        if process_rank() != 0:
+            return
+        from oct_foundation.networks.model_files import export_model
+
+        # a MONAI evaluator run by ValidationHandler carries the trainer's epoch
+        info = {"metric": self.metric_name, "value": value, "mode": self.mode, "epoch": int(engine.state.epoch)}
+        export_model(self.network, self.path, extra={"best": info})
+        io.save_json(info, self.path + ".json")
+        logger.info("best %s %.4f: saved %s", self.metric_name, value, self.path)

@@ -7,7 +7,8 @@ tubelet size), encoded, and written next to ``out_stem``:
 * ``<out_stem>_embedding.pt`` (or ``.npy``): the mean-pooled embedding ``[E]`` (float32);
 * optionally ``<out_stem>_tokens.pt`` (or ``.npy``): all tokens ``[N, E]`` in ``(t, h, w)`` raster order.
 
-Writes are atomic (``oct_foundation.io.atomic_output``); the returned row holds the output file names (not
+Reading, running and the atomic writers are those of the processors' base
+(:class:`oct_foundation.engines.processors.InferenceProcessor`); the returned row holds the output file names (not
 paths, so the summary reveals nothing about the inputs), the embedding size, the token grid and the depth.
 """
 from __future__ import annotations
@@ -15,16 +16,14 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 
-from oct_foundation import io
-from oct_foundation.errors import OCTInputError
+from oct_foundation.engines.processors import InferenceProcessor
 
 __all__ = ["EmbeddingProcessor", "run_embedding_inference"]
 
 
-class EmbeddingProcessor:
+class EmbeddingProcessor(InferenceProcessor):
     """``processor(item, out_stem) -> row`` for :class:`oct_foundation.engines.BatchInference`.
 
     Args:
@@ -43,8 +42,10 @@ class EmbeddingProcessor:
         inferer: a MONAI ``Inferer`` (``inferer(inputs, network)``) that runs the encoder on the
             ``[1, C, D, H, W]`` batch (default ``SimpleInferer``); the encoder returns tokens ``[1, N, E]``.
 
-    Items given as paths are read and preprocessed with ``transforms``; items already loaded (from a MONAI
-    ``Dataset`` given to ``BatchInference``) hold ``{"image": MetaTensor [C, D, H, W]}`` and are used as is.
+    Reading, the device, autocast, the inferer and the writers are those of
+    :class:`~oct_foundation.engines.processors.InferenceProcessor`: items given as paths are read and preprocessed
+    with ``transforms``; items already loaded (from a MONAI ``Dataset`` given to ``BatchInference``) hold
+    ``{"image": MetaTensor [C, D, H, W]}`` and are used as is.
     """
 
     def __init__(
@@ -64,85 +65,40 @@ class EmbeddingProcessor:
     ) -> None:
         if fmt not in ("pt", "npy"):
             raise ValueError(f"fmt must be 'pt' or 'npy', got {fmt!r}")
-        from monai.transforms import Compose
-
-        self.device = torch.device(device)
         if hasattr(network, "target_encoder") and hasattr(network, "encoder"):
-            encoder = network.target_encoder if use_target_encoder else network.encoder
-        else:
-            encoder = network
-        self.encoder = encoder.to(self.device).eval()
-        if transforms is None:
-            from oct_foundation.data import build_preprocessing
-
-            transforms = build_preprocessing(
-                keys=(image_key,), d_target=None, target_spacing=target_spacing, image_size=image_size,
-                normalize=normalize, train=False, eval_full_depth=True,
-            )
-        self.transforms = Compose(list(transforms)) if isinstance(transforms, (list, tuple)) else transforms
+            network = network.target_encoder if use_target_encoder else network.encoder
+        super().__init__(network, device, transforms, inferer, amp, image_key, target_spacing=target_spacing,
+                         image_size=image_size, normalize=normalize)
         self.save_tokens = bool(save_tokens)
         self.fmt = fmt
-        self.amp = bool(amp)
-        self.image_key = image_key
-        if inferer is None:
-            from monai.inferers import SimpleInferer
-
-            inferer = SimpleInferer()
-        self.inferer = inferer
         pe = getattr(self.encoder, "patch_embed", None)
         kernel = getattr(getattr(pe, "proj", None), "kernel_size", None)
         self.kernel = tuple(int(k) for k in kernel) if kernel is not None else (1, 1, 1)
 
-    def outputs(self, out_stem: str) -> list[str]:
-        """The files written for one input."""
-        out = [f"{out_stem}_embedding.{self.fmt}"]
-        if self.save_tokens:
-            out.append(f"{out_stem}_tokens.{self.fmt}")
-        return out
+    @property
+    def encoder(self) -> torch.nn.Module:
+        """The encoder that runs (``self.network``)."""
+        return self.network
 
-    def _save(self, tensor: torch.Tensor, path: str) -> None:
-        t = tensor.detach().float().cpu().contiguous()
-        if self.fmt == "pt":
-            io.torch_save(t, path, buffered=True)  # a full disk is an OSError naming the file
-            return
-        with io.atomic_output(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, t.numpy())
+    def output_suffixes(self) -> list[str]:
+        return [f"_embedding.{self.fmt}"] + ([f"_tokens.{self.fmt}"] if self.save_tokens else [])
 
-    def _prepare(self, item: Mapping) -> torch.Tensor:
-        img = item.get(self.image_key)
-        if img is None:
-            raise OCTInputError(item, f"item has no '{self.image_key}'")
-        if isinstance(img, (str, os.PathLike)):
-            item = self.transforms(dict(item))
-            img = item[self.image_key]
-        x = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
-        if x.ndim == 3:
-            x = x[None]
-        if x.ndim != 4:
-            raise OCTInputError(item.get("filename_or_obj", "<input>"),
-                                f"expected a volume [C, D, H, W], got shape {tuple(x.shape)}")
-        # pad every axis to a multiple of the patch kernel (tubelet, patch, patch) by edge replication, so that
-        # no voxel is dropped and no zero tokens bias the mean
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Every axis padded to a multiple of the patch kernel (tubelet, patch, patch) by edge replication, so that
+        no voxel is dropped and no zero tokens bias the mean."""
         pads = []
         for size, k in zip(reversed(x.shape[1:]), reversed(self.kernel)):
             pads += [0, (-size) % k]
         if any(pads):
-            x = torch.nn.functional.pad(x[None].float(), pads, mode="replicate")[0]
-        return x.float()
+            x = torch.nn.functional.pad(x[None], pads, mode="replicate")[0]
+        return x
 
-    @torch.no_grad()
     def __call__(self, item: Mapping, out_stem: str) -> dict[str, Any]:
         """Read, preprocess, encode ``item`` and write its outputs; returns the summary fields."""
-        x = self._prepare(item)
+        x, _ = self.read(item)
+        x = self._pad(x)
         depth = int(x.shape[1])
-        xb = x[None].to(self.device)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else torch.autocast(
-            self.device.type, enabled=False)
-        with autocast:
-            tokens = self.inferer(xb, self.encoder)[0].float()  # [N, E]
-        if not torch.isfinite(tokens).all():
-            raise OCTInputError(item.get(self.image_key, "<input>"), "encoder produced non-finite values")
+        tokens = self.run(x)  # [N, E]
         emb = tokens.mean(dim=0)
         paths = self.outputs(out_stem)
         self._save(emb, paths[0])

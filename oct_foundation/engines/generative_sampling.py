@@ -130,7 +130,7 @@ class LatentDiffusionSampler:
         return vae.decode(raw, *self.output_shape, scale=False).clamp(0, 1).cpu()
 
     def run(self) -> list[dict]:
-        from oct_foundation.engines.maisi_inference import _save_nifti
+        from oct_foundation.engines.processors import save_volume_nifti
 
         io.makedirs(self.output_dir)
         todo = [i for i in range(self.num_samples) if self.overwrite or not io.exists(self.sample_path(i))]
@@ -142,7 +142,7 @@ class LatentDiffusionSampler:
             z = sample_latents(self.network, self.inferer, self.latent_shape, idx, self.num_inference_steps,
                                self.seed, self.device, len(idx), self.progress)
             for i, vol in zip(idx, self.decode(z)):
-                _save_nifti(vol, self.spacing, self.sample_path(i))
+                save_volume_nifti(vol, self.spacing, self.sample_path(i))
                 logger.info("wrote %s", self.sample_path(i))
         rows = [{"index": i, "file": os.path.basename(self.sample_path(i)), "seed": self.seed + i,
                  "shape": "x".join(map(str, (1, *self.output_shape))),

@@ -28,6 +28,7 @@ import torch
 from oct_foundation import io
 from oct_foundation.data.latents import LATENT_SUFFIXES, read_latent
 from oct_foundation.data.transforms import default_maisi_transforms
+from oct_foundation.engines.processors import InferenceProcessor, save_volume_nifti, spacing_of
 from oct_foundation.errors import OCTInputError
 from oct_foundation.networks.maisi import StackedVideoVAE
 
@@ -49,45 +50,18 @@ RERUN_KEYS = ("strategy", "window", "stride", "compression", "latent_channels", 
               "autoencoder", "format")
 
 
-
-class _VolumeProcessor:
-    """Shared reading and encoding. Items given as paths are read with ``transforms``; items already loaded
-    (a MONAI ``Dataset`` given to ``BatchInference``: ``{"image": MetaTensor [C, D, H, W]}``) are used as is.
-    ``inferer`` (a MONAI ``Inferer``, default ``SimpleInferer``) runs the streamed encoder on ``[1, C, D, H, W]``.
+class _MaisiProcessor(InferenceProcessor):
+    """The autoencoder's side of the MAISI processors, on the processors' base (reading, device, inferer, writers):
+    the streamed encoder and the decoder. ``inferer`` (a MONAI ``Inferer``, default ``SimpleInferer``) runs the
+    streamed encoder on ``[1, C, D, H, W]``; ``transforms`` default to :func:`default_maisi_transforms`.
     """
 
     def __init__(self, network: StackedVideoVAE, device="cpu", transforms: Callable | None = None,
                  image_key: str = "image", frame_chunk: int = 64, inferer: Callable | None = None):
-        self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
-        self.transforms = transforms if transforms is not None else default_maisi_transforms((image_key,))
-        self.image_key = image_key
+        if transforms is None:
+            transforms = default_maisi_transforms((image_key,))
+        super().__init__(network, device, transforms, inferer, image_key=image_key)
         self.frame_chunk = int(frame_chunk)
-        if inferer is None:
-            from monai.inferers import SimpleInferer
-
-            inferer = SimpleInferer()
-        self.inferer = inferer
-
-    def _volume(self, item: Mapping) -> tuple[torch.Tensor, tuple[float, float, float]]:
-        """``[C, D, H, W]`` float32 in [0, 1] and the voxel spacing."""
-        img = item.get(self.image_key)
-        if img is None:
-            raise OCTInputError("<input>", f"item has no '{self.image_key}'")
-        name = img if isinstance(img, (str, os.PathLike)) else "<input>"
-        if isinstance(img, (str, os.PathLike)):
-            img = self.transforms(dict(item))[self.image_key]
-        meta = getattr(img, "meta", {}) or {}
-        x = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(np.asarray(img))
-        if x.ndim == 3:
-            x = x[None]
-        if x.ndim != 4 or min(x.shape) < 1:
-            raise OCTInputError(name, f"expected a volume [C, D, H, W], got shape {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise OCTInputError(name, "volume contains NaN or infinite values")
-        spacing = meta.get("spacing")
-        spacing = tuple(float(s) for s in np.asarray(spacing).reshape(-1)[:3]) if spacing is not None else (1.0,) * 3
-        return x.float(), spacing
 
     def _stream_encode(self, xb: torch.Tensor) -> torch.Tensor:
         """``[1, C, D, H, W]`` (any device) -> latents ``[1, latent_channels, D', H', W']``, handed to the
@@ -95,37 +69,17 @@ class _VolumeProcessor:
         chunks = (c.to(self.device) for c in xb.split(self.frame_chunk, 2))
         return torch.cat(list(self.network.encode_stream(chunks)), 2)
 
-    @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``[C, D, H, W] -> [latent_channels, D', H', W']`` through the inferer."""
-        return self.inferer(x[None], self._stream_encode)[0].cpu()
+        """``[C, D, H, W] -> [latent_channels, D', H', W']`` through the inferer (the volume stays where it is;
+        the streamed encoder moves it to the device piece by piece)."""
+        return self.run(x, self._stream_encode, to_device=False).cpu()
 
     @torch.no_grad()
     def _decode(self, z: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         return self.network.decode(z[None].to(self.device), *shape[1:])[0].cpu()
 
 
-def _save_array(t: torch.Tensor, path: str) -> None:
-    t = t.detach().float().cpu().contiguous()
-    if not path.endswith(".npy"):
-        io.torch_save(t, path, buffered=True)  # a full disk is an OSError naming the file
-        return
-    with io.atomic_output(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, t.numpy())
-
-
-def _save_nifti(volume: torch.Tensor, spacing, path: str) -> None:
-    import nibabel as nib
-
-    arr = volume.numpy().astype(np.float32)
-    arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)  # [D, H, W] (or [D, H, W, C])
-    img = nib.Nifti1Image(arr, np.diag([*[float(s) for s in spacing], 1.0]))
-    with io.atomic_output(path) as tmp:
-        nib.save(img, tmp)
-
-
-class MaisiEncodeProcessor(_VolumeProcessor):
+class MaisiEncodeProcessor(_MaisiProcessor):
     """Encode one volume to MAISI latents (see the module docstring for the files).
 
     Args:
@@ -149,8 +103,8 @@ class MaisiEncodeProcessor(_VolumeProcessor):
         self.fmt = fmt
         self.stream_video = bool(stream_video)
 
-    def outputs(self, out_stem: str) -> list[str]:
-        return [f"{out_stem}_latent.{self.fmt}", f"{out_stem}_latent.json"]
+    def output_suffixes(self) -> list[str]:
+        return [f"_latent.{self.fmt}", "_latent.json"]
 
     def streams(self, item: Mapping) -> bool:
         """Whether ``item`` is a video, multi-page TIFF or PNG frame folder given by path: those are decoded and
@@ -209,12 +163,13 @@ class MaisiEncodeProcessor(_VolumeProcessor):
             shape, z = streamed
             spacing = (1.0, 1.0, 1.0)  # frames carry no physical size (the video readers' convention)
         else:
-            x, spacing = self._volume(item)
+            x, geometry = self.read(item)
+            spacing = spacing_of(geometry)
             shape, z = list(x.shape), self._encode(x)
         latent_path, sidecar = self.outputs(out_stem)
         info = {"input_shape": shape, "latent_shape": list(z.shape), "spacing": list(spacing),
                 "format": self.fmt, **self._settings(), **_input_format(item.get(self.image_key))}
-        _save_array(z, latent_path)
+        self._save(z, latent_path)
         io.save_json(info, sidecar)  # written last: its presence marks a finished latent
         return {"latent": os.path.basename(latent_path), **{k: info[k] for k in (
             "input_shape", "latent_shape", "strategy", "window", "stride", "scale_factor", "latents",
@@ -261,7 +216,7 @@ def _input_format(img) -> dict:
     return {"input_format": "volume"}
 
 
-class MaisiDecodeProcessor(_VolumeProcessor):
+class MaisiDecodeProcessor(_MaisiProcessor):
     """Decode ``*_latent.pt``/``.npy`` files (with their sidecar JSON) back to NIfTI volumes.
 
     The stack settings of the sidecar must match the network's (strategy, window, stride, compression);
@@ -277,10 +232,10 @@ class MaisiDecodeProcessor(_VolumeProcessor):
                                                 f"{', '.join(WRITE_FORMATS)}")
         self.video_format = video_format
 
-    def outputs(self, out_stem: str) -> list[str]:
+    def output_suffixes(self) -> list[str]:
         # the NIfTI is written last, so its presence also marks the video written before it
-        extra = [] if self.video_format in ("same", "none") else [_video_path(out_stem, self.video_format)]
-        return extra + [f"{out_stem}_recon.nii.gz"]
+        extra = [] if self.video_format in ("same", "none") else [VIDEO_SUFFIXES[self.video_format]]
+        return extra + ["_recon.nii.gz"]
 
     def __call__(self, item: Mapping, out_stem: str) -> dict:
         path = str(item[self.image_key])
@@ -305,18 +260,17 @@ class MaisiDecodeProcessor(_VolumeProcessor):
 
             if y.shape[0] not in (1, 3):
                 raise OCTInputError(path, f"{y.shape[0]} channels cannot be written as {fmt} frames")
-            video = _video_path(out_stem, fmt)
+            video = f"{out_stem}{VIDEO_SUFFIXES[fmt]}"
             write_frames(y.numpy(), video, fmt, fps=info.get("fps"))
             row["video"] = os.path.basename(video.rstrip("/"))
-        out = f"{out_stem}_recon.nii.gz"
-        _save_nifti(y, info.get("spacing", (1.0, 1.0, 1.0)), out)
+        out = self.outputs(out_stem)[-1]
+        save_volume_nifti(y, info.get("spacing", (1.0, 1.0, 1.0)), out)
         return {"recon": os.path.basename(out), **row, "output_shape": list(y.shape), "latent_shape": list(z.shape)}
 
 
-def _video_path(out_stem: str, fmt: str) -> str:
-    """``<out_stem>_recon.mp4`` / ``.avi`` / ``.tif``, or the folder ``<out_stem>_recon_frames`` for PNG."""
-    return {"mp4": f"{out_stem}_recon.mp4", "avi": f"{out_stem}_recon.avi", "tiff": f"{out_stem}_recon.tif",
-            "png": f"{out_stem}_recon_frames"}[fmt]
+#: what follows ``<out_stem>`` in a decoded video's name: ``_recon.mp4`` / ``.avi`` / ``.tif``, or the folder
+#: ``_recon_frames`` of PNG frames
+VIDEO_SUFFIXES = {"mp4": "_recon.mp4", "avi": "_recon.avi", "tiff": "_recon.tif", "png": "_recon_frames"}
 
 
 def _save_grid(x: torch.Tensor, y: torch.Tensor, path: str, title: str = "") -> None:
@@ -342,7 +296,7 @@ def _save_grid(x: torch.Tensor, y: torch.Tensor, path: str, title: str = "") -> 
     plt.close(fig)
 
 
-class MaisiEvaluateProcessor(_VolumeProcessor):
+class MaisiEvaluateProcessor(_MaisiProcessor):
     """Round trip (encode, decode) one volume and measure MSE, PSNR, SSIM against the input (range [0, 1]).
 
     Writes ``<out_stem>_metrics.json`` and, with ``save_grid``, ``<out_stem>_grid.png``.
@@ -355,13 +309,13 @@ class MaisiEvaluateProcessor(_VolumeProcessor):
         self.data_range = float(data_range)
         self.save_grid = bool(save_grid)
 
-    def outputs(self, out_stem: str) -> list[str]:
-        return [f"{out_stem}_metrics.json"] + ([f"{out_stem}_grid.png"] if self.save_grid else [])
+    def output_suffixes(self) -> list[str]:
+        return ["_metrics.json"] + (["_grid.png"] if self.save_grid else [])
 
     def __call__(self, item: Mapping, out_stem: str) -> dict:
         from oct_foundation.metrics.reconstruction import reconstruction_metrics
 
-        x, _ = self._volume(item)
+        x, _ = self.read(item)
         z = self._encode(x)
         y = self._decode(z, x.shape).clamp(0, 1)
         m = reconstruction_metrics(y, x, data_range=self.data_range)

@@ -239,7 +239,8 @@ def test_segmentation_inference_on_mixed_folder(cohort, tmp_path):
 def test_best_model_export_and_output_helpers(tmp_path):
     from ignite.engine import Engine, Events
 
-    from oct_foundation.engines.downstream import BestModelExport, PrepareClassBatch, StackOutputs
+    from oct_foundation.engines.batches import PrepareClassBatch, StackOutputs
+    from oct_foundation.engines.checkpoints import BestModelExport
 
     net = torch.nn.Linear(2, 2)
     values = iter([0.5, 0.4, float("nan"), 0.7])
