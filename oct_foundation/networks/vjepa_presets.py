@@ -2,8 +2,8 @@
 
 Each entry builds the encoder (one input channel: the RGB patch embedding is reduced and the ImageNet
 normalisation folded on load, see :func:`oct_foundation.networks.pretrained.load_pretrained`) and the predictor
-of the file, so ``load_pretrained(VJEPA3D(**VJEPA_CHECKPOINT_PRESETS[name]), file)`` maps every encoder tensor
-strictly. Sizes follow the public code (facebookresearch/vjepa2 ``src/models/vision_transformer.py``,
+of the file, so ``load_pretrained(VJEPA3D(**VJEPA_CHECKPOINT_PRESETS[name]), file)`` maps every encoder and
+predictor tensor strictly. Sizes follow the public code (facebookresearch/vjepa2 ``src/models/vision_transformer.py``,
 ``src/hub/backbones.py`` and ``app/vjepa_2_1``):
 
 * V-JEPA 2.0: ViT-L/16 (1024 x 24, 16 heads), ViT-H/16 (1280 x 32, 16 heads), ViT-g/16 (1408 x 40, 22 heads,
@@ -20,13 +20,18 @@ strictly. Sizes follow the public code (facebookresearch/vjepa2 ``src/models/vis
   ViT-G teacher's 1664 channels (``predictor_proj[_context]`` Linear(384, 1664)). Encoder and predictor load
   strictly, no allow-list. The g/G predictors train with the package's 2.1 objective as they are (deep
   self-supervision on the 4 levels; ``dense_loss=True`` adds the context loss weighted by
-  ``context_loss_weight`` 0.5, the paper's video value); the B/L predictors run (prediction of the teacher's
+  ``context_loss_weight`` 0.5, the 2.1 recipe's ``lambda_value_vid``; ``app/vjepa_2_1/train.py`` defaults to 0
+  and reads it from a config); the B/L predictors run (prediction of the teacher's
   features) but cannot be trained against the file's own target encoder (1024/768 channels, the teacher is not
   in the file): for JEPA training use :data:`VJEPA21_TRAINING_PRESETS` (``vjepa2_1_vitb_384_jepa``,
   ``vjepa2_1_vitl_384_jepa``: the same network with the predictor's two projections to the model's own width,
   which start from their initialisation; the load must allow ``predictor.predictor_proj*``).
   The predictor's ``interpolate_rope`` follows the 2.1 training code (``init_video_model`` passes the encoder's
   option to both); the hub builder leaves it off for the predictor (``predictor_kwargs`` can turn it off).
+  Not reproduced from ``train.py``: the progressive context weight (0 until iteration 15k, linear to lambda at
+  30k; here constant), the distance-weighted context loss (``weight_distance_loss``), ``normalize_predictor``,
+  and its mask-token index (the public wrapper passes the clip-length group, so with one clip length every mask
+  configuration uses token 0; here configuration ``i`` uses token ``i``).
 
 ``img_size`` is nominal (RoPE works on any grid); the OCT defaults are one channel and the files' 16 px patches.
 """
