@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks against named baselines in the same run (see oct_foundation/benchmarks.py and docs/performance.md).
+"""Benchmarks against named baselines in the same run (see oct_foundation/experiments/benchmarks.py and docs/performance.md).
 
     python scripts/benchmark.py [--quick] [--device cuda] [--threads N] [--sections jepa,maisi,data]
                                 [--no-memory] [--out docs/performance.md]
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oct_foundation.benchmarks import main  # noqa: E402
+from oct_foundation.experiments.benchmarks import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

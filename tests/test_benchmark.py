@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from oct_foundation import benchmarks as B
+from oct_foundation.experiments import benchmarks as B
 
 TINY = B.SIZES["tiny"]
 
@@ -82,10 +82,20 @@ def test_maisi_and_data_tables_and_memory_probe():
     assert "max |wrapper - raw| = 0.00e+00" in enc.notes[1] or "e-0" in enc.notes[1].split("=")[1]
     assert mem.column("T (frames)") == list(m["memory_frames"])
 
-    (data,) = B.bench_data(TINY["data"], warmup=0, repeats=1)
+    data, files = B.bench_data(TINY["data"], warmup=0, repeats=1)
     _check_complete(data)
     assert data.column("d_target") == list(TINY["data"]["d_targets"])
     assert [s for s in data.column("output shape")] == [f"(1, {d}, 8, 8)" for d in TINY["data"]["d_targets"]]
+    # from files: every format with partial reading, each d_target, kept slices against the read-all baseline
+    _check_complete(files)
+    d_targets = list(TINY["data"]["d_targets"])
+    assert files.column("format") == [f for f in B.DATA_FORMATS for _ in d_targets]
+    assert files.column("d_target") == d_targets * len(B.DATA_FORMATS)
+    # depth d_target (in-plane size from Spacingd on each format's stored spacing: float32 pixdim, DS strings)
+    assert [s.split(",")[:2] for s in files.column("output shape")] == [["(1", f" {d}"] for d in d_targets] * len(
+        B.DATA_FORMATS)
+    assert all(r > 0 for r in files.column("ratio kept/all"))
+    assert any(line.startswith("Data path from files") for line in B.summarize([data, files]))
 
 
 def test_peak_memory_probe_sees_an_allocation():

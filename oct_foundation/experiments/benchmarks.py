@@ -13,7 +13,9 @@ something on any machine; absolute times are shown next to it for context only. 
   against one batched ``AutoencoderKlMaisi.encode`` call on the same stacks (overhead ratio, latents compared),
   and the peak memory of both at T = 16, 64, 256, 512 frames.
 * **Data path** (:func:`bench_data`): the data layer's ``build_preprocessing`` chain (depth subsampling before
-  resampling) per volume against the chain that resamples the full depth first and subsamples afterwards.
+  resampling) per volume against the chain that resamples the full depth first and subsamples afterwards; and
+  (:func:`bench_data_files`) from files in each format with partial reading, reading only the kept slices
+  against reading every slice and subsampling afterwards.
 
 Timing: ``warmup`` untimed calls, then the median of ``repeats`` timed calls (``time.perf_counter``, CUDA
 synchronised); variants that are compared are timed round-robin (:func:`time_interleaved`). Peak memory on CPU: a fresh Python subprocess per measurement builds the case, calls it once,
@@ -54,6 +56,7 @@ __all__ = [
     "bench_jepa",
     "bench_maisi",
     "bench_data",
+    "bench_data_files",
     "run_benchmarks",
     "summarize",
     "render_markdown",
@@ -285,7 +288,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: str | torch.device = "cpu") ->
 
 
 def _repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def measure_peak_memory(case: str, params: dict, device: str = "cpu", threads: int | None = None,
@@ -302,7 +305,7 @@ def measure_peak_memory(case: str, params: dict, device: str = "cpu", threads: i
     # the live tensors instead of the heap's high-water mark (slower allocation, only in this subprocess)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "4096")
     env["PYTHONPATH"] = _repo_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = "import sys; from oct_foundation.benchmarks import _probe_main; _probe_main(sys.argv[1])"
+    code = "import sys; from oct_foundation.experiments.benchmarks import _probe_main; _probe_main(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env,
                           timeout=timeout)
     if proc.returncode != 0:
@@ -733,8 +736,92 @@ def _data_chains(p: dict, d_target: int):
     return ours, base
 
 
+#: file formats of the data-path table from files (each has partial reading, see docs/data_formats.md)
+DATA_FORMATS = ("nii.gz", "nii", "dcm", "vol", "npy")
+
+
+def _data_files(p: dict, folder: str) -> dict[str, str]:
+    """One uint8 volume ``[D, S, S]`` written in every format of :data:`DATA_FORMATS`; ``{format: path}``."""
+    import numpy as np
+
+    from oct_foundation.data.readers import write_dicom_oct, write_heyex_vol
+    from oct_foundation.data.synthetic import _nifti_bytes
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 256, size=(p["depth"], p["size"], p["size"]), dtype=np.uint8)
+    out = {}
+    for fmt in DATA_FORMATS:
+        path = os.path.join(folder, f"volume.{fmt}")
+        if fmt == "nii.gz":  # what the synthetic cohort writes (gzip level 1)
+            with open(path, "wb") as f:
+                f.write(_nifti_bytes(vol, DATA_SPACING))
+        elif fmt == "nii":
+            import gzip
+
+            with open(path, "wb") as f:
+                f.write(gzip.decompress(_nifti_bytes(vol, DATA_SPACING)))
+        elif fmt == "dcm":
+            write_dicom_oct(path, vol, spacing=DATA_SPACING)
+        elif fmt == "vol":
+            write_heyex_vol(path, vol, spacing=DATA_SPACING)
+        else:
+            np.save(path, vol)
+        out[fmt] = path
+    return out
+
+
+def _file_chains(d_target: int):
+    """(kept slices, read all) Compose over files: ``build_preprocessing(read_kept_slices=True / False)``."""
+    from monai.transforms import Compose
+
+    from oct_foundation.data import build_preprocessing
+
+    spacing = (DATA_SPACING[0], DATA_SPACING[1] * 2, DATA_SPACING[2] * 2)  # halve H and W
+    kept, full = (Compose(build_preprocessing(keys=("image",), d_target=d_target, target_spacing=spacing, train=True,
+                                              read_kept_slices=flag)) for flag in (True, False))
+    kept.set_random_state(0)
+    full.set_random_state(0)
+    return kept, full
+
+
+def bench_data_files(p: dict, warmup: int = 1, repeats: int = 3, formats: Sequence[str] = DATA_FORMATS) -> Table:
+    """Per-volume time of reading a file and preprocessing it against ``d_target``: reading only the kept slices
+    (``LoadOCTSlicesd``) against the read-all baseline (``LoadOCTd`` then ``DepthSubsampled``), same seed."""
+    import tempfile
+
+    t = Table("Data path from files: read + preprocess per volume vs d_target",
+              ["format", "d_target", "read kept slices (s)", "read all, then subsample (s)",
+               "ratio kept/all", "output shape"])
+    with tempfile.TemporaryDirectory() as folder:
+        files = _data_files(p, folder)
+        sizes = {f: os.path.getsize(path) for f, path in files.items()}
+        for fmt in formats:
+            item = {"image": files[fmt]}
+            for d in p["d_targets"]:
+                kept, full = _file_chains(int(d))
+                a, b = kept(dict(item))["image"], full(dict(item))["image"]
+                if not (torch.equal(a.as_tensor(), b.as_tensor())
+                        and torch.equal(a.meta["slice_indices"], b.meta["slice_indices"])):
+                    raise RuntimeError(f"{fmt}: reading the kept slices changed the output at d_target {d}")
+                timed = time_interleaved({"kept": lambda: kept(dict(item)), "full": lambda: full(dict(item))},
+                                         warmup, repeats)
+                tk, tf = timed["kept"]["median_s"], timed["full"]["median_s"]
+                t.add(fmt, int(d), tk, tf, tk / tf, str(tuple(a.shape)))
+    t.notes.append(f"One uint8 volume [{p['depth']}, {p['size']}, {p['size']}] (spacing {DATA_SPACING} mm) written "
+                   "as " + ", ".join(f"{f} ({sizes[f] / 2**20:.1f} MiB)" for f in formats) + " to a temporary "
+                   "folder (in the page cache: file-system reads, no disk), then build_preprocessing(target_spacing "
+                   "halving H and W, uniform depth subsampling with random phase, percentile normalisation) from "
+                   "the path. Kept = read_kept_slices=True (only the d_target slices are decoded), all = "
+                   "read_kept_slices=False (every slice decoded, then subsampled). Both give the same tensor and "
+                   "slice_indices (checked before timing). The .nii.gz is still inflated whole (gzip has no "
+                   "random access); a NIfTI B-scan index is the fastest-varying file axis, so its slices are "
+                   "strided in the file.")
+    return t
+
+
 def bench_data(p: dict, warmup: int = 1, repeats: int = 3) -> list[Table]:
-    """Per-volume preprocessing time against ``d_target`` (subsample first) and the resample-first baseline."""
+    """Per-volume preprocessing time against ``d_target`` (subsample first) and the resample-first baseline, in
+    memory, then from files: reading only the kept slices against reading every slice (:func:`bench_data_files`)."""
     vol = _data_volume(p)
     t = Table("Data path: preprocessing time per volume vs d_target",
               ["d_target", "subsample then resample (s)", "resample full depth then subsample (s)",
@@ -753,7 +840,7 @@ def bench_data(p: dict, warmup: int = 1, repeats: int = 3) -> list[Table]:
                    "chain = build_preprocessing(load=False, target_spacing halving H and W, percentile "
                    "normalisation); ours keeps d_target slices first, the baseline resamples and normalises "
                    "all slices, then subsamples. Ours should grow with d_target, the baseline stays flat.")
-    return [t]
+    return [t, bench_data_files(p, warmup, repeats)]
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -981,6 +1068,19 @@ def summarize(tables: Sequence[Table]) -> list[str]:
                 out.append(f"MAISI peak memory from T={tt[0]} to T={tt[-1]}: wrapper {w[0]:.0f} -> {w[-1]:.0f} MiB "
                            f"({w[-1] / w[0]:.2f}x), raw one-batch {r[0]:.0f} -> {r[-1]:.0f} MiB "
                            f"({r[-1] / r[0]:.2f}x).")
+        elif title.startswith("Data path from files"):
+            parts = []
+            for fmt in dict.fromkeys(t.column("format")):
+                rows = [r for r in t.rows if r[0] == fmt]
+                k = [_num(r[2]) for r in rows]
+                ratio = [_num(r[4]) for r in rows]
+                if rows and all(v is not None for v in k + ratio):
+                    parts.append(f"{fmt} {k[0]:.3f} -> {k[-1]:.3f} s ({ratio[0]:.2f}x -> {ratio[-1]:.2f}x of reading "
+                                 "every slice)")
+            if parts:
+                d = t.column("d_target")
+                out.append(f"Data path from files, reading only the kept slices, d_target {d[0]} -> {max(d)}: "
+                           + "; ".join(parts) + ".")
         elif title.startswith("Data path"):
             d = t.column("d_target")
             ours = [_num(v) for v in t.column("subsample then resample (s)")]
@@ -1026,7 +1126,7 @@ def render_markdown(report: dict, command: str) -> str:
         "resident size before it, on the second call (the first initialises kernels and the AdamW state), with "
         "glibc told to unmap freed blocks (`MALLOC_MMAP_THRESHOLD_=4096`) so that resident size follows live "
         "tensors. On CUDA: `torch.cuda.max_memory_allocated` minus the allocation before.",
-        f"- Sizes: preset `{report['size']}` of `oct_foundation.benchmarks.SIZES`; wall time per section (s): "
+        f"- Sizes: preset `{report['size']}` of `oct_foundation.experiments.benchmarks.SIZES`; wall time per section (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + ".",
         "",
         "## Summary (computed from the tables below)",
