@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from oct_foundation import zoo
+from oct_foundation.experiments import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 

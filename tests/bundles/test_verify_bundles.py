@@ -1,6 +1,6 @@
-"""The bundles pass ``scripts/verify_bundles.py`` (``oct_foundation.zoo.main``): metadata against the schema,
-changelog and versions, README sections, ``verify_net_in_out``, TorchScript export (or a documented reason),
-MONAI's train / infer property checks, and the collection checks (top-level metadata.json, file sizes)."""
+"""The bundles pass ``scripts/verify_bundles.py`` (``oct_foundation.experiments.zoo.main``): metadata against the
+schema, changelog and versions, README sections, ``verify_net_in_out``, TorchScript export (or a documented
+reason), MONAI's train / infer property checks, and the collection checks (top-level metadata.json, file sizes)."""
 from __future__ import annotations
 
 BUNDLES = ["oct_vjepa_pretrain", "oct_maisi_vae_encode", "oct_layer_segmentation", "oct_disease_classification",
@@ -8,7 +8,7 @@ BUNDLES = ["oct_vjepa_pretrain", "oct_maisi_vae_encode", "oct_layer_segmentation
 
 
 def test_verify_bundles_command_passes(capsys):
-    from oct_foundation.zoo import main
+    from oct_foundation.experiments.zoo import main
 
     rc = main(list(BUNDLES))
     out = capsys.readouterr().out

@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["BundleCheck", "verify_bundle", "verify_collection", "README_SECTIONS", "REQUIRED_FILES"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "schemas" / "meta_schema.json"
 MAX_FILE_MB = 25
 REQUIRED_FILES = (
