@@ -13,7 +13,8 @@ _EXPORTS = {
         "encoder_units", "prepare_network", "mask_generator_for_depth", "draw_masks",
     ),
     "monitoring": (
-        "ProgressBarHandler", "JEPAStatsLogger", "RepresentationRankMonitor", "peak_memory_mb", "slice_indices_of",
+        "ProgressBarHandler", "JEPAStatsLogger", "RepresentationRankMonitor", "RankZeroStatsHandler",
+        "RankZeroTensorBoardStatsHandler", "peak_memory_mb", "slice_indices_of",
     ),
     "checkpoints": (
         "TrainingCheckpoint", "ResumeCheckpoint", "ModelExport", "BestModelExport", "latest_checkpoint",
@@ -27,7 +28,7 @@ _EXPORTS = {
     "embedding_inference": (
         "EmbeddingProcessor", "run_embedding_inference",
     ),
-    "runs": ("process_rank", "start_training_run", "TrainingRun", "run_settings", "checkpoint_run", "find_checkpoints"),
+    "runs": ("process_rank", "wrap_ddp", "start_training_run", "TrainingRun", "run_settings", "checkpoint_run", "find_checkpoints"),
     "batch_inference": ("BatchInference", "anonymous_id", "as_bool", "list_inputs"),
     "batches": ("PrepareClassBatch", "StackOutputs"),
     "reports": ("ClassificationReportHandler", "SegmentationReportHandler"),

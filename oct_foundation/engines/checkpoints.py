@@ -46,18 +46,16 @@ def resolve_resume(resume: str | None, save_dir: str, prefix: str = "checkpoint"
 
 class _URLSaver:
     """Ignite save handler for an fsspec URL folder (``gs://``, ``memory://``): each checkpoint is written with
-    :func:`oct_foundation.io.torch_save` (complete or not at all); rank 0 only."""
+    :func:`oct_foundation.io.torch_save` (complete or not at all)."""
 
     def __init__(self, dirname: str) -> None:
         self.dirname = str(dirname).rstrip("/")
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        if process_rank() == 0:
-            io.torch_save(checkpoint, io.join(self.dirname, filename))
+        io.torch_save(checkpoint, io.join(self.dirname, filename))
 
     def remove(self, filename: str) -> None:
-        if process_rank() == 0:
-            io.remove(io.join(self.dirname, filename))
+        io.remove(io.join(self.dirname, filename))
 
 
 class TrainingCheckpoint:
@@ -67,7 +65,8 @@ class TrainingCheckpoint:
 
     Saves ``save_dict`` (use ``JEPATrainer.checkpoint_objects()``: network, optimizer, schedulers, trainer state,
     scaler) as ``<save_dir>/<prefix>_<epoch>.pt`` every ``save_interval`` epochs and at the end, keeping the last
-    ``n_saved``. Under ``torch.distributed`` only rank 0 writes. Resume with MONAI ``CheckpointLoader`` and the
+    ``n_saved``. Only rank 0 attaches it (:func:`~oct_foundation.engines.runs.process_rank`): the other ranks of a
+    distributed run write nothing. Resume with MONAI ``CheckpointLoader`` and the
     same ``save_dict`` (:class:`ResumeCheckpoint` does that for a ``JEPATrainer``).
 
     ``save_dict=None`` takes ``engine.checkpoint_objects()`` of the engine it is attached to, so that a bundle
@@ -98,6 +97,8 @@ class TrainingCheckpoint:
     def attach(self, engine: Engine) -> None:
         from ignite.handlers import Checkpoint, DiskSaver
 
+        if process_rank() != 0:
+            return
         if self.save_dict is None:
             self.save_dict = engine.checkpoint_objects()
         if self.run is not None:

@@ -36,6 +36,7 @@ from oct_foundation import io
 from oct_foundation.config import parse_amp_dtype
 from oct_foundation.data.batch import prepare_batch_image
 from oct_foundation.data.latents import LoadLatentd  # noqa: F401 (configs name it here too)
+from oct_foundation.engines.runs import process_rank
 from oct_foundation.networks.diffusion import LatentDiffusionUNet  # noqa: F401 (model files may name it here)
 from oct_foundation.networks.maisi import video_to_stacks
 from oct_foundation.errors import OCTInputError
@@ -274,7 +275,8 @@ class ReconstructionMetric(Metric):
 class ValidationHistory:
     """Records the evaluator's metrics after every validation run (with the trainer's epoch), writes them as a CSV
     (atomically, rewritten each time) and a JSON summary with the epochs to a threshold. A run resumed from a
-    checkpoint continues the CSV: rows of earlier epochs found in it are kept.
+    checkpoint continues the CSV: rows of earlier epochs found in it are kept. Every rank of a distributed run
+    records the history; only rank 0 logs and writes.
 
     Args:
         path: CSV path (``epoch,<metric>,...``), local or URL; None keeps the history in memory only.
@@ -307,6 +309,8 @@ class ValidationHistory:
             self.history = [{**r, "epoch": int(r["epoch"])} for r in old if "epoch" in r and r["epoch"] < row["epoch"]]
         self._continued = True
         self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
+        if process_rank() != 0:  # every rank keeps the history (the same numbers); rank 0 logs and writes
+            return
         logger.info("validation epoch %d: %s", row["epoch"],
                     ", ".join(f"{k} {v:.5g}" for k, v in row.items() if k != "epoch"))
         if self.path:

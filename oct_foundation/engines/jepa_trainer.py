@@ -289,12 +289,9 @@ class JEPATrainer(Trainer):
             return self._objective
         signature = tuple(p.requires_grad for p in self.network.parameters())
         if self._ddp is None or signature != self._ddp_signature:
-            from torch.nn.parallel import DistributedDataParallel
+            from oct_foundation.engines.runs import wrap_ddp
 
-            kwargs = dict(self.ddp_kwargs)
-            if self.state.device.type == "cuda" and "device_ids" not in kwargs:
-                kwargs["device_ids"] = [self.state.device]
-            self._ddp = DistributedDataParallel(self._objective, **kwargs)
+            self._ddp = wrap_ddp(self._objective, self.state.device, **self.ddp_kwargs)
             self._ddp_signature = signature
         return self._ddp
 

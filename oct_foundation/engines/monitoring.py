@@ -1,6 +1,9 @@
 """Ignite handlers that watch a run without changing it: the progress bar, statistics / TensorBoard logging (loss, LR,
-EMA momentum, tokens/s, peak memory, slice-index histograms) and the representation-collapse monitor (effective
-rank of the encoders' tokens and pooled features). Rank 0 logs and writes; the others do nothing.
+EMA momentum, tokens/s, peak memory, slice-index histograms; MONAI's ``StatsHandler`` and
+``TensorBoardStatsHandler`` as :class:`RankZeroStatsHandler` and :class:`RankZeroTensorBoardStatsHandler`) and the
+representation-collapse monitor (effective rank of the encoders' tokens and pooled features). Each knows its rank
+(:func:`~oct_foundation.engines.runs.process_rank`): rank 0 logs and writes, the others attach nothing, so a
+multi-GPU config lists the same handlers as the single-process one.
 
 Each handler has ``attach(engine)`` so that a bundle lists it in ``train#handlers``.
 """
@@ -12,10 +15,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
 from oct_foundation.engines.runs import process_rank
 
-__all__ = ["ProgressBarHandler", "peak_memory_mb", "slice_indices_of", "JEPAStatsLogger", "RepresentationRankMonitor"]
+__all__ = ["ProgressBarHandler", "RankZeroStatsHandler", "RankZeroTensorBoardStatsHandler", "peak_memory_mb",
+           "slice_indices_of", "JEPAStatsLogger", "RepresentationRankMonitor"]
 
 logger = logging.getLogger("oct_foundation.engines")
 
@@ -57,6 +62,33 @@ class ProgressBarHandler:
         if process_rank() != 0:
             return
         ProgressBar(persist=self.persist).attach(engine, output_transform=self._transform)
+
+
+class RankZeroStatsHandler(StatsHandler):
+    """MONAI's ``StatsHandler`` (same arguments), attached on rank 0 only: the other ranks of a distributed run log
+    nothing (without it, each rank logs the same loss lines)."""
+
+    def attach(self, engine: Engine) -> None:
+        if process_rank() == 0:
+            super().attach(engine)
+
+
+#: stands in for the ``SummaryWriter`` on ranks other than 0, which never write (MONAI would create one, and its
+#: event file, when given none)
+_NO_WRITER = object()
+
+
+class RankZeroTensorBoardStatsHandler(TensorBoardStatsHandler):
+    """MONAI's ``TensorBoardStatsHandler`` (same arguments), on rank 0 only: the other ranks of a distributed run
+    neither create a ``SummaryWriter`` (no event file) nor attach."""
+
+    def __init__(self, summary_writer: Any = None, log_dir: str = "./runs", **kwargs: Any) -> None:
+        self.active = process_rank() == 0
+        super().__init__(summary_writer if self.active else _NO_WRITER, log_dir, **kwargs)
+
+    def attach(self, engine: Engine) -> None:
+        if self.active:
+            super().attach(engine)
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:

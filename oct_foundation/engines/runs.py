@@ -36,7 +36,7 @@ from typing import Any, Mapping
 from oct_foundation import io
 from oct_foundation.errors import CheckpointError
 
-__all__ = ["process_rank", "NOT_IN_RUN_ID", "TrainingRun", "run_settings", "run_id_of", "start_training_run",
+__all__ = ["process_rank", "wrap_ddp", "NOT_IN_RUN_ID", "TrainingRun", "run_settings", "run_id_of", "start_training_run",
            "checkpoint_run", "find_checkpoints"]
 
 logger = logging.getLogger("oct_foundation.engines")
@@ -130,6 +130,22 @@ def process_rank() -> int:
     if d.is_available() and d.is_initialized():
         return d.get_rank()
     return int(os.environ.get("RANK", "0") or 0)
+
+
+def wrap_ddp(module, device=None, **ddp_kwargs):
+    """``DistributedDataParallel(module)``: the one DDP wrap of the package (multi-GPU configs and
+    :class:`~oct_foundation.engines.jepa_trainer.JEPATrainer` call it). On a CUDA ``device`` the wrapper gets
+    ``device_ids=[device]`` (unless given); on the CPU (gloo) none. ``None`` stays ``None`` (an optional module, such
+    as a discriminator that is not used). The wrapper only runs the forward pass: networks, checkpoints and exports
+    keep the plain module and its parameter names."""
+    if module is None:
+        return None
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device is not None and torch.device(device).type == "cuda" and "device_ids" not in ddp_kwargs:
+        ddp_kwargs["device_ids"] = [torch.device(device)]
+    return DistributedDataParallel(module, **ddp_kwargs)
 
 
 class TrainingRun:
