@@ -8,6 +8,9 @@ what is specific (read, run the network, write its outputs). A processor is any 
 * ``__call__(item, out_stem) -> dict``: process ``item`` (``{"image": path, ...}``), write every output
   atomically to a path starting with ``out_stem``, return the summary fields of this input.
 
+The package's processors derive from one base, :class:`oct_foundation.engines.processors.InferenceProcessor`
+(reading, device, autocast, inferer, output names, writers).
+
 Privacy: output names are a hash of the input path (or the value of a user-given ID map), the summary
 holds IDs and never input paths, and error reasons have the input path replaced by ``<input>``. The
 mapping ID -> input path is written only where the user asks (``index_file``), ideally outside the
