@@ -3,12 +3,12 @@ import json
 
 import numpy as np
 
-from oct_foundation.demo_summary import summarise
+from oct_foundation.experiments.demo_summary import summarise
 from oct_foundation.metrics import SegmentationReport, classification_metrics, save_classification_report
 
 
 def _classification(tmp_path, src, y, scores):
-    from oct_foundation.engines.downstream import ClassificationReportHandler
+    from oct_foundation.engines.reports import ClassificationReportHandler
 
     d = tmp_path / f"classification_{src}" / "runs" / "eval"
     h = ClassificationReportHandler(str(d), num_classes=3, class_names=["normal", "fluid", "drusen"],
@@ -136,3 +136,46 @@ def test_feature_quality_table_from_the_embedding_outputs(tmp_path):
     random_row = next(line for line in text.splitlines() if line.startswith("| random |"))
     assert float(random_row.split("|")[2]) < 0.9
     assert "Linear CKA between the pretrained and the random-init encoder's test features" in text
+
+
+def test_segmentation_overlay_draws_the_reference_chosen_bscan(tmp_path):
+    """The overlay reads the segmentation bundle's inference outputs (``predictions/summary.csv`` rows by datalist
+    position, ``<id>_seg.nii.gz`` maps) and shows the test B-scan with the most reference fluid (class 9)."""
+    import nibabel as nib
+    import torch
+
+    from oct_foundation.experiments.demo_summary import segmentation_overlay
+
+    cohort = tmp_path / "cohort"
+    for sub in ("images", "labels"):
+        (cohort / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    tests = []
+    for i in range(3):
+        lab = np.zeros((4, 8, 10), np.uint8)
+        lab[:, 2:6] = 3
+        if i == 1:
+            lab[2, 3:5, 4:8] = 9  # the most fluid: case 1, B-scan 3
+            lab[0, 3, 4] = 9
+        nib.save(nib.Nifti1Image(rng.random(lab.shape).astype(np.float32), np.eye(4)), cohort / f"images/c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), cohort / f"labels/c{i}.nii.gz")
+        tests.append({"image": f"images/c{i}.nii.gz", "label": f"labels/c{i}.nii.gz", "case_id": f"case_{i}"})
+    (cohort / "datalist.json").write_text(json.dumps({"training": [], "test": tests}))
+    names = ["NFL", "GCL_IPL", "INL", "OPL", "ONL", "RPE", "choroid", "sclera", "fluid"]
+    pred_dir = tmp_path / "segmentation_pretrained" / "predictions"
+    pred_dir.mkdir(parents=True)
+    rows = ["id,position,status,reason,label_map"]
+    for i in range(3):
+        nib.save(nib.Nifti1Image(np.full((4, 8, 10), 3, np.uint8), np.eye(4)), pred_dir / f"id{i}_seg.nii.gz")
+        rows.append(f"id{i},{i},done,,id{i}_seg.nii.gz")
+    (pred_dir / "summary.csv").write_text("\n".join(rows) + "\n")
+    rep = SegmentationReport(10, layer_names=names)
+    labels = np.stack([np.asarray(nib.load(cohort / t["label"]).dataobj) for t in tests])[:, None]
+    rep.update(torch.as_tensor(np.full_like(labels, 3)), torch.as_tensor(labels), case_ids=[t["case_id"] for t in tests])
+    d = tmp_path / "segmentation_pretrained" / "runs" / "eval"
+    d.mkdir(parents=True)
+    rep.save(str(d / "segmentation_metrics.json"), str(d / "segmentation_metrics.csv"))
+    path, shown = segmentation_overlay(str(tmp_path))
+    assert shown == "case_1, B-scan 3 of 4"
+    assert path == str(tmp_path / "segmentation_overlay.png") and (tmp_path / "segmentation_overlay.png").stat().st_size
+    assert "Segmentation overlay of one held-out B-scan (case_1, B-scan 3 of 4" in summarise(str(tmp_path))

@@ -69,6 +69,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="override for every bundle (repeatable), e.g. --set device=cpu")
     p.add_argument("--pretrain-set", dest="pretrain_sets", action="append", metavar="KEY=VALUE",
                    help="override for the pretrain bundle only (repeatable)")
+    p.add_argument("--classification-set", dest="classification_sets", action="append", metavar="KEY=VALUE",
+                   help="override for the classification bundle only (repeatable), e.g. learning_rate=0.01")
+    p.add_argument("--segmentation-set", dest="segmentation_sets", action="append", metavar="KEY=VALUE",
+                   help="override for the segmentation bundle only (repeatable)")
     p.add_argument("--nproc-per-node", type=int, default=1,
                    help="GPUs per node: > 1 trains through torch.distributed.run with multi_gpu_train.json")
     p.add_argument("--in-process", action="store_true",
@@ -82,8 +86,8 @@ def settings_from_args(args, printer: Callable[[str], None] = print) -> tuple[Ex
     dataset_dir = ensure_dataset(args.dataset_dir, args.out, preset, printer)
     sets = parse_sets(args.sets)
     pre = {**preset["pretrain"], **parse_sets(args.pretrain_sets)}
-    cls = dict(preset["classification"])
-    seg = dict(preset["segmentation"])
+    cls = {**preset["classification"], **parse_sets(getattr(args, "classification_sets", None))}
+    seg = {**preset["segmentation"], **parse_sets(getattr(args, "segmentation_sets", None))}
     net = dict(preset["network"])
     for k in list(sets):
         if k in NETWORK_KEYS:

@@ -172,6 +172,60 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str, 
     return _write_figure(fig, path, dpi)
 
 
+def plot_segmentation_overlay(image, panels: Mapping[str, Any], path: str, class_names: Sequence[str],
+                              title: str | None = None, alpha: float = 0.45, dpi: int = 110) -> str:
+    """One B-scan with its layer maps: the image alone, then one panel per label map drawn over it.
+
+    Args:
+        image: ``[H, W]`` intensities (any range; shown with its 1st-99th percentile window).
+        panels: ``name -> [H, W]`` integer label maps on the image's grid (e.g. the reference and each model's
+            prediction); class 0 (background) is left transparent.
+        class_names: names of classes ``0..K-1``; the legend lists the classes present in any panel.
+
+    Returns:
+        ``path`` (PNG, written atomically).
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    img = np.asarray(image, dtype=np.float64)
+    maps = {k: np.asarray(v) for k, v in panels.items()}
+    for name, m in maps.items():
+        if m.shape != img.shape:
+            raise ValueError(f"label map '{name}' has shape {m.shape}, the image {img.shape}")
+    k = len(class_names)
+    colours = plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k) % (10 if k <= 10 else 20))
+    cmap = ListedColormap(colours)
+    lo, hi = np.percentile(img, [1, 99])
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.4), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect="auto")
+    axes[0].set_title("B-scan", fontsize=9)
+    present = set()
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect="auto")
+        ax.imshow(np.ma.masked_where(m == 0, m), cmap=cmap, vmin=-0.5, vmax=k - 0.5, alpha=alpha,
+                  interpolation="nearest", aspect="auto")
+        ax.set_title(name, fontsize=9)
+        present |= {int(c) for c in np.unique(m) if 0 < int(c) < k}
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [Patch(color=colours[c], label=class_names[c]) for c in sorted(present)]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 9), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, -0.02))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return path
+
+
 def first(items: Iterable[Any], pred: Callable[[Any], bool]) -> Any:
     """The first item satisfying ``pred`` or None."""
     for it in items:

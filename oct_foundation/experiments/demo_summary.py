@@ -1,6 +1,6 @@
 """Print (and write to ``<out>/summary.md``) what ``scripts/demo.sh`` produced, reading the bundles' outputs.
 
-    python -m oct_foundation.demo_summary demo_output
+    python -m oct_foundation.experiments.demo_summary demo_output
 """
 from __future__ import annotations
 
@@ -153,6 +153,71 @@ def comparison_lines(out: str) -> list[str]:
     return lines
 
 
+#: the arms drawn in the overlay, in order: (folder under the demo output, panel name)
+OVERLAY_ARMS = (("segmentation_pretrained", "frozen pretrained encoder"), ("segmentation_random", "frozen random encoder"),
+                ("segmentation_unet", "UNet baseline"))
+
+
+def segmentation_overlay(out: str, path: str | None = None) -> tuple[str, str] | None:
+    """Draw one held-out B-scan with its reference layers and each model's prediction (the segmentation bundle's
+    inference outputs under ``<arm>/predictions``) -> ``(png path, the case and B-scan shown)``, or None.
+
+    The B-scan shown is chosen from the reference alone, so it does not favour any model: the test case and slice
+    with the most fluid (the hardest class), else the middle B-scan of the first test case."""
+    import numpy as np
+
+    from oct_foundation.data.readers import load_oct
+    from oct_foundation.experiments.report import plot_segmentation_overlay
+
+    datalist = _json(os.path.join(out, "cohort", "datalist.json"))
+    tests = (datalist or {}).get("test") or []
+    arms = []
+    for folder, name in OVERLAY_ARMS:
+        summary = os.path.join(out, folder, "predictions", "summary.csv")
+        if os.path.exists(summary):
+            with open(summary) as f:
+                rows = {int(r["position"]): r for r in csv.DictReader(f) if r.get("status") in ("done", "skipped")}
+            arms.append((folder, name, rows))
+    if not tests or not arms:
+        return None
+    report = _seg_report(out, "pretrained") or _seg_report(out, "unet") or {}
+    names = ["background"] + list(report.get("layers") or [])
+    fluid = names.index("fluid") if "fluid" in names else None
+    base = os.path.join(out, "cohort")
+    best = None  # (fluid voxels, position, slice)
+    for pos, item in enumerate(tests):
+        if fluid is None or "label" not in item:
+            break
+        lab = np.asarray(load_oct(os.path.join(base, item["label"])))[0]
+        per_slice = (lab == fluid).reshape(lab.shape[0], -1).sum(1)
+        if best is None or per_slice.max() > best[0]:
+            best = (int(per_slice.max()), pos, int(per_slice.argmax()))
+    if best is None or best[0] == 0:
+        first = np.asarray(load_oct(os.path.join(base, tests[0]["image"])))
+        best = (0, 0, first.shape[1] // 2)
+    _, pos, z = best
+    item = tests[pos]
+    case = str(item.get("case_id", f"test case {pos}"))
+    image = np.asarray(load_oct(os.path.join(base, item["image"])))[0]
+    panels = {}
+    if "label" in item:
+        panels["reference"] = np.asarray(load_oct(os.path.join(base, item["label"])))[0][z].astype(np.int64)
+    for folder, name, rows in arms:
+        row = rows.get(pos)
+        if not row:
+            continue
+        pred = np.asarray(load_oct(os.path.join(out, folder, "predictions", row["label_map"])))[0]
+        if pred.shape != image.shape:
+            raise ValueError(f"{folder}: prediction {row['label_map']} has shape {pred.shape}, the image {image.shape}")
+        rep = _seg_report(out, folder.split("_", 1)[1]) or {}
+        dice = _case_dice(rep).get(case)
+        panels[f"{name} (case Dice {dice:.3f})" if dice is not None else name] = pred[z].astype(np.int64)
+    path = path or os.path.join(out, "segmentation_overlay.png")
+    shown = f"{case}, B-scan {z + 1} of {image.shape[0]}"
+    plot_segmentation_overlay(image[z], panels, path, names, title=f"Layer segmentation, held-out {shown}")
+    return path, shown
+
+
 def _embeddings(folder: str, ids: list[str]):
     """``[len(ids), E]`` embeddings of the batch-inference outputs ``<id>_embedding.pt`` in ``folder``, or None."""
     import torch
@@ -177,8 +242,8 @@ def feature_lines(out: str) -> list[str]:
     from oct_foundation.metrics.representation import effective_rank, knn_top1, linear_cka
 
     datalist = _json(os.path.join(out, "cohort", "datalist.json"))
-    if not datalist:
-        return []
+    if not datalist or any("class" not in it for name in ("training", "test") for it in datalist.get(name) or []):
+        return []  # kNN needs a class for every bank and query volume
     base = os.path.join(out, "cohort")
 
     def split(name):
@@ -206,6 +271,55 @@ def feature_lines(out: str) -> list[str]:
         cka = linear_cka(feats["pretrained"][1], feats["random"][1])
         lines += ["", f"Linear CKA between the pretrained and the random-init encoder's test features: {cka:.3f} "
                       "(1 = the same representation up to rotation and scale)."]
+    return lines
+
+
+def ablation_lines(out: str) -> list[str]:
+    """The demo's depth-subsampling ablation (``<out>/ablation``, written by ``scripts/ablate_depth.py``): one row per
+    cell, and the paired bootstrap of the smallest against the largest ``d_target`` on the same test volumes, so
+    a reader sees whether the curve's differences are more than noise."""
+    import numpy as np
+
+    from oct_foundation.metrics.comparison import compare_classifiers, verdict
+
+    path = os.path.join(out, "ablation", "results.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f)]
+    done = sorted((r for r in rows if r.get("status") == "done"), key=lambda r: (r["strategy"], int(r["d_target"])))
+
+    def num(r, k, nd=3):
+        try:
+            return _fmt(float(r.get(k)), nd)
+        except (TypeError, ValueError):
+            return "n/a"
+
+    lines = ["", f"Depth-subsampling ablation ({len(done)} of {len(rows)} cells done; one encoder pretrained per "
+             "d_target, the same linear probe, scored on the test split at full depth; "
+             f"{os.path.join(out, 'ablation', 'metric_vs_d_target.png')}):", "",
+             "| d_target | strategy | AUROC | accuracy | pretraining tokens | pretraining s | tokens/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in done:
+        lines.append(f"| {r['d_target']} | {r['strategy']} | {num(r, 'auroc')} | {num(r, 'val_acc')} | "
+                     f"{num(r, 'tokens_seen', 0)} | {num(r, 'pretrain_train_s', 0)} | {num(r, 'tokens_per_s', 0)} |")
+    failed = [r for r in rows if r.get("status") != "done"]
+    lines += [f"- cell d_target={r.get('d_target')} {r.get('strategy')}: {r.get('status')} {r.get('error', '')}"
+              for r in failed]
+    if len(done) >= 2:
+        lo, hi = done[0], max(done, key=lambda r: int(r["d_target"]))
+        reps = [_json(os.path.join(r["cell_dir"], "classification", "eval", "classification_metrics.json"))
+                for r in (lo, hi)]
+        if all(reps):
+            names = reps[0].get("class_names") or []
+            a, b = _case_probs(reps[0], names), _case_probs(reps[1], names)
+            common = sorted(set(a) & set(b))
+            if len(common) >= 2 and names:
+                res = compare_classifiers(np.array([a[k][0] for k in common]), [a[k][1] for k in common],
+                                          [b[k][1] for k in common], metrics=("auroc",), num_classes=len(names))
+                first, last = f"d_target {lo['d_target']}", f"d_target {hi['d_target']}"
+                said = verdict(res["auroc"], first, last, MIN_EFFECT["classification AUROC"])
+                lines += ["", f"- AUROC, {first} minus {last} (paired bootstrap over the test volumes): {said}"]
     return lines
 
 
@@ -253,7 +367,12 @@ def summarise(out: str) -> str:
                      f"{_fmt(last.get('val_ssim'))} after {last.get('epoch')} epochs; {n} decoded samples "
                      f"({out}/latent_diffusion/samples)")
     lines += comparison_lines(out)
+    overlay = segmentation_overlay(out)
+    if overlay:
+        lines += ["", f"Segmentation overlay of one held-out B-scan ({overlay[1]}; chosen from the reference alone: "
+                      f"the slice with the most fluid): {overlay[0]}"]
     lines += feature_lines(out)
+    lines += ablation_lines(out)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)
