@@ -49,3 +49,9 @@ def test_every_network_lives_in_networks():
             if inspect.isclass(obj) and issubclass(obj, torch.nn.Module) and obj.__module__ == info.name:
                 outside.append(f"{info.name}.{name}")
     assert not outside, f"nn.Module classes outside oct_foundation.networks: {outside}"
+
+
+def test_the_top_level_holds_only_the_foundation_modules():
+    """Drivers and tools live in their layer; beside the subpackages only the modules every layer may use."""
+    top = sorted(p.stem for p in ROOT.glob("*.py"))
+    assert top == ["__init__", "config", "errors", "io"], f"top-level modules: {top}"
