@@ -194,11 +194,13 @@ def test_cli_arguments_route_overrides(cohort, tmp_path):
     add_common_arguments(p)
     args = p.parse_args(["--out", str(tmp_path), "--preset", "full", "--dataset-dir", cohort, "--set", "embed_dim=64",
                          "--set", "device=cpu", "--pretrain-set", "image_size=[48, 48]", "--pretrain-epochs", "3",
-                         "--downstream-epochs", "2", "--tasks", "classification", "--nproc-per-node", "4"])
+                         "--downstream-epochs", "2", "--tasks", "classification", "--nproc-per-node", "4",
+                         "--classification-set", "learning_rate=0.01", "--segmentation-set", "class_weights=null"])
     settings, preset, runner = settings_from_args(args, printer=lambda s: None)
     assert settings.network == {"embed_dim": 64} and settings.common == {"device": "cpu"}
     assert settings.pretrain == {"image_size": [48, 48], "num_epochs": 3}
-    assert settings.classification["num_epochs"] == 2 and settings.tasks == ("classification",)
+    assert settings.classification == {"learning_rate": 0.01, "num_epochs": 2} and settings.tasks == ("classification",)
+    assert settings.segmentation == {"class_weights": None, "num_epochs": 2}
     assert runner.mode == "subprocess" and runner.nproc_per_node == 4
     with pytest.raises(SystemExit, match="--dataset-dir is required"):
         main(["--out", str(tmp_path / "x"), "--preset", "full"])
