@@ -1,9 +1,6 @@
 """The model-zoo checks themselves, on a small bundle written here, and on every real bundle."""
 import json
-import shutil
 from pathlib import Path
-
-import pytest
 
 from oct_foundation.experiments import zoo
 

@@ -179,7 +179,8 @@ class ResumeCheckpoint:
                                                   f"num_epochs {prior_max_epochs}; pass a larger --num_epochs to "
                                                   "train further")
         engine.state.max_epochs = prior_max_epochs
-        logger.info("resuming from %s (epoch %d)", self.load_path, engine.state.epoch)
+        if process_rank() == 0:  # every rank loads; rank 0 says so
+            logger.info("resuming from %s (epoch %d)", self.load_path, engine.state.epoch)
 
 
 class ModelExport:

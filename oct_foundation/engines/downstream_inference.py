@@ -44,9 +44,6 @@ class SegmentationProcessor(InferenceProcessor):
         self.layer_names = names
         self.suffix = suffix
 
-    def output_suffixes(self) -> list[str]:
-        return [self.suffix]
-
     def __call__(self, item: Mapping, out_stem: str) -> dict[str, Any]:
         x, geometry = self.read(item)
         logits = self.run(x)  # [K, d, h, w] on the preprocessed grid
@@ -81,9 +78,6 @@ class ClassificationProcessor(InferenceProcessor):
         super().__init__(network, input_geometry=True, **kwargs)
         self.class_names = [str(c) for c in class_names]
         self.suffix = suffix
-
-    def output_suffixes(self) -> list[str]:
-        return [self.suffix]
 
     def __call__(self, item: Mapping, out_stem: str) -> dict[str, Any]:
         x, _ = self.read(item)

@@ -84,9 +84,14 @@ class InferenceProcessor:
         self.amp = bool(amp)
 
     # ------------------------------------------------------------------------------------------- outputs
+    #: the one output of a processor that writes one file per input (else override :meth:`output_suffixes`)
+    suffix: str | None = None
+
     def output_suffixes(self) -> list[str]:
-        """What follows ``out_stem`` in the name of each file written for one input."""
-        raise NotImplementedError
+        """What follows ``out_stem`` in the name of each file written for one input (default: ``[suffix]``)."""
+        if self.suffix is None:
+            raise NotImplementedError(f"{type(self).__name__} names no output suffix")
+        return [self.suffix]
 
     def outputs(self, out_stem: str) -> list[str]:
         """The files written for one input (all present: the input is finished)."""
