@@ -94,7 +94,7 @@ class AutoencoderTrainer(SupervisedTrainer):
     ``ResumeCheckpoint``).
 
     ``autoencoder``: the module that runs the forward pass, by default ``network.autoencoder``; pass a wrapper of
-    it (``DistributedDataParallel(network.autoencoder)``) for multi-GPU training, so that ``network`` and the
+    it (``engines.wrap_ddp(network.autoencoder, device)``) for multi-GPU training, so that ``network`` and the
     checkpoints keep their plain parameter names.
 
     Output of an iteration: ``{"image", "loss" (generator), "recon_loss", "kl_loss", "adv_loss", "d_loss"}``.
@@ -130,7 +130,7 @@ class AutoencoderTrainer(SupervisedTrainer):
         if not hasattr(network, "autoencoder") or not hasattr(network, "window_and_stride"):
             raise TypeError("AutoencoderTrainer needs a StackedVideoVAE network")
         # the module that runs the forward pass: network.autoencoder itself, or a wrapper of it such as
-        # DistributedDataParallel(network.autoencoder) for multi-GPU training (checkpoints keep plain names)
+        # the DDP wrap of it (engines.wrap_ddp) for multi-GPU training (checkpoints keep plain names)
         self.autoencoder = autoencoder if autoencoder is not None else network.autoencoder
         self.recon_weight, self.kl_weight = float(recon_weight), float(kl_weight)
         self.discriminator = discriminator
