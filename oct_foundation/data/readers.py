@@ -400,9 +400,10 @@ class NiftiOCTReader(_OCTReaderBase):
                               order=proxy.order)
         except (TypeError, ValueError) as e:
             raise OCTInputError(path, f"cannot read NIfTI data, file truncated or corrupt ({_first_line(e)})") from None
-        unscaled = view if len(file_idx) == depth else np.take(view, file_idx, axis=axis)
-        if unscaled is view:
+        if len(file_idx) == depth:
             unscaled = np.array(view)
+        else:  # fancy indexing follows the strides (np.take would first copy the whole F-order array)
+            unscaled = view[(slice(None),) * axis + (file_idx,)]
         # nibabel's ArrayProxy._get_scaled(dtype=None): the same scaling, on the kept slices only
         data = apply_read_scaling(unscaled, np.asanyarray(proxy.slope), np.asanyarray(proxy.inter))
         return data, depth, idx
