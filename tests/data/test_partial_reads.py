@@ -253,3 +253,24 @@ def test_npy_url_reads_only_the_kept_byte_ranges(memfs, tmp_path, vol, monkeypat
     slice_bytes = H * W * 4
     assert sum(read) < 4 * slice_bytes + 1024  # header + one run of 3 slices, not the 20 of the file
     assert sum(read) >= 3 * slice_bytes
+
+
+def test_dataloader_workers_draw_the_same_slices(tmp_path):
+    """In DataLoader workers the loader and the chain's DepthSubsampled stay one object (pickled together)."""
+    from monai.data import DataLoader, Dataset
+    from monai.utils import set_determinism
+
+    items = []
+    for i in range(4):
+        np.save(tmp_path / f"{i}.npy", np.random.default_rng(i).integers(0, 255, (DEPTH, H, W)).astype(np.float32))
+        items.append({"image": str(tmp_path / f"{i}.npy")})
+    outs = {}
+    for flag in (True, False):
+        set_determinism(0)
+        chain = Compose(build_preprocessing(d_target=5, strategy="random", read_kept_slices=flag))
+        loader = DataLoader(Dataset(items, chain), batch_size=2, num_workers=2)
+        outs[flag] = [(b["image"].as_tensor().clone(), b["image"].meta["slice_indices"].clone()) for b in loader]
+    set_determinism(None)
+    assert len(outs[True]) == 2
+    for (a, ia), (b, ib) in zip(outs[True], outs[False]):
+        assert torch.equal(a, b) and torch.equal(ia, ib)
