@@ -12,6 +12,8 @@ into ``memory:/x`` because it passes names through ``pathlib.Path``).
 """
 from __future__ import annotations
 
+import contextlib
+
 import datetime
 import io as _pyio
 import posixpath
@@ -1166,15 +1168,21 @@ class LoadOCTd(MapTransform):
             value = d[key]
             if isinstance(value, (torch.Tensor, np.ndarray)):
                 continue
-            try:
+            with self._reading(key, value):
                 d[key] = load_oct(value, self.reader)
-            except OCTInputError as e:
-                self._failure = f"{key!r}: {e}"
-                raise
-            except Exception as e:
-                self._failure = f"{key!r}: {value}: {_first_line(e)}"
-                raise
         return d
+
+    @contextlib.contextmanager
+    def _reading(self, key, value):
+        """Remember which key and file failed, so that MONAI's wrapped error names them (see ``__repr__``)."""
+        try:
+            yield
+        except OCTInputError as e:
+            self._failure = f"{key!r}: {e}"
+            raise
+        except Exception as e:
+            self._failure = f"{key!r}: {value}: {_first_line(e)}"
+            raise
 
 
 #: meta flag set by :class:`LoadOCTSlicesd` on what it read; the :class:`DepthSubsampled` it serves removes it
@@ -1241,7 +1249,7 @@ class LoadOCTSlicesd(RandomizableTrait, LoadOCTd):
             if isinstance(value, (torch.Tensor, np.ndarray)):
                 continue
             choice.source = value[0] if isinstance(value, (list, tuple)) and value else value
-            try:
+            with self._reading(key, value):
                 if not hasattr(reader, "read_depth"):
                     out = load_oct(value, reader)
                     idx = np.asarray(choice(int(out.shape[1])), dtype=np.int64)
@@ -1253,12 +1261,6 @@ class LoadOCTSlicesd(RandomizableTrait, LoadOCTd):
                     meta["filename_or_obj"] = str(value)
                     out = MetaTensor(torch.as_tensor(array), affine=affine, meta=meta)
                     out = select_depth(out, choice.indices, choice.depth, selected=True)
-            except OCTInputError as e:
-                self._failure = f"{key!r}: {e}"
-                raise
-            except Exception as e:
-                self._failure = f"{key!r}: {value}: {_first_line(e)}"
-                raise
             out.meta[READ_SUBSAMPLED] = True
             d[key] = out
         return d

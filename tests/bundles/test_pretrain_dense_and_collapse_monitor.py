@@ -1,31 +1,18 @@
 """oct_vjepa_pretrain from the real command line: ``--dense_loss true`` changes the objective (same seed, data and
 masks, another loss), and the collapse monitor reports the pooled-feature rank and the smallest per-dimension std
 (TensorBoard ``collapse/*``) and warns below ``--rank_warn_min_std``."""
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CFG = ROOT / "bundles" / "oct_vjepa_pretrain" / "configs"
-TINY = ["--d_target", "8", "--d_full", "10", "--image_size", "[32, 32]", "--patch_size", "8", "--embed_dim", "32",
-        "--depth", "2", "--num_heads", "2", "--predictor_embed_dim", "32", "--predictor_depth", "1",
-        "--predictor_num_heads", "2", "--batch_size", "2", "--num_workers", "0", "--progress_bar", "false",
-        "--log_interval", "1", "--num_epochs", "1", "--warmup_epochs", "0", "--val_interval", "0",
-        "--device", "$torch.device('cpu')"]
+from tests.bundles.pretrain_cli import run_pretrain, tiny_args
+
+TINY = [*tiny_args(d_target=8, d_full=10, depth=2, predictor_embed_dim=32), "--log_interval", "1",
+        "--val_interval", "0"]
 
 
 def _train(cohort, root, *args):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CFG / "train.json"),
-           "--meta_file", str(CFG / "metadata.json"), "--logging_file", str(CFG / "logging.conf"),
-           "--dataset_dir", str(cohort), "--bundle_root", str(root), *TINY, *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    return run_pretrain(cohort, root, *TINY, *args)
 
 
 def _scalars(root, tag):
@@ -37,7 +24,7 @@ def _scalars(root, tag):
 
 
 def test_dense_loss_and_pooled_rank_monitor(cohort, tmp_path):
-    plain = _train(cohort, tmp_path / "plain", "--rank_max_volumes", "4")
+    _train(cohort, tmp_path / "plain", "--rank_max_volumes", "4")
     dense = _train(cohort, tmp_path / "dense", "--dense_loss", "true", "--rank_max_volumes", "4",
                    "--rank_warn_min_std", "1000")
     assert (tmp_path / "dense" / "models" / "model.pt").is_file()
