@@ -139,3 +139,16 @@ def test_training_from_a_folder_without_datalist(pretrained, cohort, tmp_path):
                 "--num_workers", "0", *CPU, check=False)
     assert proc.returncode != 0
     assert f"{data / 'datalist.json'}: datalist not found: the class of each volume" in proc.stderr
+
+
+def test_random_init_embeddings_are_the_same_every_run(pretrained, cohort, tmp_path):
+    """demo.sh's random reference (``--architecture_file F --model_path ""``) is seeded (``--seed``, default 0): two
+    runs give the same embeddings, another seed other ones."""
+    outs = {}
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        outs[name] = tmp_path / name
+        _cli("run", ["oct_vjepa_pretrain/configs/inference.json"], "--input_dir", cohort / "images",
+             "--output_dir", outs[name], "--architecture_file", pretrained, "--model_path", "", "--seed", seed, *CPU)
+    first = sorted(p.name for p in outs["a"].glob("*_embedding.pt"))[0]
+    a, b, c = (torch.load(outs[n] / first, weights_only=True) for n in "abc")
+    assert torch.equal(a, b) and not torch.allclose(a, c)
