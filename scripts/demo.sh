@@ -15,7 +15,7 @@
 #      the same linear probe at full depth
 # The summary ($OUT/summary.md) ends with one table per task, the collapse monitor, kNN / RankMe / CKA, and the
 # plots: $OUT/segmentation_overlay.png, $OUT/ablation/metric_vs_d_target.png, $OUT/maisi/eval_trained grids.
-# Sizes are set for a 2-core CPU (about 14 minutes on an idle machine). As a foundation model is used, the encoder
+# Sizes are set for a 2-core CPU (about 15 minutes on an idle machine). As a foundation model is used, the encoder
 # is pretrained on unlabelled volumes (UNLABELLED cases of another seed, labels unused; 0 pretrains on the
 # labelled training split) and the downstream heads see few labels: the labelled cohort is split 40/10/50, so the
 # pretrained-vs-random comparison is scored on half the cases (36 of 72), with paired bootstrap intervals.
