@@ -18,6 +18,7 @@ from oct_foundation import io as oio
 from oct_foundation.errors import CheckpointError
 from oct_foundation.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, detect_format, load_pretrained
 from oct_foundation.networks.vit3d import VisionTransformer3D, default_hierarchical_layers
+from tests.networks.rope21_reference import rope_block
 
 E, HEADS, DEPTH, P, TUB = 52, 2, 4, 16, 2  # head_dim 26: three rotated chunks of 8 + 2 unrotated channels
 HW = (64, 48)  # token grid 4 x 3 (non-square)
@@ -32,17 +33,6 @@ class _RefBlock(nn.Module):
         self.attn.qkv, self.attn.proj = nn.Linear(E, 3 * E), nn.Linear(E, E)
         self.mlp = nn.Module()
         self.mlp.fc1, self.mlp.fc2 = nn.Linear(E, 4 * E), nn.Linear(4 * E, E)
-
-
-def _rotate(x, pos):
-    """V-JEPA 2.1 rotation of ``x [B, h, N, D]`` by positions ``pos [N]``."""
-    d = x.shape[-1]
-    omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=x.dtype) / (d / 2.0))
-    freq = pos[:, None] * omega[None]
-    sin, cos = freq.sin().repeat_interleave(2, -1), freq.cos().repeat_interleave(2, -1)
-    pairs = x.unflatten(-1, (-1, 2))
-    turned = torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2)
-    return x * cos + turned * sin
 
 
 class Ref21Encoder(nn.Module):
@@ -71,20 +61,9 @@ class Ref21Encoder(nn.Module):
         height = (ids - frame * hp * wp) // wp
         width = ids - frame * hp * wp - height * wp
         d_pos, h_pos, w_pos = frame * 1.0, height * (16 - 1) / (hp - 1), width * (16 - 1) / (wp - 1)
-        hd = E // HEADS
-        a = 2 * ((hd // 3) // 2)
         hier = []
         for i, blk in enumerate(self.blocks):
-            b, n, _ = x.shape
-            q, k, v = blk.attn.qkv(blk.norm1(x)).unflatten(-1, (3, HEADS, -1)).permute(2, 0, 3, 1, 4)
-            rq, rk = [], []
-            for j, pos in enumerate((d_pos, h_pos, w_pos)):
-                rq.append(_rotate(q[..., j * a:(j + 1) * a], pos))
-                rk.append(_rotate(k[..., j * a:(j + 1) * a], pos))
-            q, k = torch.cat(rq + [q[..., 3 * a:]], -1), torch.cat(rk + [k[..., 3 * a:]], -1)
-            att = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
-            x = x + blk.attn.proj((att @ v).transpose(1, 2).reshape(b, n, E))
-            x = x + blk.mlp.fc2(nn.functional.gelu(blk.mlp.fc1(blk.norm2(x))))
+            x = rope_block(blk, x, HEADS, (d_pos, h_pos, w_pos))
             if i in HIER:
                 hier.append(self.norms_block[HIER.index(i)](x))
         return hier if hierarchical else self.norms_block[-1](x)

@@ -27,6 +27,7 @@ from oct_foundation.networks import MultiBlockMask3D, VJEPA3D
 from oct_foundation.networks.pretrained import load_pretrained
 from oct_foundation.networks.vit3d import VisionTransformer3D
 from oct_foundation.networks.vjepa_presets import VJEPA_CHECKPOINT_FILES, get_checkpoint_preset
+from tests.networks.rope21_reference import rope_block
 
 E, DEPTH, HEADS = 48, 4, 2  # encoder head_dim 24
 P, P_DEPTH, P_HEADS = 40, 2, 2  # predictor head_dim 20: three rotated chunks of 6 + 2 unrotated channels
@@ -34,17 +35,6 @@ TEACHER = 24  # stands in for the distilled files' 1664-channel ViT-G teacher
 IMG = (4, 64, 64)
 GRID = (2, 4, 4)  # square: the public predictor splits token indices with its square grid side
 SIDE = 4
-
-
-def _rotate(x, pos):
-    """2.1 rotation of ``x [B, h, N, D]`` by positions ``pos [B, N]``."""
-    d = x.shape[-1]
-    omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=x.dtype) / (d / 2.0))
-    freq = pos[:, None, :, None] * omega
-    sin, cos = freq.sin().repeat_interleave(2, -1), freq.cos().repeat_interleave(2, -1)
-    pairs = x.unflatten(-1, (-1, 2))
-    turned = torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2)
-    return x * cos + turned * sin
 
 
 class _RefBlock(nn.Module):
@@ -93,19 +83,8 @@ class Ref21Predictor(nn.Module):
         d_pos, h_pos, w_pos = frame * 1.0, height * 1.0, width * 1.0
         if self.interpolate_rope:
             h_pos, w_pos = h_pos * (16 - 1) / (SIDE - 1), w_pos * (16 - 1) / (SIDE - 1)
-        hd = P // P_HEADS
-        a = 2 * ((hd // 3) // 2)
         for blk in self.predictor_blocks:
-            n = x.shape[1]
-            q, k, v = blk.attn.qkv(blk.norm1(x)).unflatten(-1, (3, P_HEADS, -1)).permute(2, 0, 3, 1, 4)
-            rq, rk = [], []
-            for j, pos in enumerate((d_pos, h_pos, w_pos)):
-                rq.append(_rotate(q[..., j * a:(j + 1) * a], pos))
-                rk.append(_rotate(k[..., j * a:(j + 1) * a], pos))
-            q, k = torch.cat(rq + [q[..., 3 * a:]], -1), torch.cat(rk + [k[..., 3 * a:]], -1)
-            att = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
-            x = x + blk.attn.proj((att @ v).transpose(1, 2).reshape(b, n, P))
-            x = x + blk.mlp.fc2(F.gelu(blk.mlp.fc1(blk.norm2(x))))
+            x = rope_block(blk, x, P_HEADS, (d_pos, h_pos, w_pos))
         x = self.predictor_norm(x)
         back = torch.argsort(order, dim=1)
         x = torch.stack([x[i, r] for i, r in enumerate(back)])
