@@ -129,6 +129,7 @@ downstream 6/8 oct_layer_segmentation segmentation "layer segmentation head" "$S
 # 6. The supervised baseline: MONAI's UNet (no pretraining) trained by the same bundle on the same split, epochs
 # and seed, scored the same way (full depth, native in-plane grid) -> $OUT/segmentation_unet
 SEG="$B/oct_layer_segmentation/configs"
+# its shape is given once, to training; models/model.json records it for evaluation and inference
 SEG_GEOM=(--model unet --image_size "[64, 64]" --d_target 16)
 if [ ! -f "$OUT/segmentation_unet/models/model.pt" ]; then
   run "6/8 layer segmentation: MONAI UNet baseline, no pretraining ($SEG_EPOCHS epochs)" \
@@ -139,16 +140,15 @@ fi
 run "6/8 layer segmentation: evaluation on the test split, UNet baseline" \
   "$PY" -m monai.bundle run evaluating --config_file "['$SEG/train.json','$SEG/evaluate.json']" \
     --logging_file "$SEG/logging.conf" --dataset_dir "$OUT/cohort" --bundle_root "$OUT/segmentation_unet" \
-    "${SEG_GEOM[@]}" "${COMMON[@]}"
+    "${COMMON[@]}"
 # 6. Label maps of the test split from each segmentation model, as a collaborator runs inference (the summary draws
 # one B-scan of them: $OUT/segmentation_overlay.png)
 for src in pretrained random unet; do
-  geom=(); [ "$src" = unet ] && geom=("${SEG_GEOM[@]}")  # the UNet's model file does not record its shape
   run "6/8 layer segmentation inference on the test split, $src" \
     "$PY" -m monai.bundle run --config_file "$SEG/inference.json" --logging_file "$SEG/logging.conf" \
       --datalist "$OUT/cohort/datalist.json" --dataset_dir "$OUT/cohort" \
       --model_path "$OUT/segmentation_$src/models/model.pt" --output_dir "$OUT/segmentation_$src/predictions" \
-      "${geom[@]}" "${DEV[@]}"
+      "${DEV[@]}"
 done
 
 # 7. Latent diffusion on stacked latents (small autoencoder and U-Net, a few epochs: shows the workflow)

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from oct_foundation.networks.heads import pad_to_patch
+from oct_foundation.networks.model_files import records_init_args
 
 __all__ = ["UNetBaseline", "build_segmentation_network", "SEGMENTATION_MODELS", "encoder_parameter_names",
-           "class_weight_tensor", "saved_head_arg"]
+           "class_weight_tensor", "saved_head_arg", "saved_segmentation_model", "saved_unet_arg"]
 
 SEGMENTATION_MODELS = ("vit", "unet")
 Strides = Sequence[Union[int, Sequence[int]]]
@@ -30,6 +31,7 @@ def _stride_tuple(s, i: int) -> tuple[int, int, int]:
     return t  # type: ignore[return-value]
 
 
+@records_init_args
 class UNetBaseline(nn.Module):
     """``monai.networks.nets.UNet`` for ``[B, C, D, H, W] -> [B, K, D, H, W]``, any ``D, H, W``.
 
@@ -42,12 +44,15 @@ class UNetBaseline(nn.Module):
         num_res_units: residual units per block (MONAI's UNet argument).
         norm: MONAI norm name.
         dropout: dropout of every unit.
+        img_size: the ``[D, H, W]`` input it is trained on. The UNet takes any size; the value is recorded in its
+            model file so that inference and evaluation preprocess as training did.
     """
 
     def __init__(self, num_classes: int = 2, in_chans: int = 1, channels: Sequence[int] = (16, 32, 64, 128),
                  strides: Strides = ((1, 2, 2), 2, 2), num_res_units: int = 1, norm: str = "instance",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, img_size: Sequence[int] | None = None):
         super().__init__()
+        self.img_size = [int(v) for v in img_size] if img_size is not None else None
         from monai.networks.nets import UNet
 
         channels = [int(c) for c in channels]
@@ -82,9 +87,12 @@ def build_segmentation_network(model: str = "vit", num_classes: int = 2, unet_ch
     if model == "vit":
         return SegmentationNet(num_classes=num_classes, **vit_kwargs)
     enc = vit_kwargs.get("encoder")
-    in_chans = vit_kwargs.get("in_chans", enc.get("in_chans", 1) if isinstance(enc, dict) else 1)
+    enc = enc if isinstance(enc, dict) else {}
+    in_chans = vit_kwargs.get("in_chans", enc.get("in_chans", 1))
+    img = enc.get("img_size")
     return UNetBaseline(num_classes=num_classes, in_chans=int(in_chans), channels=unet_channels,
-                        strides=unet_strides, num_res_units=unet_num_res_units)
+                        strides=unet_strides, num_res_units=unet_num_res_units,
+                        img_size=[int(v) for v in img] if isinstance(img, (list, tuple)) else None)
 
 
 def encoder_parameter_names(network: nn.Module) -> list[str]:
@@ -126,5 +134,33 @@ def saved_head_arg(model_path, key: str, default: Any = None):
         return default
     spec = read_model_spec(model_path, verify=False, required=False)
     if not spec or not str(spec.get("_target_", "")).endswith("heads.SegmentationNet"):
+        return default
+    return spec["args"].get(key, default)
+
+
+UNET_TARGET = f"{UNetBaseline.__module__}.{UNetBaseline.__qualname__}"
+
+
+def _spec(model_path):
+    from oct_foundation.networks.model_files import read_model_spec
+
+    return read_model_spec(model_path, verify=False, required=False) if model_path else None
+
+
+def saved_segmentation_model(model_path, default: str = "vit") -> str:
+    """``"unet"`` when the ``model.json`` beside ``model_path`` describes a :class:`UNetBaseline`, ``"vit"`` when it
+    describes a ``SegmentationNet``, else ``default``: inference and evaluation build what was trained."""
+    spec = _spec(model_path)
+    target = str((spec or {}).get("_target_", ""))
+    if target == UNET_TARGET:
+        return "unet"
+    return "vit" if target.endswith("heads.SegmentationNet") else default
+
+
+def saved_unet_arg(model_path, key: str, default: Any = None):
+    """A :class:`UNetBaseline` constructor argument (``channels``, ``strides``, ``num_res_units``) as recorded in
+    the ``model.json`` beside ``model_path``, else ``default``."""
+    spec = _spec(model_path)
+    if not spec or spec.get("_target_") != UNET_TARGET:
         return default
     return spec["args"].get(key, default)

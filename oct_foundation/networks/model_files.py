@@ -406,6 +406,8 @@ def resolve_architecture(path=None, part: str = "encoder", defaults="vit_small_o
         keys: the config's shape keys (``d_target``, ``image_size``, ``patch_size``, ``embed_dim``, ...); None
             means "from the file". Architecture keys must agree with the file (else :class:`CheckpointError`
             naming key, values and file); ``d_target`` / ``image_size`` (the input geometry) replace the file's.
+            A file of a network without a ViT that records its input size (the UNet baseline) gives that geometry
+            and the ``defaults`` for the ViT keys, which do not apply to it.
 
     Returns:
         ``{"kwargs": constructor kwargs, "d_target": int, "image_size": [H, W], "file": model.json or None}``.
@@ -422,9 +424,17 @@ def resolve_architecture(path=None, part: str = "encoder", defaults="vit_small_o
         source = spec["file"]
         if part == "encoder":
             enc = spec.get("encoder")
-            if not enc:
+            stored = spec.get("args") or {}
+            if not enc and stored.get("img_size") is not None:
+                # a network with no ViT that records its input size (the UNet baseline): the geometry is the
+                # file's; the ViT keys do not apply to it and are left at the defaults
+                args = _default_args(defaults, part)
+                args.update(img_size=list(stored["img_size"]), in_chans=int(stored.get("in_chans", 1)))
+                keys = {}
+            elif not enc:
                 raise CheckpointError(source, f"describes a {spec['_target_']}, which holds no 3D ViT encoder")
-            args = dict(enc["args"])
+            else:
+                args = dict(enc["args"])
         else:
             from .vjepa3d import VJEPA3D
 

@@ -38,7 +38,12 @@ def test_unet_baseline_trains_and_scores_at_native_size(cohort, tmp_path):
     assert state and all(k.startswith("unet.") for k in state)  # MONAI UNet weights, no ViT encoder
     assert not any("encoder" in k for k in state)
 
-    _cli("evaluating", ["train.json", "evaluate.json"], *common)
+    # the model file describes the UNet and its input grid: evaluation and inference need no shape flag
+    spec = json.loads((root / "models" / "model.json").read_text())
+    assert spec["_target_"] == "oct_foundation.networks.baselines.UNetBaseline"
+    assert spec["args"]["channels"] == [4, 8, 8] and spec["args"]["img_size"] == [4, 16, 16]
+    _cli("evaluating", ["train.json", "evaluate.json"], "--dataset_dir", str(cohort), "--bundle_root", str(root),
+         "--num_workers", "0")
     res = json.loads((root / "runs" / "eval" / "segmentation_metrics.json").read_text())
     test_items = json.loads((cohort / "datalist.json").read_text())["test"]
     assert res["n_cases"] == len(test_items) and len(res["layers"]) == 9
@@ -91,3 +96,25 @@ def test_unknown_model_is_refused():
 
     with pytest.raises(ValueError, match="model must be one of"):
         build_segmentation_network(model="swin", num_classes=3)
+
+
+def test_unet_inference_from_the_model_file_alone(cohort, tmp_path):
+    root, out = tmp_path / "unet", tmp_path / "labels"
+    _cli("training", ["train.json"], "--dataset_dir", str(cohort), "--bundle_root", str(root), *UNET,
+         "--encoder_source", "random", "--num_epochs", "1", "--progress_bar", "false")
+    model = root / "models" / "model.pt"
+    _cli("run", ["inference.json"], "--datalist", str(cohort / "datalist.json"), "--dataset_dir", str(cohort),
+         "--model_path", str(model), "--output_dir", str(out), "--device", "$torch.device('cpu')")
+    maps = sorted(out.glob("*_seg.nii.gz"))
+    test_items = json.loads((cohort / "datalist.json").read_text())["test"]
+    assert len(maps) == len(test_items)
+    first = nib.load(str(cohort / test_items[0]["image"])).shape  # written in the input's geometry
+    assert any(nib.load(str(m)).shape == first for m in maps)
+    # a ViT head asked of a UNet file is refused naming the file
+    files = [str(SEG / "configs" / "inference.json")]
+    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", files[0], "--model", "vit",
+                          "--datalist", str(cohort / "datalist.json"), "--dataset_dir", str(cohort),
+                          "--model_path", str(model), "--output_dir", str(tmp_path / "vit"),
+                          "--device", "$torch.device('cpu')"], cwd=str(SEG), capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert res.returncode != 0 and str(model) in res.stderr
