@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+class RefBlock(nn.Module):
+    """The public block's parameter layout (``norm1``, ``attn.qkv`` / ``proj``, ``norm2``, ``mlp.fc1`` / ``fc2``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = nn.Module()
+        self.attn.qkv, self.attn.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
 
 
 def rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

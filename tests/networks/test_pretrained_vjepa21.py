@@ -18,21 +18,11 @@ from oct_foundation import io as oio
 from oct_foundation.errors import CheckpointError
 from oct_foundation.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, detect_format, load_pretrained
 from oct_foundation.networks.vit3d import VisionTransformer3D, default_hierarchical_layers
-from tests.networks.rope21_reference import rope_block
+from tests.networks.rope21_reference import RefBlock, rope_block
 
 E, HEADS, DEPTH, P, TUB = 52, 2, 4, 16, 2  # head_dim 26: three rotated chunks of 8 + 2 unrotated channels
 HW = (64, 48)  # token grid 4 x 3 (non-square)
 HIER = (0, 1, 2, 3)
-
-
-class _RefBlock(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(E, eps=1e-6), nn.LayerNorm(E, eps=1e-6)
-        self.attn = nn.Module()
-        self.attn.qkv, self.attn.proj = nn.Linear(E, 3 * E), nn.Linear(E, E)
-        self.mlp = nn.Module()
-        self.mlp.fc1, self.mlp.fc2 = nn.Linear(E, 4 * E), nn.Linear(4 * E, E)
 
 
 class Ref21Encoder(nn.Module):
@@ -44,7 +34,7 @@ class Ref21Encoder(nn.Module):
         self.patch_embed.proj = nn.Conv3d(3, E, (TUB, P, P), stride=(TUB, P, P))
         self.patch_embed_img = nn.Module()
         self.patch_embed_img.proj = nn.Conv3d(3, E, (1, P, P), stride=(1, P, P))
-        self.blocks = nn.ModuleList([_RefBlock() for _ in range(DEPTH)])
+        self.blocks = nn.ModuleList([RefBlock(E) for _ in range(DEPTH)])
         self.norms_block = nn.ModuleList([nn.LayerNorm(E, eps=1e-6) for _ in HIER])
         self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, E))
         self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, E))

@@ -27,7 +27,7 @@ from oct_foundation.networks import MultiBlockMask3D, VJEPA3D
 from oct_foundation.networks.pretrained import load_pretrained
 from oct_foundation.networks.vit3d import VisionTransformer3D
 from oct_foundation.networks.vjepa_presets import VJEPA_CHECKPOINT_FILES, get_checkpoint_preset
-from tests.networks.rope21_reference import rope_block
+from tests.networks.rope21_reference import RefBlock, rope_block
 
 E, DEPTH, HEADS = 48, 4, 2  # encoder head_dim 24
 P, P_DEPTH, P_HEADS = 40, 2, 2  # predictor head_dim 20: three rotated chunks of 6 + 2 unrotated channels
@@ -35,16 +35,6 @@ TEACHER = 24  # stands in for the distilled files' 1664-channel ViT-G teacher
 IMG = (4, 64, 64)
 GRID = (2, 4, 4)  # square: the public predictor splits token indices with its square grid side
 SIDE = 4
-
-
-class _RefBlock(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn = nn.Module()
-        self.attn.qkv, self.attn.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Module()
-        self.mlp.fc1, self.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
 
 
 class Ref21Predictor(nn.Module):
@@ -59,7 +49,7 @@ class Ref21Predictor(nn.Module):
         self.mask_tokens = nn.ParameterList([nn.Parameter(torch.zeros(1, 1, P)) for _ in range(n_tokens)])
         self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, P))
         self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, P))
-        self.predictor_blocks = nn.ModuleList([_RefBlock(P) for _ in range(P_DEPTH)])
+        self.predictor_blocks = nn.ModuleList([RefBlock(P) for _ in range(P_DEPTH)])
         self.predictor_norm = nn.LayerNorm(P, eps=1e-6)
         self.predictor_proj = nn.Linear(P, levels * out_dim)
         self.predictor_proj_context = nn.Linear(P, levels * out_dim)
