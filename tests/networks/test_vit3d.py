@@ -355,3 +355,26 @@ def test_sincos_tables_follow_one_rule_at_every_grid():
     got = model.interpolate_pos_encoding(other)
     assert torch.allclose(got, interpolate_pos_table(loaded, native, other))
     assert not torch.allclose(got, sincos_pos_embed_3d(48, other)[None], atol=1e-3)
+
+
+@pytest.mark.parametrize("in_chans,kernel", [(1, (2, 16, 16)), (3, (1, 8, 4))])
+def test_patch_embedding_equals_the_strided_convolution(in_chans, kernel):
+    from oct_foundation.networks.vit3d import PatchEmbed3D
+
+    torch.manual_seed(0)
+    pe = PatchEmbed3D(in_chans, 24, kernel)
+    x = torch.randn(2, in_chans, 4 * kernel[0], 2 * kernel[1], 3 * kernel[2], requires_grad=True)
+    ours = pe(x)
+    conv = pe.proj(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(ours, conv, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(conv)
+    grads = torch.autograd.grad(ours, (x, pe.proj.weight, pe.proj.bias), g)
+    ref = torch.autograd.grad(conv, (x, pe.proj.weight, pe.proj.bias), g)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # a subset of tubelets embeds to the same rows
+    idx = torch.tensor([[0, 5, 7], [23, 1, 2]])
+    sub = pe.embed(torch.gather(pe.patches(x), 1, idx[..., None].expand(-1, -1, pe.patches(x).shape[-1])))
+    torch.testing.assert_close(sub, torch.gather(conv, 1, idx[..., None].expand(-1, -1, 24)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not a multiple of the patch"):
+        pe(torch.randn(1, in_chans, 4 * kernel[0], 2 * kernel[1] + 1, 3 * kernel[2]))
