@@ -5,7 +5,8 @@
 #   2. the benchmark on the device: JEPA step (ours vs Hugging Face VJEPA2Model, tokens/s, peak memory), MAISI
 #      encode, and the public-size encoder (ViT-L/16 on a 64x256x256 volume, bf16, peak memory)
 # and writes both into one report (default docs/performance_gpu.md), with the machine and the command.
-# Knobs: DEVICE (cuda), SIZE (benchmark size preset: default), SECTIONS (jepa,maisi,large), OUT, PYTHON (an
+# Knobs: DEVICE (cuda), SIZE (benchmark size preset: default), SECTIONS (jepa,maisi,large), VJEPA2_SRC (a local
+# checkout of facebookresearch/vjepa2: adds the section comparing the encoder with the official one), OUT, PYTHON (an
 # interpreter whose torch has CUDA; default: the project's .venv). `DEVICE=cpu SIZE=tiny` runs every step on the
 # CPU in a minute (the test suite does, so the script stays runnable).
 set -euo pipefail
@@ -30,7 +31,9 @@ set +e
 TESTS_RC=${PIPESTATUS[0]}
 set -e
 echo "=== 2/2 benchmark on $DEVICE ($SIZE: $SECTIONS)"
-"$PY" scripts/benchmark.py --device "$DEVICE" --size "$SIZE" --sections "$SECTIONS" --out "$TMP/bench.md"
+OFFICIAL=()
+if [ -n "${VJEPA2_SRC:-}" ]; then SECTIONS="$SECTIONS,official"; OFFICIAL=(--vjepa2-src "$VJEPA2_SRC"); fi
+"$PY" scripts/benchmark.py --device "$DEVICE" --size "$SIZE" --sections "$SECTIONS" "${OFFICIAL[@]}" --out "$TMP/bench.md"
 {
   cat "$TMP/bench.md"
   echo

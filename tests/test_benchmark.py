@@ -1,6 +1,7 @@
 """The benchmark code runs at the tiniest sizes and produces complete, finite tables (no timed assertions)."""
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,7 +45,10 @@ def test_jepa_tables_complete_and_consistent():
     # the sweep shrinks the context as the ratio grows and is relative to ratio 0
     assert sweep.column("context tokens") == [n, n - round(0.5 * n), n - round(0.9 * n)]
     assert sweep.column("time ratio vs mask 0")[0] == 1.0
-    assert prec.column("precision") == ["float32", "bfloat16 autocast"]
+    assert prec.column("implementation") == ["HF VJEPA2Model"] * 2 + ["ours VJEPA3D"] * 2
+    assert prec.column("precision") == ["float32", "bfloat16 autocast"] * 2
+    assert prec.column("time ratio vs own float32")[0::2] == [1.0, 1.0]
+    assert all(r > 0 for r in prec.column("ratio ours/HF at equal precision (tokens/s)"))
 
 
 def test_jepa_without_transformers_still_runs(monkeypatch):
@@ -128,3 +132,51 @@ def test_large_section_loads_a_public_layout_file_and_embeds():
     _check_complete(t)
     (row,) = t.rows
     assert row[0] == TINY["large"]["preset"] and row[2] == 16 and row[3] >= 0 and row[4] > 0
+
+
+#: a stand-in for a checkout of facebookresearch/vjepa2: the official constructor and mask interface (a list of
+#: kept-index tensors) around this package's encoder, importing timm's ``drop_path`` as the official module does
+_STAND_IN = """
+from timm.models.layers import drop_path  # noqa: F401  (the official modules.py imports it)
+from oct_foundation.networks import VisionTransformer3D
+
+
+class VisionTransformer(VisionTransformer3D):
+    def __init__(self, img_size, patch_size, num_frames, tubelet_size, in_chans, embed_dim, depth, num_heads,
+                 use_rope, use_sdpa):
+        super().__init__(in_chans=in_chans, img_size=(num_frames, *img_size), patch_size=patch_size,
+                         tubelet_size=tubelet_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                         pos_embed="rope" if use_rope else "sincos", use_sdpa=use_sdpa)
+
+    def forward(self, x, masks=None):
+        assert masks is None or isinstance(masks, list)
+        return super().forward(x, None if masks is None else masks[0])
+"""
+
+
+def test_official_section_through_the_cli(tmp_path):
+    import subprocess
+
+    src = tmp_path / "vjepa2"
+    (src / "src" / "models").mkdir(parents=True)
+    (src / "src" / "models" / "vision_transformer.py").write_text(_STAND_IN)
+    out = tmp_path / "perf.md"
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py")
+    cmd = [sys.executable, script, "--size", "tiny", "--sections", "official", "--no-memory",
+           "--vjepa2-src", str(src), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "ours vs the official facebookresearch/vjepa2 VisionTransformer" in text
+    assert "not a git checkout" in text and "Encoder fwd+bwd against the official" in text
+    # same weights loaded strictly into the stand-in: the outputs agree exactly
+    assert "max |official - ours| of the output tokens 0.0e+00 on all tokens, 0.0e+00 on the kept ones" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| float32 |", "| bfloat16 autocast |"))]
+    assert len(rows) == 4
+
+
+def test_official_section_needs_a_checkout(tmp_path):
+    with pytest.raises(ValueError, match="needs --vjepa2-src"):
+        B.run_benchmarks("tiny", sections=["official"])
+    with pytest.raises(FileNotFoundError, match="no src/models/vision_transformer.py"):
+        B.run_benchmarks("tiny", sections=["data"], vjepa2_src=str(tmp_path))

@@ -9,6 +9,9 @@ something on any machine; absolute times are shown next to it for context only. 
   (random weights from a ``VJEPA2Config`` of the same width, depth, heads, patch, tubelet and input; never
   downloaded; a frozen copy of its encoder is the target encoder). The same masks go to both. Also our step at
   mask ratios 0 / 0.5 / 0.75 / 0.9 (time relative to ratio 0) and float32 against bfloat16 autocast.
+* **Official encoder** (:func:`bench_official`, with ``--vjepa2-src PATH``, a local checkout of
+  facebookresearch/vjepa2 that the user provides): encoder forward + backward of ours against the official
+  ``VisionTransformer`` holding the same weights, float32 and bfloat16 autocast, all tokens and a quarter kept.
 * **MAISI wrapper** (:func:`bench_maisi`): :class:`~oct_foundation.networks.maisi.StackedVideoVAE` ``encode``
   against one batched ``AutoencoderKlMaisi.encode`` call on the same stacks (overhead ratio, latents compared),
   and the peak memory of both at T = 16, 64, 256, 512 frames.
@@ -23,7 +26,8 @@ resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, Linux) and reports
 (``VmHWM``, the ``ru_maxrss`` of its own address space) minus the resident size before it; on CUDA
 ``torch.cuda.max_memory_allocated`` minus the allocation before.
 
-``python scripts/benchmark.py [--quick] [--device cuda] [--out docs/performance.md]`` is the command line.
+``python scripts/benchmark.py [--quick] [--device cuda] [--vjepa2-src PATH] [--out docs/performance.md]`` is the
+command line.
 """
 from __future__ import annotations
 
@@ -54,6 +58,8 @@ __all__ = [
     "peak_memory_mb",
     "measure_peak_memory",
     "bench_jepa",
+    "bench_official",
+    "official_vjepa2_encoder_class",
     "bench_maisi",
     "bench_data",
     "bench_data_files",
@@ -415,7 +421,7 @@ def _ours_step(p: dict, device: torch.device, ctx=None, tgt=None, amp: torch.dty
     return step
 
 
-def _hf_step(p: dict, device: torch.device, ctx=None, tgt=None):
+def _hf_step(p: dict, device: torch.device, ctx=None, tgt=None, amp: torch.dtype | None = None):
     """The same step with transformers' ``VJEPA2Model`` (input ``[B, T, C, H, W]``) and a frozen encoder copy.
 
     ``VJEPA2Model`` has no masked context encoder: its encoder always sees every token and the context mask
@@ -434,13 +440,14 @@ def _hf_step(p: dict, device: torch.device, ctx=None, tgt=None):
     c_params = list(model.encoder.parameters())
 
     def step():
-        with torch.no_grad():
-            h = target_encoder(pixel_values_videos=x).last_hidden_state
-            h = F.layer_norm(h, (h.shape[-1],))
-            target = torch.gather(h, 1, tgt[..., None].expand(-1, -1, h.shape[-1]))
-        out = model(pixel_values_videos=x, context_mask=[ctx], target_mask=[tgt])
-        pred = out.predictor_output.last_hidden_state
-        loss = (pred - target).abs().mean()
+        with _autocast(device, amp):
+            with torch.no_grad():
+                h = target_encoder(pixel_values_videos=x).last_hidden_state
+                h = F.layer_norm(h, (h.shape[-1],))
+                target = torch.gather(h, 1, tgt[..., None].expand(-1, -1, h.shape[-1]))
+            out = model(pixel_values_videos=x, context_mask=[ctx], target_mask=[tgt])
+            pred = out.predictor_output.last_hidden_state
+            loss = (pred.float() - target.float()).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -564,18 +571,151 @@ def bench_jepa(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, 
                    "the target encoder always sees all tokens. Cost should fall as the context shrinks.")
     tables.append(s)
 
-    # precision
-    a = Table(f"JEPA step: float32 vs bfloat16 autocast ({dev.type}, ours)",
-              ["precision", "median step (s)", "tokens/s", "time ratio vs float32"])
-    timed = time_interleaved({"fp32": _ours_step(p, dev, ctx, tgt),
-                              "bf16": _ours_step(p, dev, ctx, tgt, amp=torch.bfloat16)}, warmup, repeats, dev)
-    fp32, bf16 = timed["fp32"], timed["bf16"]
-    a.add("float32", fp32["median_s"], tokens / fp32["median_s"], 1.0)
-    a.add("bfloat16 autocast", bf16["median_s"], tokens / bf16["median_s"], bf16["median_s"] / fp32["median_s"])
-    a.notes.append("Ratio < 1 means autocast is faster. On CPUs without native bfloat16 units autocast "
-                   "usually costs time (casts) rather than saving it.")
+    # precision: ours and VJEPA2Model, each at float32 and under bfloat16 autocast, timed round-robin
+    a = Table(f"JEPA step: float32 vs bfloat16 autocast ({dev.type}), ours and Hugging Face VJEPA2Model",
+              ["implementation", "precision", "median step (s)", "tokens/s", "time ratio vs own float32",
+               "ratio ours/HF at equal precision (tokens/s)"])
+    variants = {("ours", "fp32"): _ours_step(p, dev, ctx, tgt),
+                ("ours", "bf16"): _ours_step(p, dev, ctx, tgt, amp=torch.bfloat16)}
+    if hf_ok:
+        variants.update({("hf", "fp32"): _hf_step(p, dev, ctx, tgt),
+                         ("hf", "bf16"): _hf_step(p, dev, ctx, tgt, amp=torch.bfloat16)})
+    timed = time_interleaved(variants, warmup, repeats, dev)
+    del variants
+    names = {"fp32": "float32", "bf16": "bfloat16 autocast"}
+    for impl, label in (("hf", "HF VJEPA2Model"), ("ours", "ours VJEPA3D")):
+        for prec in ("fp32", "bf16"):
+            if (impl, prec) not in timed:
+                a.add(label, names[prec], NOT_INSTALLED, NOT_INSTALLED, NOT_INSTALLED, NOT_INSTALLED)
+                continue
+            res = timed[(impl, prec)]
+            own = res["median_s"] / timed[(impl, "fp32")]["median_s"]
+            vs = (timed[("hf", prec)]["median_s"] / res["median_s"]) if ("hf", prec) in timed else NOT_INSTALLED
+            a.add(label, names[prec], res["median_s"], tokens / res["median_s"], own, vs)
+    a.notes += [
+        "The step and masks of the first table. Time ratio < 1: autocast is faster than the same implementation "
+        "in float32. The last column compares the two implementations at the same precision (> 1: ours faster).",
+        "Under autocast our patch embedding is one bfloat16 matmul over the kept tubelets; VJEPA2Model's is a "
+        "Conv3d over all of them, whose bfloat16 backward is slow on CPU (oneDNN).",
+    ]
     tables.append(a)
     return tables
+
+
+# ------------------------------------------------------------------------------------------------ official V-JEPA 2
+def official_vjepa2_encoder_class(src: str):
+    """``VisionTransformer`` of a local checkout of facebookresearch/vjepa2 (the folder holding ``src/``).
+
+    The official code is not part of this package and is never downloaded: the user points at a checkout. Its
+    ``src/models/utils/modules.py`` imports timm only for ``drop_path``; where timm cannot be imported (its
+    torchvision dependency does not load beside every torch build) a ``timm.models.layers`` module with the
+    standard ``drop_path`` is registered first, and the benchmark runs with ``drop_path_rate=0`` (V-JEPA 2's
+    default), where ``drop_path`` is the identity.
+    """
+    import importlib
+    import types
+
+    root = os.path.abspath(os.path.expanduser(src))
+    target = os.path.join(root, "src", "models", "vision_transformer.py")
+    if not os.path.isfile(target):
+        raise FileNotFoundError(f"--vjepa2-src {src}: no src/models/vision_transformer.py there (expected a "
+                                "checkout of facebookresearch/vjepa2)")
+    try:
+        import timm.models.layers  # noqa: F401
+    except Exception:
+        def drop_path(x, drop_prob: float = 0.0, training: bool = False):
+            if drop_prob == 0.0 or not training:
+                return x
+            keep = 1.0 - drop_prob
+            mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+            return x * mask / keep
+
+        layers = types.ModuleType("timm.models.layers")
+        layers.drop_path = drop_path
+        sys.modules.update({"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
+                            "timm.models.layers": layers})
+    loaded = sys.modules.get("src.models.vision_transformer")
+    if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "")) != target:
+        raise RuntimeError(f"another package named 'src' is already imported ({loaded.__file__})")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("src.models.vision_transformer").VisionTransformer
+
+
+def _git_commit(folder: str) -> str:
+    try:
+        return subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown (not a git checkout)"
+
+
+def bench_official(p: dict, src: str, device: str = "cpu", warmup: int = 1, repeats: int = 3,
+                   keep_fraction: float = 0.25) -> list[Table]:
+    """Encoder forward + backward, ours against the official V-JEPA 2 ``VisionTransformer`` with the same
+    weights (ours loaded into it strictly, outputs compared), at float32 and under bfloat16 autocast, on all
+    tokens and on ``keep_fraction`` of them (both encoders take the kept-token indices)."""
+    from oct_foundation.networks import VisionTransformer3D
+
+    official_cls = official_vjepa2_encoder_class(src)
+    dev = torch.device(device)
+    grid = _grid(p)
+    n = math.prod(grid)
+    torch.manual_seed(0)
+    ours = VisionTransformer3D(in_chans=1, img_size=(p["frames"], p["size"], p["size"]),
+                               patch_size=p["patch_size"], tubelet_size=p["tubelet_size"],
+                               embed_dim=p["embed_dim"], depth=p["depth"], num_heads=p["num_heads"],
+                               pos_embed="rope", use_sdpa=True).to(dev).train()
+    official = official_cls(img_size=(p["size"], p["size"]), patch_size=p["patch_size"], num_frames=p["frames"],
+                            tubelet_size=p["tubelet_size"], in_chans=1, embed_dim=p["embed_dim"], depth=p["depth"],
+                            num_heads=p["num_heads"], use_rope=True, use_sdpa=True).to(dev).train()
+    official.load_state_dict(ours.state_dict(), strict=True)
+    x = _jepa_input(p, dev)
+    k = max(1, int(round(keep_fraction * n)))
+    g = torch.Generator().manual_seed(2)
+    keep = torch.stack([torch.randperm(n, generator=g)[:k].sort().values for _ in range(p["batch"])]).to(dev)
+    with torch.no_grad():
+        diff_all = float((official(x) - ours(x)).abs().max())
+        diff_kept = float((official(x, masks=[keep]) - ours(x, keep)).abs().max())
+
+    def make(net, masks, amp):
+        def step():
+            net.zero_grad(set_to_none=True)
+            with _autocast(dev, amp):
+                if masks is None:
+                    out = net(x)
+                else:
+                    out = net(x, masks=[masks]) if net is official else net(x, masks)
+                loss = out.float().square().mean()
+            loss.backward()
+        return step
+
+    cases = {}
+    for prec, amp in (("float32", None), ("bfloat16 autocast", torch.bfloat16)):
+        for kept, masks in (("all", None), (f"{k} of {n} kept", keep)):
+            cases[("official", prec, kept)] = make(official, masks, amp)
+            cases[("ours", prec, kept)] = make(ours, masks, amp)
+    timed = time_interleaved(cases, warmup, repeats, dev)
+    t = Table("Encoder forward + backward: ours vs the official facebookresearch/vjepa2 VisionTransformer",
+              ["precision", "tokens", "official median (s)", "ours median (s)", "ours tokens/s",
+               "ratio ours/official (tokens/s)"])
+    tokens = p["batch"] * n
+    for prec in ("float32", "bfloat16 autocast"):
+        for kept in ("all", f"{k} of {n} kept"):
+            o, u = timed[("official", prec, kept)]["median_s"], timed[("ours", prec, kept)]["median_s"]
+            t.add(prec, kept, o, u, tokens / u, o / u)
+    t.notes += [
+        f"Official code: {os.path.abspath(src)} at commit {_git_commit(src)} (a local checkout, run as is; "
+        "`--vjepa2-src`). Same size as the JEPA tables: input "
+        f"[{p['batch']}, 1, {p['frames']}, {p['size']}, {p['size']}], embed {p['embed_dim']}, depth {p['depth']}, "
+        f"heads {p['num_heads']}, patch {p['patch_size']}, tubelet {p['tubelet_size']}, RoPE, SDPA, training "
+        "mode, loss = mean square of the output tokens.",
+        f"Same weights: ours loaded strictly into the official encoder; max |official - ours| of the output "
+        f"tokens {diff_all:.1e} on all tokens, {diff_kept:.1e} on the kept ones (float32). The kept tokens: "
+        f"{k} random indices per sample, passed to both as the context mask.",
+        "Ratio > 1: ours is faster at the same precision.",
+    ]
+    return [t]
 
 
 # ------------------------------------------------------------------------------------------------ MAISI
@@ -987,19 +1127,28 @@ _CASES: dict[str, Callable[[dict, torch.device], Callable[[], Any]]] = {
 
 
 # ------------------------------------------------------------------------------------------------ driver
-SECTIONS = ("jepa", "maisi", "data", "large")
-#: sections run when none are named (``large`` builds a public-size encoder: minutes on a CPU, ask for it)
+SECTIONS = ("jepa", "official", "maisi", "data", "large")
+#: sections run when none are named (``large`` builds a public-size encoder: minutes on a CPU, ask for it;
+#: ``official`` needs a checkout of the official code, ``vjepa2_src``, and runs by default when one is given)
 DEFAULT_SECTIONS = ("jepa", "maisi", "data")
 
 
-def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequence[str] = DEFAULT_SECTIONS,
-                   memory: bool = True, threads: int | None = None, progress: bool = True) -> dict:
-    """Run the chosen sections at a preset of :data:`SIZES`; returns ``{"machine", "size", "tables", "seconds"}``."""
+def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequence[str] | None = None,
+                   memory: bool = True, threads: int | None = None, progress: bool = True,
+                   vjepa2_src: str | None = None) -> dict:
+    """Run the chosen sections (default :data:`DEFAULT_SECTIONS`, plus ``official`` when ``vjepa2_src`` is
+    given) at a preset of :data:`SIZES`; returns ``{"machine", "size", "tables", "seconds"}``."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    if sections is None:
+        sections = DEFAULT_SECTIONS[:1] + (("official",) if vjepa2_src else ()) + DEFAULT_SECTIONS[1:]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         raise ValueError(f"unknown sections {bad}; choose from {SECTIONS}")
+    if "official" in sections and not vjepa2_src:
+        raise ValueError("section 'official' needs --vjepa2-src PATH, a local checkout of facebookresearch/vjepa2")
+    if vjepa2_src:
+        official_vjepa2_encoder_class(vjepa2_src)  # a wrong path fails now, not after the other sections
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
     if threads:
@@ -1016,6 +1165,8 @@ def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequenc
         s0 = time.perf_counter()
         if sec == "jepa":
             tables += bench_jepa(cfg["jepa"], device, w, r, memory, threads=torch.get_num_threads())
+        elif sec == "official":
+            tables += bench_official(cfg["jepa"], vjepa2_src, device, w, r)
         elif sec == "maisi":
             tables += bench_maisi(cfg["maisi"], device, w, r, memory, threads=torch.get_num_threads())
         elif sec == "large":
@@ -1063,9 +1214,21 @@ def summarize(tables: Sequence[Table]) -> list[str]:
                        + (" (falls monotonically as the context shrinks)." if falling
                           else " (NOT monotonic in this run)."))
         elif title.startswith("JEPA step: float32 vs bfloat16"):
-            r = _num(t.rows[1][3])
-            out.append(f"bfloat16 autocast step time = {r:.2f}x float32 "
-                       + ("(faster)." if r is not None and r < 1 else "(slower on this device)."))
+            rows = {(r[0], r[1]): r for r in t.rows}
+            own = _num(rows[("ours VJEPA3D", "bfloat16 autocast")][4])
+            line = f"bfloat16 autocast JEPA step (ours) = {own:.2f}x the float32 step time " + (
+                "(faster)" if own is not None and own < 1 else "(slower on this device)")
+            vs16 = _num(rows[("ours VJEPA3D", "bfloat16 autocast")][5])
+            vs32 = _num(rows[("ours VJEPA3D", "float32")][5])
+            if vs16 is not None and vs32 is not None:
+                line += (f"; at equal precision ours processes {vs16:.2f}x the tokens/s of the VJEPA2Model step in "
+                         f"bfloat16 and {vs32:.2f}x in float32")
+            out.append(line + ".")
+        elif title.startswith("Encoder forward + backward: ours vs the official"):
+            parts = [f"{r[0]}, {r[1]}: {_num(r[5]):.2f}x" for r in t.rows if _num(r[5]) is not None]
+            if parts:
+                out.append("Encoder fwd+bwd against the official facebookresearch/vjepa2 VisionTransformer (same "
+                           "weights), ours/official tokens/s: " + "; ".join(parts) + ".")
         elif title.startswith("MAISI encode: StackedVideoVAE"):
             ov = _num(t.rows[1][4])
             out.append(f"MAISI wrapper overhead over raw batched encode: {ov:+.1f}% "
@@ -1159,14 +1322,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="size preset (overrides --quick)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
-                        help="comma list of " + ",".join(SECTIONS) + " (default " + ",".join(DEFAULT_SECTIONS) + ")")
+    parser.add_argument("--sections", default=None,
+                        help="comma list of " + ",".join(SECTIONS) + " (default " + ",".join(DEFAULT_SECTIONS)
+                        + ", and official when --vjepa2-src is given)")
+    parser.add_argument("--vjepa2-src", default=None, metavar="PATH",
+                        help="a local checkout of facebookresearch/vjepa2: adds the encoder comparison against the "
+                             "official VisionTransformer (section official)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default=None, help="write the Markdown report here (atomically)")
     args = parser.parse_args(argv)
     size = args.size or ("quick" if args.quick else "default")
-    report = run_benchmarks(size, args.device, [s for s in args.sections.split(",") if s], not args.no_memory,
-                            args.threads)
+    sections = None if args.sections is None else [s for s in args.sections.split(",") if s]
+    report = run_benchmarks(size, args.device, sections, not args.no_memory, args.threads,
+                            vjepa2_src=args.vjepa2_src)
     command = "python scripts/benchmark.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
                                                if (argv if argv is not None else sys.argv[1:]) else "")
     text = render_markdown(report, command.strip())
