@@ -32,8 +32,8 @@ def test_jepa_tables_complete_and_consistent():
     p = TINY["jepa"]
     tables = B.bench_jepa(p, warmup=0, repeats=1, memory=False, ratios=(0.0, 0.5, 0.9))
     assert [t.title.split(":")[0] for t in tables] == ["JEPA training step", "JEPA step vs mask ratio (ours)",
-                                                       "JEPA step"]
-    vs_hf, sweep, prec = tables
+                                                       "Attention kernel alone", "JEPA step"]
+    vs_hf, sweep, kernel, prec = tables
     for t in tables:
         _check_complete(t, allow_text=("not measured",))
     n = math.prod(B._grid(p))
@@ -45,6 +45,9 @@ def test_jepa_tables_complete_and_consistent():
     # the sweep shrinks the context as the ratio grows and is relative to ratio 0
     assert sweep.column("context tokens") == [n, n - round(0.5 * n), n - round(0.9 * n)]
     assert sweep.column("time ratio vs mask 0")[0] == 1.0
+    # the attention kernel at the step's context length, all tokens and four times that
+    assert kernel.column("sequence length") == sorted({ctx[1], n, 4 * n})
+    assert any(line.startswith("Attention kernel alone") for line in B.summarize(tables))
     assert prec.column("implementation") == ["HF VJEPA2Model"] * 2 + ["ours VJEPA3D"] * 2
     assert prec.column("precision") == ["float32", "bfloat16 autocast"] * 2
     assert prec.column("time ratio vs own float32")[0::2] == [1.0, 1.0]
@@ -60,7 +63,7 @@ def test_jepa_without_transformers_still_runs(monkeypatch):
     assert hf_rows and all(B.NOT_INSTALLED in r for r in hf_rows)
     ours = [r for r in vs_hf.rows if r[0].startswith("ours")]
     assert all(isinstance(r[3], float) and math.isfinite(r[3]) for r in ours)
-    assert len(tables) == 3
+    assert len(tables) == 4
 
 
 def test_same_step_same_masks_for_both_models():
@@ -77,8 +80,15 @@ def test_same_step_same_masks_for_both_models():
 def test_maisi_and_data_tables_and_memory_probe():
     m = TINY["maisi"]
     tables = B.bench_maisi(m, warmup=0, repeats=1, memory=False)  # the probe has its own test below
-    enc, mem, video = tables
+    enc, prof, mem, video = tables
     _check_complete(enc)
+    _check_complete(prof)
+    # the profile: the top operators, then the rest and the total, whose columns add up
+    names = prof.column("operator")
+    assert names[-2:] == ["all other operators", "total (profiled)"] and any("conv" in op for op in names)
+    for col in ("raw (ms per call)", "StackedVideoVAE (ms per call)"):
+        vals = prof.column(col)
+        assert math.isclose(sum(vals[:-1]), vals[-1], rel_tol=1e-6) and vals[-1] > 0
     _check_complete(mem, allow_text=("not measured",))
     _check_complete(video, allow_text=("not measured",))
     assert video.column("T (frames)") == list(m["memory_frames"])

@@ -55,6 +55,7 @@ __all__ = [
     "machine_info",
     "time_call",
     "time_interleaved",
+    "profile_ops",
     "peak_memory_mb",
     "measure_peak_memory",
     "bench_jepa",
@@ -230,6 +231,35 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats
             times[n].append(time.perf_counter() - t0)
     return {n: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "times_s": v}
             for n, v in times.items()}
+
+
+# ------------------------------------------------------------------------------------------------ profiles
+def profile_ops(fns: dict[str, Callable[[], Any]], calls: int = 2, device: str | torch.device = "cpu",
+                top: int = 8) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Self time per operator (``torch.profiler``, ms per call) of each variant after one untimed call.
+
+    Returns the ``top`` operators by their largest self time over the variants, and ``{variant: {op: ms}}``
+    (every operator, so a variant's total can be compared with the others').
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    per: dict[str, dict[str, float]] = {}
+    for name, fn in fns.items():
+        fn()
+        _sync(device)
+        with profile(activities=activities) as prof:
+            for _ in range(max(1, int(calls))):
+                fn()
+            _sync(device)
+        per[name] = {}
+        for ev in prof.key_averages():
+            us = ev.self_device_time_total if device.type == "cuda" else ev.self_cpu_time_total
+            if us > 0:
+                per[name][ev.key] = us / 1000.0 / max(1, int(calls))
+    ops = sorted({op for v in per.values() for op in v}, key=lambda op: -max(v.get(op, 0.0) for v in per.values()))
+    return ops[:top], per
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -486,6 +516,17 @@ def _hf_encoder_step(p: dict, device: torch.device):
     return step
 
 
+def _sdpa_call(batch: int, heads: int, length: int, head_dim: int, dtype: torch.dtype, device):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(batch, heads, length, head_dim, generator=g).to(device=device, dtype=dtype)
+               .requires_grad_(True) for _ in range(3))
+
+    def run():
+        F.scaled_dot_product_attention(q, k, v).float().square().mean().backward()
+
+    return run
+
+
 def _hf_available() -> bool:
     try:
         import transformers  # noqa: F401
@@ -570,6 +611,27 @@ def bench_jepa(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, 
     s.notes.append("Context = random tokens kept per sample, targets = the dropped ones (one token at ratio 0); "
                    "the target encoder always sees all tokens. Cost should fall as the context shrinks.")
     tables.append(s)
+
+    # the attention kernel alone at this step's sequence lengths: where a bfloat16 step can lose time
+    k = Table(f"Attention kernel alone: scaled_dot_product_attention forward + backward, bfloat16 vs float32 "
+              f"({dev.type})",
+              ["sequence length", "float32 (s)", "bfloat16 (s)", "time ratio bfloat16/float32"])
+    head_dim = p["embed_dim"] // p["num_heads"]
+    lengths = sorted({nc, n, 4 * n})
+    kfns = {}
+    for length in lengths:
+        for dt in (torch.float32, torch.bfloat16):
+            kfns[(length, dt)] = _sdpa_call(p["batch"], p["num_heads"], length, head_dim, dt, dev)
+    ktimed = time_interleaved(kfns, warmup, repeats, dev)
+    del kfns
+    for length in lengths:
+        f32, b16 = ktimed[(length, torch.float32)]["median_s"], ktimed[(length, torch.bfloat16)]["median_s"]
+        k.add(length, f32, b16, b16 / f32)
+    k.notes.append(f"Batch {p['batch']}, {p['num_heads']} heads of {head_dim} channels, random q, k, v with "
+                   f"gradients; {nc} = this step's context length, {n} = all tokens, {4 * n} = four times that. "
+                   "PyTorch's kernel, the same one both implementations call: a ratio > 1 at the step's lengths is "
+                   "time a bfloat16 step loses in attention whatever the model code does.")
+    tables.append(k)
 
     # precision: ours and VJEPA2Model, each at float32 and under bfloat16 autocast, timed round-robin
     a = Table(f"JEPA step: float32 vs bfloat16 autocast ({dev.type}), ours and Hugging Face VJEPA2Model",
@@ -799,6 +861,23 @@ def bench_maisi(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3,
         f"Same latents: max |wrapper - raw| = {diff:.2e} (shape {tuple(z_wrap.shape)}).",
     ]
     tables = [t]
+
+    ops, per = profile_ops({"raw": raw_fn, "wrap": wrap_fn}, calls=2, device=dev)
+    pr = Table("MAISI encode profile: self time per operator, wrapper vs raw",
+               ["operator", "raw (ms per call)", "StackedVideoVAE (ms per call)", "wrapper - raw (ms)"])
+    for op in ops:
+        a, b = per["raw"].get(op, 0.0), per["wrap"].get(op, 0.0)
+        pr.add(op, a, b, b - a)
+    tot_raw, tot_wrap = sum(per["raw"].values()), sum(per["wrap"].values())
+    rest_raw = tot_raw - sum(per["raw"].get(op, 0.0) for op in ops)
+    rest_wrap = tot_wrap - sum(per["wrap"].get(op, 0.0) for op in ops)
+    pr.add("all other operators", rest_raw, rest_wrap, rest_wrap - rest_raw)
+    pr.add("total (profiled)", tot_raw, tot_wrap, tot_wrap - tot_raw)
+    pr.notes.append("`torch.profiler` over 2 calls of each encode of the table above (after one untimed call); "
+                    "the operators with the largest self time. The wrapper's own work (padding, stacking, "
+                    "chunking, copying the latents out) is what it adds beyond the convolutions both run; the "
+                    "profiler's own cost inflates small operators alike in both columns.")
+    tables.append(pr)
 
     m = Table("MAISI encode peak memory vs frames T",
               ["T (frames)", "StackedVideoVAE peak (MiB)", "raw one-batch peak (MiB)", "wrapper / raw"])
@@ -1224,6 +1303,19 @@ def summarize(tables: Sequence[Table]) -> list[str]:
                 line += (f"; at equal precision ours processes {vs16:.2f}x the tokens/s of the VJEPA2Model step in "
                          f"bfloat16 and {vs32:.2f}x in float32")
             out.append(line + ".")
+        elif title.startswith("Attention kernel alone"):
+            parts = [f"{r[0]} tokens {_num(r[3]):.2f}x" for r in t.rows if _num(r[3]) is not None]
+            if parts:
+                out.append("Attention kernel alone (fwd+bwd), bfloat16 time / float32 time: " + ", ".join(parts)
+                           + ".")
+        elif title.startswith("MAISI encode profile"):
+            tot = [r for r in t.rows if r[0] == "total (profiled)"]
+            top = max((r for r in t.rows if r[0] not in ("total (profiled)", "all other operators")),
+                      key=lambda r: _num(r[1]) or 0.0, default=None)
+            if tot and top is not None and _num(tot[0][1]):
+                out.append(f"MAISI encode profile: {top[0]} takes {_num(top[1]) / _num(tot[0][1]):.0%} of the raw "
+                           f"encode's self time; the wrapper's profiled total is {_num(tot[0][2]):.1f} ms against "
+                           f"{_num(tot[0][1]):.1f} ms raw.")
         elif title.startswith("Encoder forward + backward: ours vs the official"):
             parts = [f"{r[0]}, {r[1]}: {_num(r[5]):.2f}x" for r in t.rows if _num(r[5]) is not None]
             if parts:
