@@ -23,12 +23,14 @@ import logging
 import os
 import posixpath
 import re
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from oct_foundation import io as oio
-from oct_foundation.data.readers import OCTImage, _first_line, _OCTReaderBase
+from oct_foundation.data.readers import OCTImage, _first_line, _OCTReaderBase, _runs, _subsample_image
+from oct_foundation.data.validation import check_voxels
 from oct_foundation.errors import OCTInputError
 
 __all__ = [
@@ -199,7 +201,8 @@ class ZeissImgReader(_OCTReaderBase):
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.interlaced = bool(interlaced)
 
-    def _read_one(self, path: str) -> OCTImage:
+    def _layout(self, path: str) -> tuple:
+        """``(a_scans, b_scans, depth, geo_source)`` of ``path`` (``depth``: bytes per A-scan), with the checks."""
         if not oio.exists(path):
             raise OCTInputError(path, "file not found")
         stem = str(path)[: -len(".img")] if _lower(path).endswith(".img") else str(path)
@@ -226,6 +229,18 @@ class ZeissImgReader(_OCTReaderBase):
                 path, f"{size} bytes is not a whole number of {a_scans}x{b_scans} B-scans ({geo_source}); "
                       "file truncated or wrong geometry"
             )
+        return a_scans, b_scans, depth, geo_source
+
+    def _image(self, arr, path, laterality, geo_source, **kw) -> OCTImage:
+        if self.spacing is not None:
+            spacing, source = self.spacing, "user"
+        else:
+            spacing, source = (1.0, 1.0, 1.0), "not in the file (Zeiss .img has no geometry): 1.0 mm; pass spacing"
+        extra = {"spacing_source": source, "laterality": laterality or "", "geometry_source": geo_source}
+        return OCTImage(arr, spacing, path, self.fmt, extra=extra, **kw)
+
+    def _read_one(self, path: str) -> OCTImage:
+        a_scans, b_scans, depth, geo_source = self._layout(path)
         from oct_converter.readers import IMG
 
         try:
@@ -236,13 +251,52 @@ class ZeissImgReader(_OCTReaderBase):
             raise
         except Exception as e:
             raise OCTInputError(path, f"cannot read Zeiss .img ({_first_line(e)})") from None
-        if self.spacing is not None:
-            spacing, source = self.spacing, "user"
-        else:
-            spacing, source = (1.0, 1.0, 1.0), "not in the file (Zeiss .img has no geometry): 1.0 mm; pass spacing"
-        arr = self._finalise(data, path)
-        extra = {"spacing_source": source, "laterality": oct_.laterality or "", "geometry_source": geo_source}
-        return OCTImage(arr, spacing, path, self.fmt, extra=extra)
+        return self._image(self._finalise(data, path), path, oct_.laterality, geo_source)
+
+    partial_depth = True
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        """Only the chosen B-scans, each read at its offset: the file is stored B-scan after B-scan, ``a_scans``
+        A-scans of ``depth`` bytes each (oct-converter's Fortran-order ``(depth, a_scans, b_scans)``), so B-scan
+        ``s`` is bytes ``[s, s + 1) * depth * a_scans``. De-interlaced (``interlaced=True``, which needs
+        ``depth = 2 * a_scans``), oct-converter's B-scan ``t`` is the first (``t`` even) or second half of the
+        A-scan samples of stored B-scan ``t // 2``, turned by 90 degrees, in float64, as oct-converter gives
+        them; other geometries go to the whole read, which says what oct-converter makes of them."""
+        a_scans, b_scans, depth, geo_source = self._layout(path)
+        if self.interlaced and depth != 2 * a_scans:
+            return _subsample_image(self._read_one(path), choose)
+        shape = (2 * b_scans, a_scans, depth // 2) if self.interlaced else (b_scans, depth, a_scans)
+        check_voxels(path, shape, self.limits, what="Zeiss .img size and geometry")
+        from oct_converter.readers import IMG
+
+        idx = np.asarray(choose(shape[0]), dtype=np.int64)
+        stored = np.unique(idx // 2 if self.interlaced else idx)
+        bscan = depth * a_scans
+        try:
+            parser = IMG.__new__(IMG)  # oct-converter's file-name parser only (IMG() wants a local file)
+            parser.filepath = Path(posixpath.basename(str(path)))
+            laterality = {"OD": "R", "OS": "L", None: ""}[parser.get_metadata_from_filename().get("laterality")]
+            scans = {}
+            with oio.open_file(path, "rb") as f:
+                for start, stop in _runs(stored):
+                    f.seek(start * bscan)
+                    buf = f.read((stop - start) * bscan)
+                    if len(buf) != (stop - start) * bscan:
+                        raise EOFError(f"{len(buf)} bytes where {(stop - start) * bscan} were expected")
+                    block = np.frombuffer(buf, dtype=np.uint8).reshape(stop - start, a_scans, depth)
+                    for k in range(stop - start):
+                        scans[start + k] = block[k].T  # [depth, a_scans] = [H, W]
+            if self.interlaced:
+                data = np.stack([np.rot90(scans[int(t) // 2][(int(t) % 2) * a_scans:(int(t) % 2 + 1) * a_scans])
+                                 for t in idx]).astype(np.float64)
+            else:
+                data = np.stack([scans[int(s)] for s in idx])
+        except OCTInputError:
+            raise
+        except Exception as e:
+            raise OCTInputError(path, f"cannot read Zeiss .img ({_first_line(e)})") from None
+        return self._image(self._finalise(data, path), path, laterality, geo_source, depth=shape[0],
+                           slice_indices=idx)
 
 
 def _lower(path) -> str:
@@ -433,7 +487,8 @@ class OptovueOCTReader(_OCTReaderBase):
         names = filename if isinstance(filename, (list, tuple)) else [filename]
         return all(str(n).lower().endswith(BIOPTIGEN_SUFFIXES) and oio.exists(_optovue_spec(n)) for n in names)
 
-    def _read_one(self, path: str) -> OCTImage:
+    def _spec(self, path: str) -> tuple:
+        """``(scans, file_info)`` from the ``.txt`` file spec beside ``path`` (oct-converter's ``POCT`` parser)."""
         import tempfile
 
         from oct_converter.readers import POCT
@@ -458,14 +513,15 @@ class OptovueOCTReader(_OCTReaderBase):
                 raise OCTInputError(spec, f"cannot read the Optovue file spec ({_first_line(e)})") from None
         if not scans:
             raise OCTInputError(spec, "Optovue file spec lists no scan (no 'Scan Length' / 'Scan Usage' lines)")
-        with oio.open_file(path, "rb") as f:
-            raw = f.read()
-        if len(raw) % 4:
-            raise OCTInputError(path, f"{len(raw)} bytes is not a whole number of float32 voxels")
+        return scans, info
+
+    def _volume(self, path: str, scans, size: int) -> tuple:
+        """``(index, offset)``: the volume to read and its first voxel, after checking the file's ``size``."""
+        if size % 4:
+            raise OCTInputError(path, f"{size} bytes is not a whole number of float32 voxels")
         need = sum(v["height"] * v["length"] * v["number"] for v in scans)
-        data = np.frombuffer(raw, dtype=np.float32)
-        if data.size < need:
-            raise OCTInputError(path, f"Optovue .OCT truncated: {data.size} voxels, the spec needs {need}")
+        if size // 4 < need:
+            raise OCTInputError(path, f"Optovue .OCT truncated: {size // 4} voxels, the spec needs {need}")
         index = 0 if self.volume_index is None else self.volume_index
         if not -len(scans) <= index < len(scans):
             raise OCTInputError(path, f"volume_index {index} out of range: the file holds {len(scans)} volume(s)")
@@ -473,11 +529,9 @@ class OptovueOCTReader(_OCTReaderBase):
             logger.warning("%s holds %d volumes; reading volume 0 (pass volume_index to pick another)",
                            path, len(scans))
         index %= len(scans)
-        offset = sum(v["height"] * v["length"] * v["number"] for v in scans[:index])
-        v = scans[index]
-        n = v["height"] * v["length"] * v["number"]
-        vol = data[offset:offset + n].reshape(v["number"], v["length"], v["height"])
-        vol = np.rot90(vol, axes=(1, 2))  # [D, length, height] -> [D, height, length], as POCT turns each B-scan
+        return index, sum(v["height"] * v["length"] * v["number"] for v in scans[:index])
+
+    def _image(self, vol, path, scans, info, index, **kw) -> OCTImage:
         spacing, source = ((self.spacing, "user") if self.spacing is not None
                            else ((1.0, 1.0, 1.0), "not in the Optovue file spec: 1.0 mm; pass spacing"))
         arr = self._finalise(np.ascontiguousarray(vol), path)
@@ -485,7 +539,47 @@ class OptovueOCTReader(_OCTReaderBase):
                  "volume_index": index,
                  "volumes": [{"n_bscans": int(w["number"]), "height": int(w["height"]), "length": int(w["length"])}
                              for w in scans]}
-        return OCTImage(arr, spacing, path, self.fmt, extra=extra)
+        return OCTImage(arr, spacing, path, self.fmt, extra=extra, **kw)
+
+    def _read_one(self, path: str) -> OCTImage:
+        scans, info = self._spec(path)
+        with oio.open_file(path, "rb") as f:
+            raw = f.read()
+        index, offset = self._volume(path, scans, len(raw))
+        data = np.frombuffer(raw, dtype=np.float32)
+        v = scans[index]
+        n = v["height"] * v["length"] * v["number"]
+        vol = data[offset:offset + n].reshape(v["number"], v["length"], v["height"])
+        vol = np.rot90(vol, axes=(1, 2))  # [D, length, height] -> [D, height, length], as POCT turns each B-scan
+        return self._image(vol, path, scans, info, index)
+
+    partial_depth = True
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        """Only the chosen B-scans of the volume, each run of consecutive ones read at its offset (the file's size
+        is checked against the spec first, as :meth:`read` does)."""
+        scans, info = self._spec(path)
+        with oio.open_file(path, "rb") as f:
+            index, offset = self._volume(path, scans, f.seek(0, 2))
+            v = scans[index]
+            number, length, height = int(v["number"]), int(v["length"]), int(v["height"])
+            if min(number, length, height) == 0:
+                return _subsample_image(self._read_one(path), choose)  # the whole read names the problem
+            check_voxels(path, (number, height, length), self.limits, what="Optovue file spec")
+            idx = np.asarray(choose(number), dtype=np.int64)
+            bscan = length * height * 4
+            scans_read = {}
+            for start, stop in _runs(np.unique(idx)):
+                f.seek(offset * 4 + start * bscan)
+                buf = f.read((stop - start) * bscan)
+                if len(buf) != (stop - start) * bscan:
+                    raise OCTInputError(path, f"Optovue .OCT truncated: {len(buf)} bytes where {(stop - start) * bscan}"
+                                              " were expected")
+                block = np.frombuffer(buf, dtype=np.float32).reshape(stop - start, length, height)
+                for k in range(stop - start):
+                    scans_read[start + k] = block[k]
+        vol = np.rot90(np.stack([scans_read[int(i)] for i in idx]), axes=(1, 2))  # as in read
+        return self._image(vol, path, scans, info, index, depth=number, slice_indices=idx)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ as RGB. Anything unreadable raises a one-line :class:`~oct_foundation.errors.OCT
 """
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import re
 from typing import Iterator
@@ -18,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from oct_foundation import io as oio
-from oct_foundation.data.readers import OCTImage, _first_line, _OCTReaderBase
+from oct_foundation.data.readers import OCTImage, _first_line, _OCTReaderBase, _subsample_image
 from oct_foundation.errors import OCTInputError
 
 __all__ = [
@@ -43,15 +44,38 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _NO_SPACING = "frames: no physical spacing (1.0 per frame and pixel)"
 
 
+def _channel_shape(shape, channel, path) -> tuple:
+    """The shape ``[C, H, W]`` :func:`to_channels` gives a frame of ``shape`` (and its errors), without the frame."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 2:
+        if channel not in ("gray", "all", 0):
+            raise OCTInputError(path, f"channel {channel!r} asked, but the frames are grey (one channel)")
+        return (1,) + shape
+    if len(shape) != 3:
+        raise OCTInputError(path, f"expected frames [H, W] or [H, W, channels], got shape {shape}")
+    h, w, k = shape
+    if channel == "gray":
+        return (1 if k in (3, 4) else min(k, 1), h, w)
+    if channel == "all":
+        return (k, h, w)
+    if isinstance(channel, (int, np.integer)) and 0 <= int(channel) < k:
+        return (1, h, w)
+    raise OCTInputError(path, f"channel {channel!r} not available: frames have {k} channels")
+
+
+def _channel_dtype(shape, dtype, channel) -> np.dtype:
+    """The dtype :func:`to_channels` gives a frame of ``shape`` and ``dtype`` (grey from colour is float32)."""
+    if channel == "gray" and len(shape) == 3 and shape[-1] in (3, 4):
+        return np.dtype(np.float32)
+    return np.dtype(dtype)
+
+
 def to_channels(frame: np.ndarray, channel, path) -> np.ndarray:
     """One frame ``[H, W]`` / ``[H, W, K]`` -> ``[C, H, W]`` for ``channel`` (``"gray"``, an index or ``"all"``)."""
     f = np.asarray(frame)
+    _channel_shape(f.shape, channel, path)  # the checks
     if f.ndim == 2:
-        if channel not in ("gray", "all", 0):
-            raise OCTInputError(path, f"channel {channel!r} asked, but the frames are grey (one channel)")
         return f[None]
-    if f.ndim != 3:
-        raise OCTInputError(path, f"expected frames [H, W] or [H, W, channels], got shape {tuple(f.shape)}")
     k = f.shape[-1]
     if channel == "gray":
         if k in (3, 4):
@@ -59,9 +83,7 @@ def to_channels(frame: np.ndarray, channel, path) -> np.ndarray:
         return f[..., :1].transpose(2, 0, 1)
     if channel == "all":
         return np.moveaxis(f, -1, 0)
-    if isinstance(channel, (int, np.integer)) and 0 <= int(channel) < k:
-        return f[..., int(channel)][None]
-    raise OCTInputError(path, f"channel {channel!r} not available: frames have {k} channels")
+    return f[..., int(channel)][None]
 
 
 class _FramesBase(_OCTReaderBase):
@@ -106,6 +128,42 @@ class _FramesBase(_OCTReaderBase):
         arr = self._finalise(np.stack(out, axis=1), path)
         extra = {"spacing_source": _NO_SPACING, "n_frames": int(arr.shape[1]), "channel": str(self.channel), **extra}
         return OCTImage(arr, (1.0, 1.0, 1.0), path, self.fmt, extra=extra)
+
+    def _read_chosen(self, path, props, decode, choose, extra) -> OCTImage:
+        """What :meth:`_stack` makes of all the frames, decoding only those ``choose`` picks.
+
+        ``props`` is every frame's ``(shape, dtype)`` as the file's headers give it: the whole read's checks
+        (each frame's channels, every frame the shape of frame 0, at least two frames) and the output dtype
+        (``dtype=None``: what stacking all the frames would give) come from those. ``decode(i)`` gives frame
+        ``i`` (raising :class:`OCTInputError` naming what failed). A decoded frame that is not what its header
+        said sends the file to the whole read (with the same indices)."""
+        shape, dtypes = None, set()
+        for i, (s, dt) in enumerate(props):
+            c = _channel_shape(s, self.channel, path)
+            if shape is None:
+                shape = c
+            elif c != shape:
+                raise OCTInputError(path, f"frame {i} has shape {c[1:]}, frame 0 has {shape[1:]}")
+            dtypes.add(_channel_dtype(s, dt, self.channel))
+        if not props:
+            raise OCTInputError(path, "no frames")
+        if len(props) < 2:
+            raise OCTInputError(path, "a single frame; expected a sequence of frames [T, H, W]")
+        n = len(props)
+        idx = np.asarray(choose(n), dtype=np.int64)
+        out_dtype = np.dtype(self.dtype) if self.dtype is not None else np.result_type(*sorted(dtypes, key=str))
+        frames = {}
+        for i in np.unique(idx):
+            raw = np.asarray(decode(int(i)))
+            if raw.shape != tuple(props[i][0]) or raw.dtype != np.dtype(props[i][1]):
+                img = self._read_one(path)  # the headers and the pixels disagree: read every frame
+                if img.array.shape[1] != n:
+                    raise OCTInputError(path, f"the headers list {n} frames, the data holds {img.array.shape[1]}")
+                return _subsample_image(img, lambda depth: idx)
+            frames[int(i)] = to_channels(raw, self.channel, path).astype(out_dtype, copy=False)
+        arr = self._finalise(np.stack([frames[int(i)] for i in idx], axis=1), path)
+        extra = {"spacing_source": _NO_SPACING, "n_frames": n, "channel": str(self.channel), **extra}
+        return OCTImage(arr, (1.0, 1.0, 1.0), path, self.fmt, extra=extra, depth=n, slice_indices=idx)
 
 
 class VideoReader(_FramesBase):
@@ -167,6 +225,49 @@ class TiffStackReader(_FramesBase):
         except Exception as e:
             raise OCTInputError(path, f"cannot read TIFF, truncated or corrupt ({_first_line(e)})") from None
 
+    partial_depth = True
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        """Only the chosen pages: the page count and every page's shape and dtype come from the page headers
+        (IFDs, no pixel data), then only the chosen pages are decoded. A single page holding ``[T, H, W]`` is
+        decoded whole (one page). A URL is copied to a local file first, as :meth:`read` does."""
+        import tifffile
+
+        def failed(e):
+            return OCTInputError(path, f"cannot read TIFF, truncated or corrupt ({_first_line(e)})")
+
+        with contextlib.ExitStack() as stack:
+            try:
+                local = stack.enter_context(oio.local_path(path))
+                tif = stack.enter_context(tifffile.TiffFile(local))
+                pages = tif.pages
+                first = pages[0] if len(pages) else None
+                if len(pages) == 1 and first.ndim >= 3 and first.shape[-1] not in (3, 4):
+                    props = [(tuple(first.shape[1:]), first.dtype)] * int(first.shape[0])
+                    whole: list = []
+
+                    def page(i):  # the frames of the one page [T, H, W]
+                        if not whole:
+                            whole.append(first.asarray())
+                        return whole[0][i]
+                else:
+                    props = [(tuple(p.shape), p.dtype) for p in pages]
+
+                    def page(i):
+                        return pages[i].asarray()
+            except OCTInputError:
+                raise
+            except Exception as e:
+                raise failed(e) from None
+
+            def decode(i):
+                try:
+                    return page(i)
+                except Exception as e:
+                    raise failed(e) from None
+
+            return self._read_chosen(path, props, decode, choose, {})
+
 
 def _natural_key(name: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", posixpath.basename(name))]
@@ -202,6 +303,34 @@ class FrameFolderReader(_FramesBase):
                 yield iio.imread(_read(f), extension=".png")
             except Exception as e:
                 raise OCTInputError(f, f"cannot read PNG frame ({_first_line(e)})") from None
+
+    partial_depth = True
+
+    def _read_depth_one(self, path: str, choose) -> OCTImage:
+        """Only the chosen frame files are read and decoded; every frame's shape and dtype (for the whole read's
+        checks) come from its PNG header chunks (imageio's ``improps``: the first bytes of each file)."""
+        import imageio.v3 as iio
+
+        files = self._files(path)
+        props = []
+        for f in files:
+            try:
+                with oio.open_file(f, "rb") as fh:
+                    p = iio.improps(fh, extension=".png")
+            except OCTInputError:
+                raise
+            except Exception as e:
+                raise OCTInputError(f, f"cannot read PNG frame ({_first_line(e)})") from None
+            props.append((tuple(p.shape), p.dtype))
+
+        def decode(i):
+            try:
+                return iio.imread(_read(files[i]), extension=".png")
+            except Exception as e:
+                raise OCTInputError(files[i], f"cannot read PNG frame ({_first_line(e)})") from None
+
+        return self._read_chosen(path, props, decode, choose,
+                                 {"frame_files": [posixpath.basename(f) for f in files]})
 
 
 def frame_reader(path, channel="gray"):

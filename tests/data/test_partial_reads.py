@@ -1,14 +1,17 @@
 """Reading only the slices depth subsampling keeps (``LoadOCTSlicesd``) gives exactly the read-all chain's output.
 
 For every format with partial reading (NIfTI plain / gzip / scaled / reoriented / channels-last, DICOM
-multi-frame, HEYEX ``.vol``, ``.npy`` local and URL) and every depth strategy, the chain of
+multi-frame, HEYEX ``.vol``, ``.npy``, Zeiss ``.img``, Optovue ``.OCT``, multi-page TIFF, PNG frame folders,
+local and URL) and every depth strategy, the chain of
 ``build_preprocessing(read_kept_slices=True)`` and that of ``read_kept_slices=False`` (read every slice, then
 ``DepthSubsampled``), seeded alike, give the same tensors, ``slice_indices``, affine and meta, item after item.
 Hooks then show the partial chain decodes only ``d_target`` slices and never the whole volume.
 """
+import imageio.v3 as iio
 import nibabel as nib
 import numpy as np
 import pytest
+import tifffile
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
@@ -16,7 +19,11 @@ from monai.transforms import Compose
 from oct_foundation.data import readers as R
 from oct_foundation.data.readers import LoadOCTd, LoadOCTSlicesd, write_dicom_oct, write_heyex_vol
 from oct_foundation.data.transforms import DepthSubsampled, build_preprocessing
+from oct_foundation.data.vendor import OptovueOCTReader, ZeissImgReader
+from oct_foundation.data.video import FrameFolderReader, TiffStackReader
 from oct_foundation.errors import OCTInputError
+
+from .test_vendor_readers import _optovue_pair, write_topcon
 
 SPACING = (0.12, 0.0039, 0.0113)
 DEPTH, H, W = 20, 12, 10
@@ -60,7 +67,39 @@ def _files(tmp_path, memfs, vol):
     out["npy 4D"] = str(tmp_path / "i.npy")
     memfs.pipe("/b/j.npy", (tmp_path / "h.npy").read_bytes())
     out["npy URL"] = "memory://b/j.npy"
+    zeiss = _zeiss(tmp_path, vol)
+    out["zeiss img"] = str(zeiss)
+    memfs.pipe(f"/b/{zeiss.name}", zeiss.read_bytes())
+    out["zeiss img URL"] = f"memory://b/{zeiss.name}"
+    opto, _ = _optovue_pair(tmp_path, [(H, W, DEPTH)])
+    out["optovue"] = str(opto)
+    memfs.pipe("/b/scan_1.OCT", opto.read_bytes())
+    memfs.pipe("/b/scan_1.txt", (tmp_path / "scan_1.txt").read_bytes())
+    out["optovue URL"] = "memory://b/scan_1.OCT"
+    tifffile.imwrite(tmp_path / "k.tif", vol)  # one page per frame
+    out["tiff"] = str(tmp_path / "k.tif")
+    memfs.pipe("/b/k.tif", (tmp_path / "k.tif").read_bytes())
+    out["tiff URL"] = "memory://b/k.tif"
+    out["png frames"] = _png_folder(tmp_path / "frames", vol)
+    for f in (tmp_path / "frames").iterdir():
+        memfs.pipe(f"/b/frames/{f.name}", f.read_bytes())
+    out["png frames URL"] = "memory://b/frames"
     return out
+
+
+def _zeiss(folder, vol, name=None):
+    """A Zeiss Cirrus raw export of ``vol [D, H, W]``: per B-scan, W A-scans of H bytes each; geometry in the name."""
+    d, h, w = vol.shape
+    path = folder / (name or f"P1_Macular_Cube_{w}x{d}_5-6-2024_7-8-9_OD_sn42_cube_z.img")
+    path.write_bytes(np.ascontiguousarray(vol.transpose(0, 2, 1)).tobytes())
+    return path
+
+
+def _png_folder(folder, frames):
+    folder.mkdir()
+    for i, f in enumerate(frames):  # natural order: f2 before f10
+        iio.imwrite(folder / f"f{i}.png", f)
+    return str(folder)
 
 
 def _assert_same(a: MetaTensor, b: MetaTensor):
@@ -140,14 +179,11 @@ def test_different_depths_and_short_volumes_refused_as_before(tmp_path, vol):
 
 
 def test_fallback_formats_read_whole_and_match(tmp_path, vol):
-    """A format without partial reading (multi-page TIFF) is read whole and subsampled: same output."""
-    import tifffile
+    """A format without partial reading (Topcon ``.fds``) is read whole and subsampled: same output."""
+    from oct_foundation.data.vendor import TopconOCTReader
 
-    p = str(tmp_path / "a.tif")
-    tifffile.imwrite(p, vol)
-    from oct_foundation.data.video import TiffStackReader
-
-    assert not TiffStackReader.partial_depth
+    p = str(write_topcon(tmp_path / "a.fds", vol.astype(np.uint16)))
+    assert not TopconOCTReader.partial_depth
     eager, lazy = _chains(d_target=D_TARGET, strategy="random")
     for _ in range(3):
         _assert_same(eager({"image": p})["image"], lazy({"image": p})["image"])
@@ -194,6 +230,7 @@ def decoded(monkeypatch):
 def test_partial_chain_never_decodes_the_whole_volume(tmp_path, memfs, vol, monkeypatch, decoded):
     import eyepy
     import pydicom
+    from oct_converter.readers import IMG
 
     files = _files(tmp_path, memfs, vol)
 
@@ -205,14 +242,26 @@ def test_partial_chain_never_decodes_the_whole_volume(tmp_path, memfs, vol, monk
     monkeypatch.setattr(eyepy, "import_heyex_vol", whole)
     monkeypatch.setattr(np, "load", lambda *a, mmap_mode=None, **k: (
         whole() if mmap_mode is None else np.lib.format.open_memmap(a[0], mode="r")))
+    monkeypatch.setattr(IMG, "read_oct_volume", whole)
+    for reader in (ZeissImgReader, OptovueOCTReader, TiffStackReader, FrameFolderReader):
+        monkeypatch.setattr(reader, "_read_one", whole)
+    pages, pngs = [], []  # frames decoded
+    real_page, real_png = tifffile.TiffPage.asarray, iio.imread
+    monkeypatch.setattr(tifffile.TiffPage, "asarray",
+                        lambda self, *a, **k: (pages.append(1), real_page(self, *a, **k))[1])
+    monkeypatch.setattr(iio, "imread", lambda *a, **k: (pngs.append(1), real_png(*a, **k))[1])
     lazy = Compose(build_preprocessing(d_target=D_TARGET, strategy="random", normalize=False))
     lazy.set_random_state(0)
     for name, path in files.items():
         decoded.clear()
+        pages.clear()
+        pngs.clear()
         out = lazy({"image": path})["image"]
         assert out.shape[1] == D_TARGET, name
         assert decoded and all(DEPTH not in s for s in decoded), (name, decoded)  # only D_TARGET slices
         assert any(D_TARGET in s for s in decoded), (name, decoded)
+        assert len(pages) == (D_TARGET if name.startswith("tiff") else 0), name
+        assert len(pngs) == (D_TARGET if name.startswith("png") else 0), name
     # the read-all chain does decode every slice (so the hooks above would have caught it)
     monkeypatch.undo()
     decoded_all = []
@@ -274,3 +323,178 @@ def test_dataloader_workers_draw_the_same_slices(tmp_path):
     assert len(outs[True]) == 2
     for (a, ia), (b, ib) in zip(outs[True], outs[False]):
         assert torch.equal(a, b) and torch.equal(ia, ib)
+
+
+# ------------------------------------------------------------------------------------------ vendor and frame readers
+def _read_both(reader, path, idx):
+    """(read-all then indexing, read_depth) of ``path`` with the indices ``idx``, compared field by field."""
+    idx = np.asarray(idx, dtype=np.int64)
+    calls = []
+    whole = R._subsample_image(reader.read(path), lambda d: idx)
+    part = reader.read_depth(path, lambda d: (calls.append(d), idx)[1])
+    assert calls == [whole.depth]  # choose is called once, with the file's slice count
+    assert part.array.dtype == whole.array.dtype and part.array.shape == whole.array.shape
+    assert np.array_equal(part.array, whole.array)
+    assert part.spacing == whole.spacing and part.fmt == whole.fmt and part.filename == whole.filename
+    assert part.depth == whole.depth and np.array_equal(part.slice_indices, whole.slice_indices)
+    assert part.extra == whole.extra
+    (_, ma), (_, mb) = reader.get_data(whole), reader.get_data(part)
+    assert set(ma) == set(mb) and all(np.array_equal(np.asarray(ma[k]), np.asarray(mb[k])) for k in ma)
+    return part
+
+
+INDICES = [[0], [1, 2, 3], [0, 4, 5, 9, 10, 19], [19], list(range(DEPTH)), [2, 2, 7]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, None])
+def test_zeiss_img_plain_and_interlaced(tmp_path, memfs, vol, dtype):
+    p = _zeiss(tmp_path, vol)
+    for idx in INDICES:
+        part = _read_both(ZeissImgReader(dtype=dtype), str(p), idx)
+        assert np.array_equal(part.array[0], vol[idx])  # stored A-scan by A-scan, read back as [D, H, W]
+        assert part.extra["laterality"] == "R" and part.array.dtype == (dtype or np.uint8)
+    # de-interlaced: 2 x 5 B-scans of 8 x 8 from 5 stored B-scans of 8 A-scans of 16 bytes
+    stored = np.random.default_rng(3).integers(0, 256, size=(5, 16, 8), dtype=np.uint8)
+    q = _zeiss(tmp_path, stored, name="scan_8x5_OS.img")
+    memfs.pipe("/b/scan_8x5_OS.img", q.read_bytes())
+    for path in (str(q), "memory://b/scan_8x5_OS.img"):
+        for idx in ([0], [1], [0, 1, 2, 7, 8, 9], list(range(10)), [3, 6]):
+            part = _read_both(ZeissImgReader(interlaced=True, dtype=dtype), path, idx)
+            assert part.array.shape == (1, len(idx), 8, 8) and part.depth == 10
+            assert part.array.dtype == (dtype or np.float64)  # as oct-converter de-interlaces
+    # geometry oct-converter cannot de-interlace: the same error both ways; other errors name the file as before
+    with pytest.raises(OCTInputError) as whole:
+        ZeissImgReader(interlaced=True).read(str(p))
+    with pytest.raises(OCTInputError) as part:
+        ZeissImgReader(interlaced=True).read_depth(str(p), lambda d: np.arange(2))
+    assert str(whole.value) == str(part.value) and "cannot read Zeiss .img" in str(part.value)
+    for reader, message in [(ZeissImgReader(geometry=(7, 5)), r"whole number of 7x5 B-scans"),
+                            (ZeissImgReader(), r"bare.img: Zeiss .img holds no geometry"),
+                            (ZeissImgReader(max_voxels=100), r"exceeds max_voxels=100")]:
+        path = str(p) if "max" in message else str(_zeiss(tmp_path, vol, name="bare.img"))
+        with pytest.raises(OCTInputError, match=message):
+            reader.read_depth(path, lambda d: np.arange(2))
+    (tmp_path / "P1_Macular_Cube_10x20_5-6-2024_7-8-9_OD_sn42_cube_z.hdr").write_bytes(b"")
+    with pytest.raises(OCTInputError, match="Analyze image"):
+        ZeissImgReader().read_depth(str(p), lambda d: np.arange(2))
+
+
+def _counting_reads(monkeypatch, module):
+    """Bytes returned by the outermost ``read`` of every file ``module.oio.open_file`` opens (as for .npy URLs)."""
+    read, depth = [], []
+    real_open = module.oio.open_file
+
+    def counting_open(path, mode="rb"):
+        f = real_open(path, mode)
+        real_read = f.read
+
+        def r(n=-1):
+            depth.append(1)
+            try:
+                out = real_read(n)
+            finally:
+                depth.pop()
+            if not depth and str(path).lower().endswith((".oct", ".img")):
+                read.append(len(out))
+            return out
+
+        f.read = r
+        return f
+
+    monkeypatch.setattr(module.oio, "open_file", counting_open)
+    return read
+
+
+def test_optovue_every_volume_and_only_the_kept_bytes(tmp_path, memfs, monkeypatch, caplog):
+    from oct_foundation.data import vendor
+
+    path, expected = _optovue_pair(tmp_path, [(12, 10, 7), (8, 6, 9)])
+    memfs.pipe("/b/scan_1.OCT", path.read_bytes())
+    memfs.pipe("/b/scan_1.txt", (tmp_path / "scan_1.txt").read_bytes())
+    for p in (str(path), "memory://b/scan_1.OCT"):
+        for idx in ([0], [0, 1, 2, 6], list(range(7)), [3, 3]):
+            part = _read_both(OptovueOCTReader(), p, idx)
+            assert np.array_equal(part.array[0], expected[0][idx])
+        for idx in ([8], [1, 2, 5]):
+            part = _read_both(OptovueOCTReader(volume_index=1, spacing=(0.1, 0.003, 0.02)), p, idx)
+            assert np.array_equal(part.array[0], expected[1][idx]) and part.extra["volume_index"] == 1
+    assert "holds 2 volumes; reading volume 0" in caplog.text
+    read = _counting_reads(monkeypatch, vendor)
+    OptovueOCTReader(volume_index=1).read_depth("memory://b/scan_1.OCT", lambda d: np.array([2, 3, 7]))
+    assert sum(read) == 3 * 8 * 6 * 4  # the three B-scans, not the file
+    read.clear()
+    ZeissImgReader(geometry=(6, 8)).read_depth("memory://b/scan_1.OCT", lambda d: np.array([4]))
+    assert len(read) == 1 and sum(read) == (12 * 10 * 7 + 8 * 6 * 9) * 4 // 8  # one Zeiss B-scan of 8
+    monkeypatch.undo()
+    # the whole read's errors, before any B-scan is read
+    with pytest.raises(OCTInputError, match="volume_index 2 out of range"):
+        OptovueOCTReader(volume_index=2).read_depth(str(path), lambda d: np.arange(2))
+    path.write_bytes(path.read_bytes()[:-40])
+    truncated = r"scan_1.OCT: Optovue .OCT truncated: 1262 voxels, the spec needs 1272"
+    for read_ in (OptovueOCTReader().read, lambda p: OptovueOCTReader().read_depth(p, lambda d: np.arange(2))):
+        with pytest.raises(OCTInputError, match=truncated):
+            read_(str(path))
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(OCTInputError, match=r"not a whole number of float32 voxels"):
+        OptovueOCTReader().read_depth(str(path), lambda d: np.arange(2))
+
+
+@pytest.mark.parametrize("channel", ["gray", "all", 1])
+def test_tiff_pages_rgb_and_single_page_stack(tmp_path, memfs, channel):
+    rgb = np.random.default_rng(1).integers(0, 255, size=(7, 9, 11, 3), dtype=np.uint8)
+    p = tmp_path / "rgb.tif"
+    tifffile.imwrite(p, rgb, photometric="rgb")
+    memfs.pipe("/b/rgb.tif", p.read_bytes())
+    for path in (str(p), "memory://b/rgb.tif"):
+        for idx in ([0, 1], [2, 5, 6], list(range(7))):
+            for dtype in (np.float32, None):
+                _read_both(TiffStackReader(channel=channel, dtype=dtype), path, idx)
+    if channel == "gray":  # one page holding [T, H, W] (its T planes): decoded whole, same output
+        one = tmp_path / "one.tif"
+        tifffile.imwrite(one, rgb[..., 0], photometric="minisblack", planarconfig="separate")
+        assert len(tifffile.TiffFile(one).pages) == 1
+        part = _read_both(TiffStackReader(), str(one), [1, 4])
+        assert np.array_equal(part.array[0], rgb[[1, 4], ..., 0]) and part.extra["n_frames"] == 7
+
+
+def test_frames_check_every_frame_without_decoding_it(tmp_path, memfs, monkeypatch):
+    """The whole read's checks run on frames that are not decoded: their headers give their shape and dtype."""
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 255, size=(5, 8, 6), dtype=np.uint8)
+    # a last frame of another size: refused although only frame 0 is read
+    folder = _png_folder(tmp_path / "mixed", list(frames[:4]) + [frames[4, :5]])
+    tif = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(tif) as w:
+        for f in list(frames[:4]) + [frames[4, :5]]:
+            w.write(f)
+    for reader, path in ((FrameFolderReader(), folder), (TiffStackReader(), str(tif))):
+        with pytest.raises(OCTInputError, match=r"frame 4 has shape \(5, 6\), frame 0 has \(8, 6\)"):
+            reader.read(path)
+        with pytest.raises(OCTInputError, match=r"frame 4 has shape \(5, 6\), frame 0 has \(8, 6\)"):
+            reader.read_depth(path, lambda d: np.array([0]))
+        with pytest.raises(OCTInputError, match=r"channel 2 asked, but the frames are grey"):
+            type(reader)(channel=2).read_depth(path, lambda d: np.array([0]))
+    # grey and 16-bit frames, kept as they are (dtype=None): the output dtype is that of stacking every frame
+    mixed = tmp_path / "dtypes"
+    _png_folder(mixed, [frames[0], frames[1].astype(np.uint16) * 200, frames[2], frames[3]])
+    part = _read_both(FrameFolderReader(dtype=None), str(mixed), [0, 2])
+    assert part.array.dtype == np.uint16 and part.extra["n_frames"] == 4
+    assert part.extra["frame_files"] == ["f0.png", "f1.png", "f2.png", "f3.png"]
+    # a header that is not what its pixels decode to: the file is read whole, with the same indices
+    real = iio.improps
+
+    def lying(*a, **k):
+        props = real(*a, **k)
+        return type(props)(shape=props.shape, dtype=np.dtype(np.int32), n_images=props.n_images,
+                           is_batch=props.is_batch, spacing=props.spacing)
+
+    monkeypatch.setattr(iio, "improps", lying)
+    _read_both(FrameFolderReader(dtype=None), str(mixed), [1, 3])
+    monkeypatch.undo()
+    # a broken frame file that is decoded is named; one of a single frame is refused as before
+    (tmp_path / "mixed" / "f2.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(OCTInputError, match=r"f2.png: cannot read PNG frame"):
+        FrameFolderReader().read_depth(folder, lambda d: np.array([0]))
+    single = _png_folder(tmp_path / "single", frames[:1])
+    with pytest.raises(OCTInputError, match=r"single: a single frame"):
+        FrameFolderReader().read_depth(single, lambda d: np.array([0]))
