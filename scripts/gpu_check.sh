@@ -3,9 +3,10 @@
 #   1. the CUDA tests (tests/gpu: bf16 / fp16 + GradScaler JEPA steps, SDPA flash and memory-efficient kernels
 #      against math, MAISI norm_float16 under CUDA autocast, an nccl DDP step); they skip without CUDA
 #   2. the benchmark on the device: JEPA step (ours vs Hugging Face VJEPA2Model, tokens/s, peak memory), MAISI
-#      encode, and the public-size encoder (ViT-L/16 on a 64x256x256 volume, bf16, peak memory)
+#      encode, the public-size encoder (ViT-L/16 on a 64x256x256 volume, bf16, peak memory) and the MAISI
+#      encode bundle's network at zoo size on a 128x512x512 stack video (peak memory)
 # and writes both into one report (default docs/performance_gpu.md), with the machine and the command.
-# Knobs: DEVICE (cuda), SIZE (benchmark size preset: default), SECTIONS (jepa,maisi,large), VJEPA2_SRC (a local
+# Knobs: DEVICE (cuda), SIZE (benchmark size preset: default), SECTIONS (jepa,maisi,large,large_maisi), VJEPA2_SRC (a local
 # checkout of facebookresearch/vjepa2: adds the section comparing the encoder with the official one), OUT, PYTHON (an
 # interpreter whose torch has CUDA; default: the project's .venv). `DEVICE=cpu SIZE=tiny` runs every step on the
 # CPU in a minute (the test suite does, so the script stays runnable).
@@ -13,7 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEVICE="${DEVICE:-cuda}"
 SIZE="${SIZE:-default}"
-SECTIONS="${SECTIONS:-jepa,maisi,large}"
+SECTIONS="${SECTIONS:-jepa,maisi,large,large_maisi}"
 OUT="$(realpath -m "${OUT:-$ROOT/docs/performance_gpu.md}")"
 if [ -n "${PYTHON:-}" ]; then
   PY="$PYTHON"; export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"; cd "$ROOT"

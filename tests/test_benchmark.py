@@ -190,3 +190,13 @@ def test_official_section_needs_a_checkout(tmp_path):
         B.run_benchmarks("tiny", sections=["official"])
     with pytest.raises(FileNotFoundError, match="no src/models/vision_transformer.py"):
         B.run_benchmarks("tiny", sections=["data"], vjepa2_src=str(tmp_path))
+
+
+def test_large_maisi_section_encodes_one_video_in_a_subprocess():
+    (t,) = B.bench_large_maisi(TINY["large_maisi"], threads=1)
+    _check_complete(t)
+    (row,) = t.rows
+    f, s = TINY["large_maisi"]["frames"], TINY["large_maisi"]["size"]
+    assert row[1] == f"{f} x {s} x {s}" and row[3] == f"[1, 4, {f // 4}, {s // 4}, {s // 4}]"
+    assert row[4] >= 0 and row[5] > 0
+    assert any(line.startswith("MAISI encode of a") for line in B.summarize([t]))

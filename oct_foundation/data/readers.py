@@ -1223,7 +1223,8 @@ class LoadOCTSlicesd(RandomizableTrait, LoadOCTd):
     seeds and the chosen slices are those of the read-all chain), and the volume read carries ``depth``'s
     metadata (``slice_indices``, ``original_depth``, affine and ``spacing`` of the kept slices). ``depth`` then
     leaves it alone; values that were already tensors it subsamples as before. Formats that cannot read part of
-    a file (``partial_depth`` False, e.g. the vendor formats, video) are read whole and then subsampled here.
+    a file (``partial_depth`` False: Heidelberg E2E, Topcon, Bioptigen, video files) are read whole and then
+    subsampled here.
     ``min_depth`` refuses shorter files before any draw, as ``MinDepthd`` does. A reader without
     ``read_depth`` (e.g. a plain MONAI reader) reads whole.
 

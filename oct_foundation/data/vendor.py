@@ -221,6 +221,9 @@ class ZeissImgReader(_OCTReaderBase):
                 )
             a_scans, b_scans = int(m.group(1)), int(m.group(2))
             geo_source = f"file name '{m.group(0)}'"
+            if a_scans == 0 or b_scans == 0:
+                raise OCTInputError(path, f"geometry {a_scans}x{b_scans} from the file name ({geo_source}) has no "
+                                          "A-scans or B-scans; pass geometry=(a_scans, b_scans)")
         with oio.open_file(path, "rb") as f:
             size = f.seek(0, 2)
         depth, rest = divmod(size, a_scans * b_scans)

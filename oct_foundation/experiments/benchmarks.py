@@ -62,6 +62,8 @@ __all__ = [
     "bench_official",
     "official_vjepa2_encoder_class",
     "bench_maisi",
+    "bench_large",
+    "bench_large_maisi",
     "bench_data",
     "bench_data_files",
     "run_benchmarks",
@@ -83,6 +85,7 @@ SIZES: dict[str, dict[str, Any]] = {
                   "chunk_size": 2, "memory_frames": (8, 16), "memory_size": 16},
         "data": {"depth": 8, "size": 16, "d_targets": (2, 4)},
         "large": {"preset": "vit_tiny_oct", "frames": 8, "size": 32},
+        "large_maisi": {"frames": 8, "size": 16, "num_channels": (4, 4, 4), "chunk_size": 2},
         "warmup": 0, "repeats": 1,
     },
     "quick": {
@@ -92,6 +95,7 @@ SIZES: dict[str, dict[str, Any]] = {
                   "chunk_size": 4, "memory_frames": (16, 64, 256, 512), "memory_size": 32},
         "data": {"depth": 32, "size": 64, "d_targets": (4, 8, 16)},
         "large": {"preset": "vjepa2_vitl_256", "frames": 16, "size": 128},
+        "large_maisi": {"frames": 16, "size": 128, "num_channels": None, "chunk_size": 8},
         "warmup": 1, "repeats": 5,
     },
     "default": {
@@ -101,6 +105,7 @@ SIZES: dict[str, dict[str, Any]] = {
                   "chunk_size": 8, "memory_frames": (16, 64, 256, 512), "memory_size": 32},
         "data": {"depth": 128, "size": 256, "d_targets": (8, 16, 32, 64)},
         "large": {"preset": "vjepa2_vitl_256", "frames": 64, "size": 256},
+        "large_maisi": {"frames": 128, "size": 512, "num_channels": None, "chunk_size": 8},
         "warmup": 1, "repeats": 3,
     },
 }
@@ -956,7 +961,7 @@ def _data_chains(p: dict, d_target: int):
 
 
 #: file formats of the data-path table from files (each has partial reading, see docs/data_formats.md)
-DATA_FORMATS = ("nii.gz", "nii", "dcm", "vol", "npy")
+DATA_FORMATS = ("nii.gz", "nii", "dcm", "vol", "npy", "img", "tif")
 
 
 def _data_files(p: dict, folder: str) -> dict[str, str]:
@@ -970,7 +975,8 @@ def _data_files(p: dict, folder: str) -> dict[str, str]:
     vol = rng.integers(0, 256, size=(p["depth"], p["size"], p["size"]), dtype=np.uint8)
     out = {}
     for fmt in DATA_FORMATS:
-        path = os.path.join(folder, f"volume.{fmt}")
+        # a Zeiss Cirrus raw export states its geometry (A-scans x B-scans) in its name only
+        path = os.path.join(folder, f"volume {p['size']}x{p['depth']}.img" if fmt == "img" else f"volume.{fmt}")
         if fmt == "nii.gz":  # what the synthetic cohort writes (gzip level 1)
             with open(path, "wb") as f:
                 f.write(_nifti_bytes(vol, DATA_SPACING))
@@ -983,6 +989,13 @@ def _data_files(p: dict, folder: str) -> dict[str, str]:
             write_dicom_oct(path, vol, spacing=DATA_SPACING)
         elif fmt == "vol":
             write_heyex_vol(path, vol, spacing=DATA_SPACING)
+        elif fmt == "img":  # per B-scan, A-scans of H bytes each
+            with open(path, "wb") as f:
+                f.write(np.ascontiguousarray(vol.transpose(0, 2, 1)).tobytes())
+        elif fmt == "tif":  # one page per B-scan
+            import tifffile
+
+            tifffile.imwrite(path, vol)
         else:
             np.save(path, vol)
         out[fmt] = path
@@ -1044,7 +1057,9 @@ def bench_data_files(p: dict, warmup: int = 1, repeats: int = 3, formats: Sequen
                    "the whole preprocessing (its percentile step switches from torch.quantile to numpy.percentile, "
                    "which is faster here, above 1e6 voxels, i.e. between d_target 32 and 64). The .nii.gz is still inflated whole (gzip has no "
                    "random access); a NIfTI B-scan index is the fastest-varying file axis, so its slices are "
-                   "strided in the file.")
+                   "strided in the file. img = a Zeiss Cirrus raw export (geometry in the file name, no spacing: 1.0 "
+                   "mm, so the in-plane resize works from that), tif = a multi-page TIFF (one page per B-scan, "
+                   "no spacing either).")
     return t
 
 
@@ -1191,6 +1206,45 @@ def bench_large(p: dict, device: str = "cpu", threads: int | None = None) -> lis
     return [t]
 
 
+def _case_large_maisi(params, device):
+    """The MAISI encode bundle's network at its defaults (the zoo autoencoder unless ``num_channels`` is given;
+    stacks of 4, ``chunk_size`` stacks per call, no splitting, ``norm_float16`` off) encoding one
+    ``[1, 1, frames, size, size]`` video, no gradients."""
+    from oct_foundation.networks.maisi import StackedVideoVAE, build_maisi_autoencoder, maisi_autoencoder_config
+
+    torch.manual_seed(0)
+    ch = params.get("num_channels")
+    ae = build_maisi_autoencoder(maisi_autoencoder_config(num_channels=list(ch) if ch else None))
+    vae = StackedVideoVAE(autoencoder=ae, strategy="stack", stack_size=4,
+                          chunk_size=int(params["chunk_size"])).to(device).eval()
+    x = torch.rand(1, 1, int(params["frames"]), int(params["size"]), int(params["size"]), device=device)
+
+    def run():
+        with torch.no_grad():
+            return vae.encode(x)
+
+    return run
+
+
+def bench_large_maisi(p: dict, device: str = "cpu", threads: int | None = None) -> list[Table]:
+    """Peak memory and time of the MAISI encode bundle's network on one full-size stack video."""
+    from oct_foundation.networks.maisi import maisi_autoencoder_config
+
+    ch = list(p["num_channels"]) if p.get("num_channels") else maisi_autoencoder_config()["num_channels"]
+    t = Table("MAISI encode at full size: one stack video, the encode bundle's network",
+              ["autoencoder num_channels", "video (frames x H x W)", "chunk (stacks)", "latents", "peak (MiB)",
+               "seconds", "frames/s"])
+    got = measure_peak_memory("large_maisi", {**p, "num_channels": ch}, device=device, threads=threads,
+                              timeout=3600, with_time=True)
+    f, sz = int(p["frames"]), int(p["size"])
+    t.add(str(ch), f"{f} x {sz} x {sz}", int(p["chunk_size"]), f"[1, 4, {f // 4}, {sz // 4}, {sz // 4}]",
+          got["peak_mb"], got["seconds"], f / got["seconds"])
+    t.notes.append("StackedVideoVAE (stack 4, the bundle's chunk size, no splitting, float32, norm_float16 off) "
+                   "around AutoencoderKlMaisi with random weights, encoding a random video without gradients, in a "
+                   "fresh subprocess (second call; peak = memory the call adds on top of the loaded weights).")
+    return [t]
+
+
 #: Cases a memory subprocess can build: name -> ``(params, device) -> work`` closure.
 _CASES: dict[str, Callable[[dict, torch.device], Callable[[], Any]]] = {
     "jepa_ours": _case_jepa_ours,
@@ -1202,12 +1256,14 @@ _CASES: dict[str, Callable[[dict, torch.device], Callable[[], Any]]] = {
     "maisi_file_stream": _case_maisi_file(True),
     "maisi_file_loaded": _case_maisi_file(False),
     "large_embed": _case_large_embed,
+    "large_maisi": _case_large_maisi,
 }
 
 
 # ------------------------------------------------------------------------------------------------ driver
-SECTIONS = ("jepa", "official", "maisi", "data", "large")
-#: sections run when none are named (``large`` builds a public-size encoder: minutes on a CPU, ask for it;
+SECTIONS = ("jepa", "official", "maisi", "data", "large", "large_maisi")
+#: sections run when none are named (``large`` builds a public-size encoder and ``large_maisi`` encodes a
+#: 128 x 512 x 512 video with the zoo autoencoder: minutes to an hour on a CPU, ask for them;
 #: ``official`` needs a checkout of the official code, ``vjepa2_src``, and runs by default when one is given)
 DEFAULT_SECTIONS = ("jepa", "maisi", "data")
 
@@ -1250,6 +1306,8 @@ def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequenc
             tables += bench_maisi(cfg["maisi"], device, w, r, memory, threads=torch.get_num_threads())
         elif sec == "large":
             tables += bench_large(cfg["large"], device, threads=torch.get_num_threads())
+        elif sec == "large_maisi":
+            tables += bench_large_maisi(cfg["large_maisi"], device, threads=torch.get_num_threads())
         else:
             tables += bench_data(cfg["data"], w, r)
         seconds[sec] = time.perf_counter() - s0
@@ -1316,6 +1374,16 @@ def summarize(tables: Sequence[Table]) -> list[str]:
                 out.append(f"MAISI encode profile: {top[0]} takes {_num(top[1]) / _num(tot[0][1]):.0%} of the raw "
                            f"encode's self time; the wrapper's profiled total is {_num(tot[0][2]):.1f} ms against "
                            f"{_num(tot[0][1]):.1f} ms raw.")
+        elif title.startswith("Public-size encoder"):
+            for r in t.rows:
+                if _num(r[3]) is not None:
+                    out.append(f"Public-size encoder {r[0]} embedding a {r[1]} volume ({r[2]} tokens, bf16 autocast): "
+                               f"peak {_num(r[3]):,.0f} MiB above the weights, {_num(r[4]):.1f} s.")
+        elif title.startswith("MAISI encode at full size"):
+            for r in t.rows:
+                if _num(r[4]) is not None:
+                    out.append(f"MAISI encode of a {r[1]} video (num_channels {r[0]}): peak {_num(r[4]):,.0f} MiB "
+                               f"above the weights, {_num(r[6]):.1f} frames/s.")
         elif title.startswith("Encoder forward + backward: ours vs the official"):
             parts = [f"{r[0]}, {r[1]}: {_num(r[5]):.2f}x" for r in t.rows if _num(r[5]) is not None]
             if parts:

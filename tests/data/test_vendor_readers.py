@@ -112,6 +112,10 @@ def test_zeiss_img_geometry_from_file_name_or_user(tmp_path):
     np.testing.assert_allclose(y.meta["spacing"], (6 / D, 2 / H, 6 / W))
     with pytest.raises(OCTInputError, match=r"whole number of 7x5 B-scans"):
         load_oct(q, ZeissImgReader(geometry=(7, 5)))
+    z = tmp_path / "cube 0x128.img"
+    z.write_bytes(raw)
+    with pytest.raises(OCTInputError, match=r"cube 0x128.img: geometry 0x128 from the file name .* no A-scans"):
+        load_oct(z)
 
 
 def _e2e_expected(exponents):
