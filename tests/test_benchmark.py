@@ -200,3 +200,14 @@ def test_large_maisi_section_encodes_one_video_in_a_subprocess():
     assert row[1] == f"{f} x {s} x {s}" and row[3] == f"[1, 4, {f // 4}, {s // 4}, {s // 4}]"
     assert row[4] >= 0 and row[5] > 0
     assert any(line.startswith("MAISI encode of a") for line in B.summarize([t]))
+
+
+@pytest.mark.slow  # inductor compiles C++ on the CPU: a minute or more per variant on 2 cores
+def test_compile_section_compares_eager_and_compiled_steps():
+    (t,) = B.bench_compile(TINY["jepa"], warmup=0, repeats=1)
+    _check_complete(t)
+    assert t.column("precision") == ["float32"] * 2 + ["bfloat16 autocast"] * 2
+    losses = t.column("first loss")
+    assert math.isclose(losses[0], losses[1], rel_tol=1e-4)  # same weights and batch: same loss to rounding
+    assert math.isclose(losses[2], losses[3], rel_tol=2e-2)
+    assert any(line.startswith("torch.compile of the JEPA step") for line in B.summarize([t]))

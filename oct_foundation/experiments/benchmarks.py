@@ -60,6 +60,7 @@ __all__ = [
     "measure_peak_memory",
     "bench_jepa",
     "bench_official",
+    "bench_compile",
     "official_vjepa2_encoder_class",
     "bench_maisi",
     "bench_large",
@@ -669,6 +670,65 @@ def bench_jepa(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, 
     return tables
 
 
+def _ours_step_compiled(p: dict, device: torch.device, ctx, tgt, amp: torch.dtype | None, mode: str | None):
+    """:func:`_ours_step` with the forward and loss under ``torch.compile(mode=mode)`` (None: eager)."""
+    torch.manual_seed(0)
+    net = _jepa_net(p).to(device).train()
+    x = _jepa_input(p, device)
+    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-4)
+
+    def forward(x, ctx, tgt):
+        pred, target = net.jepa_forward(x, ctx, tgt)
+        return net.jepa_loss(pred, target)
+
+    fwd = forward if mode is None else torch.compile(forward, mode=mode)
+
+    def step():
+        with _autocast(device, amp):
+            loss = fwd(x, ctx, tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        net.ema_update(0.999)
+        return float(loss.detach())
+
+    return step
+
+
+def bench_compile(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3,
+                  mode: str = "default") -> list[Table]:
+    """Our JEPA step eager against ``torch.compile`` (forward and loss), float32 and bfloat16 autocast."""
+    dev = torch.device(device)
+    ctx, tgt = _block_masks(p, dev)
+    tokens = p["batch"] * math.prod(_grid(p))
+    steps, first, losses = {}, {}, {}
+    for prec, amp in (("float32", None), ("bfloat16 autocast", torch.bfloat16)):
+        for kind, m in (("eager", None), ("torch.compile", mode)):
+            fn = _ours_step_compiled(p, dev, ctx, tgt, amp, m)
+            t0 = time.perf_counter()
+            losses[(prec, kind)] = fn()
+            _sync(dev)
+            first[(prec, kind)] = time.perf_counter() - t0
+            steps[(prec, kind)] = fn
+    timed = time_interleaved(steps, warmup, repeats, dev)
+    t = Table(f"JEPA step: eager vs torch.compile ({dev.type}, ours)",
+              ["precision", "mode", "first call (s)", "median step (s)", "tokens/s", "ratio compiled/eager (tokens/s)",
+               "first loss"])
+    for prec in ("float32", "bfloat16 autocast"):
+        eager = timed[(prec, "eager")]["median_s"]
+        for kind in ("eager", "torch.compile"):
+            med = timed[(prec, kind)]["median_s"]
+            t.add(prec, kind if kind == "eager" else f"{kind} ({mode})", first[(prec, kind)], med, tokens / med,
+                  eager / med, losses[(prec, kind)])
+    t.notes += [
+        "The step of the JEPA tables (same input, masks and seed); torch.compile wraps the forward and the loss "
+        "(what the pretrain bundle's compile_mode compiles), the backward, AdamW and EMA run eagerly. First call = "
+        "compilation plus one step. The first losses of eager and compiled agree to float rounding (same weights, "
+        "same batch).",
+    ]
+    return [t]
+
+
 # ------------------------------------------------------------------------------------------------ official V-JEPA 2
 def official_vjepa2_encoder_class(src: str):
     """``VisionTransformer`` of a local checkout of facebookresearch/vjepa2 (the folder holding ``src/``).
@@ -1261,9 +1321,10 @@ _CASES: dict[str, Callable[[dict, torch.device], Callable[[], Any]]] = {
 
 
 # ------------------------------------------------------------------------------------------------ driver
-SECTIONS = ("jepa", "official", "maisi", "data", "large", "large_maisi")
+SECTIONS = ("jepa", "official", "compile", "maisi", "data", "large", "large_maisi")
 #: sections run when none are named (``large`` builds a public-size encoder and ``large_maisi`` encodes a
-#: 128 x 512 x 512 video with the zoo autoencoder: minutes to an hour on a CPU, ask for them;
+#: 128 x 512 x 512 video with the zoo autoencoder: minutes to an hour on a CPU, ask for them; ``compile``
+#: spends about a minute per variant compiling;
 #: ``official`` needs a checkout of the official code, ``vjepa2_src``, and runs by default when one is given)
 DEFAULT_SECTIONS = ("jepa", "maisi", "data")
 
@@ -1300,6 +1361,8 @@ def run_benchmarks(size: str = "default", device: str = "cpu", sections: Sequenc
         s0 = time.perf_counter()
         if sec == "jepa":
             tables += bench_jepa(cfg["jepa"], device, w, r, memory, threads=torch.get_num_threads())
+        elif sec == "compile":
+            tables += bench_compile(cfg["jepa"], device, w, r)
         elif sec == "official":
             tables += bench_official(cfg["jepa"], vjepa2_src, device, w, r)
         elif sec == "maisi":
@@ -1384,6 +1447,11 @@ def summarize(tables: Sequence[Table]) -> list[str]:
                 if _num(r[4]) is not None:
                     out.append(f"MAISI encode of a {r[1]} video (num_channels {r[0]}): peak {_num(r[4]):,.0f} MiB "
                                f"above the weights, {_num(r[6]):.1f} frames/s.")
+        elif title.startswith("JEPA step: eager vs torch.compile"):
+            parts = [f"{r[0]} {_num(r[5]):.2f}x (compiling {_num(r[2]):.0f} s)" for r in t.rows
+                     if r[1] != "eager" and _num(r[5]) is not None]
+            if parts:
+                out.append("torch.compile of the JEPA step, tokens/s relative to eager: " + "; ".join(parts) + ".")
         elif title.startswith("Encoder forward + backward: ours vs the official"):
             parts = [f"{r[0]}, {r[1]}: {_num(r[5]):.2f}x" for r in t.rows if _num(r[5]) is not None]
             if parts:
