@@ -242,7 +242,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats
 # ------------------------------------------------------------------------------------------------ profiles
 def profile_ops(fns: dict[str, Callable[[], Any]], calls: int = 2, device: str | torch.device = "cpu",
                 top: int = 8) -> tuple[list[str], dict[str, dict[str, float]]]:
-    """Self time per operator (``torch.profiler``, ms per call) of each variant after one untimed call.
+    """Self time per operator (``torch.profiler``, ms per call) of each variant after one untimed call,
+    one profiled call per variant per round, round-robin.
 
     Returns the ``top`` operators by their largest self time over the variants, and ``{variant: {op: ms}}``
     (every operator, so a variant's total can be compared with the others').
@@ -251,19 +252,22 @@ def profile_ops(fns: dict[str, Callable[[], Any]], calls: int = 2, device: str |
 
     device = torch.device(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    per: dict[str, dict[str, float]] = {}
-    for name, fn in fns.items():
-        fn()
-        _sync(device)
-        with profile(activities=activities) as prof:
-            for _ in range(max(1, int(calls))):
-                fn()
-            _sync(device)
-        per[name] = {}
-        for ev in prof.key_averages():
-            us = ev.self_device_time_total if device.type == "cuda" else ev.self_cpu_time_total
-            if us > 0:
-                per[name][ev.key] = us / 1000.0 / max(1, int(calls))
+    calls = max(1, int(calls))
+    names = list(fns)
+    per: dict[str, dict[str, float]] = {n: {} for n in names}
+    for n in names:
+        fns[n]()
+    _sync(device)
+    # one profiled call per variant per round, round-robin (as time_interleaved), so drift hits all alike
+    for r in range(calls):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            with profile(activities=activities) as prof:
+                fns[n]()
+                _sync(device)
+            for ev in prof.key_averages():
+                us = ev.self_device_time_total if device.type == "cuda" else ev.self_cpu_time_total
+                if us > 0:
+                    per[n][ev.key] = per[n].get(ev.key, 0.0) + us / 1000.0 / calls
     ops = sorted({op for v in per.values() for op in v}, key=lambda op: -max(v.get(op, 0.0) for v in per.values()))
     return ops[:top], per
 
@@ -698,19 +702,38 @@ def _ours_step_compiled(p: dict, device: torch.device, ctx, tgt, amp: torch.dtyp
 def bench_compile(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3,
                   mode: str = "default") -> list[Table]:
     """Our JEPA step eager against ``torch.compile`` (forward and loss), float32 and bfloat16 autocast."""
+    import tempfile
+
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
     dev = torch.device(device)
     ctx, tgt = _block_masks(p, dev)
     tokens = p["batch"] * math.prod(_grid(p))
     steps, first, losses = {}, {}, {}
-    for prec, amp in (("float32", None), ("bfloat16 autocast", torch.bfloat16)):
-        for kind, m in (("eager", None), ("torch.compile", mode)):
-            fn = _ours_step_compiled(p, dev, ctx, tgt, amp, m)
-            t0 = time.perf_counter()
-            losses[(prec, kind)] = fn()
-            _sync(dev)
-            first[(prec, kind)] = time.perf_counter() - t0
-            steps[(prec, kind)] = fn
-    timed = time_interleaved(steps, warmup, repeats, dev)
+    # a cold compilation: an empty inductor cache folder and no FX-graph / autograd caches, so "first call" is
+    # what a user's first run pays, not a hit in the caches of an earlier run
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="oct_bench_inductor_") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            torch._dynamo.reset()
+            with inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False):
+                for prec, amp in (("float32", None), ("bfloat16 autocast", torch.bfloat16)):
+                    for kind, m in (("eager", None), ("torch.compile", mode)):
+                        fn = _ours_step_compiled(p, dev, ctx, tgt, amp, m)
+                        t0 = time.perf_counter()
+                        losses[(prec, kind)] = fn()
+                        _sync(dev)
+                        first[(prec, kind)] = time.perf_counter() - t0
+                        steps[(prec, kind)] = fn
+                timed = time_interleaved(steps, warmup, repeats, dev)
+        finally:
+            if saved is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+            torch._dynamo.reset()
     t = Table(f"JEPA step: eager vs torch.compile ({dev.type}, ours)",
               ["precision", "mode", "first call (s)", "median step (s)", "tokens/s", "ratio compiled/eager (tokens/s)",
                "first loss"])
@@ -723,7 +746,7 @@ def bench_compile(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 
     t.notes += [
         "The step of the JEPA tables (same input, masks and seed); torch.compile wraps the forward and the loss "
         "(what the pretrain bundle's compile_mode compiles), the backward, AdamW and EMA run eagerly. First call = "
-        "compilation plus one step. The first losses of eager and compiled agree to float rounding (same weights, "
+        "compilation from empty caches plus one step. The first losses of eager and compiled agree to float rounding (same weights, "
         "same batch).",
     ]
     return [t]
@@ -927,7 +950,7 @@ def bench_maisi(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3,
     ]
     tables = [t]
 
-    ops, per = profile_ops({"raw": raw_fn, "wrap": wrap_fn}, calls=2, device=dev)
+    ops, per = profile_ops({"raw": raw_fn, "wrap": wrap_fn}, calls=max(3, repeats), device=dev)
     pr = Table("MAISI encode profile: self time per operator, wrapper vs raw",
                ["operator", "raw (ms per call)", "StackedVideoVAE (ms per call)", "wrapper - raw (ms)"])
     for op in ops:
@@ -938,7 +961,8 @@ def bench_maisi(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3,
     rest_wrap = tot_wrap - sum(per["wrap"].get(op, 0.0) for op in ops)
     pr.add("all other operators", rest_raw, rest_wrap, rest_wrap - rest_raw)
     pr.add("total (profiled)", tot_raw, tot_wrap, tot_wrap - tot_raw)
-    pr.notes.append("`torch.profiler` over 2 calls of each encode of the table above (after one untimed call); "
+    pr.notes.append(f"`torch.profiler`, {max(3, repeats)} calls of each encode of the table above, one at a time "
+                    "round-robin (after one untimed call), self time averaged per call; "
                     "the operators with the largest self time. The wrapper's own work (padding, stacking, "
                     "chunking, copying the latents out) is what it adds beyond the convolutions both run; the "
                     "profiler's own cost inflates small operators alike in both columns.")
