@@ -439,8 +439,10 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _ours_step(p: dict, device: torch.device, ctx=None, tgt=None, amp: torch.dtype | None = None):
-    """A closure running one training step of our VJEPA3D (see module doc)."""
+def _ours_step(p: dict, device: torch.device, ctx=None, tgt=None, amp: torch.dtype | None = None,
+               compile_mode: str | None = None):
+    """A closure running one training step of our VJEPA3D (see module doc); ``compile_mode``: the forward and
+    loss under ``torch.compile(mode=compile_mode)`` (what the pretrain bundle's ``compile_mode`` compiles)."""
     torch.manual_seed(0)
     net = _jepa_net(p).to(device).train()
     x = _jepa_input(p, device)
@@ -448,10 +450,15 @@ def _ours_step(p: dict, device: torch.device, ctx=None, tgt=None, amp: torch.dty
         ctx, tgt = _block_masks(p, device)
     opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-4)
 
+    def forward(x, ctx, tgt):
+        pred, target = net.jepa_forward(x, ctx, tgt)
+        return net.jepa_loss(pred, target)
+
+    fwd = forward if compile_mode is None else torch.compile(forward, mode=compile_mode)
+
     def step():
         with _autocast(device, amp):
-            pred, target = net.jepa_forward(x, ctx, tgt)
-            loss = net.jepa_loss(pred, target)
+            loss = fwd(x, ctx, tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -674,31 +681,6 @@ def bench_jepa(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3, 
     return tables
 
 
-def _ours_step_compiled(p: dict, device: torch.device, ctx, tgt, amp: torch.dtype | None, mode: str | None):
-    """:func:`_ours_step` with the forward and loss under ``torch.compile(mode=mode)`` (None: eager)."""
-    torch.manual_seed(0)
-    net = _jepa_net(p).to(device).train()
-    x = _jepa_input(p, device)
-    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-4)
-
-    def forward(x, ctx, tgt):
-        pred, target = net.jepa_forward(x, ctx, tgt)
-        return net.jepa_loss(pred, target)
-
-    fwd = forward if mode is None else torch.compile(forward, mode=mode)
-
-    def step():
-        with _autocast(device, amp):
-            loss = fwd(x, ctx, tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        net.ema_update(0.999)
-        return float(loss.detach())
-
-    return step
-
-
 def bench_compile(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 3,
                   mode: str = "default") -> list[Table]:
     """Our JEPA step eager against ``torch.compile`` (forward and loss), float32 and bfloat16 autocast."""
@@ -721,7 +703,7 @@ def bench_compile(p: dict, device: str = "cpu", warmup: int = 1, repeats: int = 
             with inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False):
                 for prec, amp in (("float32", None), ("bfloat16 autocast", torch.bfloat16)):
                     for kind, m in (("eager", None), ("torch.compile", mode)):
-                        fn = _ours_step_compiled(p, dev, ctx, tgt, amp, m)
+                        fn = _ours_step(p, dev, ctx, tgt, amp, compile_mode=m)
                         t0 = time.perf_counter()
                         losses[(prec, kind)] = fn()
                         _sync(dev)
