@@ -1,5 +1,7 @@
-"""Evaluator handlers that collect every prediction of a run and write the full metric report when it completes
-(rank 0 writes; every rank puts the pooled numbers into ``engine.state.metrics``):
+"""Evaluator handlers that collect every prediction of a run and write the full metric report when it completes.
+With several processes (``torch.distributed`` initialised, each rank scoring its share of the cases) the ranks'
+predictions are gathered first, so the report and the metrics cover every case; rank 0 writes, and every rank
+puts the same pooled numbers into ``engine.state.metrics`` (so best-model selection agrees across ranks):
 
 * :class:`ClassificationReportHandler`: accuracy, macro-F1 and AUROC per device and pooled, and the per-case class
   probabilities, as JSON + CSV;
@@ -42,6 +44,30 @@ def _batch_items(engine) -> list[Mapping]:
     return list(batch)
 
 
+def _world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised process group, else ``(0, 1)``."""
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size()
+    return 0, 1
+
+
+def _gather(state) -> list:
+    """Every rank's ``state`` (any picklable object), in rank order; ``[state]`` in a single process."""
+    _, world = _world()
+    if world == 1:
+        return [state]
+    out: list = [None] * world
+    torch.distributed.all_gather_object(out, state)
+    return out
+
+
+def _fallback_id(i: int) -> str:
+    """The id of a case that brings none: its index, prefixed by the rank when several ranks score cases."""
+    rank, world = _world()
+    return str(i) if world == 1 else f"rank{rank}-{i}"
+
+
 def _value(v):
     if isinstance(v, torch.Tensor):
         return v.item() if v.numel() == 1 else v.tolist()
@@ -73,6 +99,9 @@ class _ReportHandler:
             self.update(out, item)
 
     def _complete(self, engine) -> None:
+        states = _gather(self.state())
+        if len(states) > 1:
+            self.load_states(states)
         self.result = self.compute()
         if process_rank() == 0:
             self.save(self.result)
@@ -119,7 +148,17 @@ class ClassificationReportHandler(_ReportHandler):
         self.labels.append(int(label.reshape(-1)[0]))
         self.groups.append(str(_value(item.get(self.group_key, "all"))))
         case = item.get(self.id_key)
-        self.ids.append(str(_value(case)) if case is not None else str(len(self.ids)))
+        self.ids.append(str(_value(case)) if case is not None else _fallback_id(len(self.ids)))
+
+    def state(self) -> dict[str, list]:
+        return {"scores": self.scores, "labels": self.labels, "groups": self.groups, "ids": self.ids}
+
+    def load_states(self, states: Sequence[Mapping[str, list]]) -> None:
+        """Replace the collected cases with those of every rank (in rank order)."""
+        self.scores = [x for st in states for x in st["scores"]]
+        self.labels = [x for st in states for x in st["labels"]]
+        self.groups = [x for st in states for x in st["groups"]]
+        self.ids = [x for st in states for x in st["ids"]]
 
     def compute(self) -> dict[str, Any]:
         from oct_foundation.metrics.classification import _softmax, classification_metrics
@@ -196,9 +235,17 @@ class SegmentationReportHandler(_ReportHandler):
         pred = _label_map(out[self.pred_key], self.num_classes)
         label = _label_map(out[self.label_key], self.num_classes)
         case = item.get(self.id_key)
-        cid = str(_value(case)) if case is not None else None
-        self.report.update(pred[None], label[None], case_ids=[cid] if cid is not None else None)
+        cid = str(_value(case)) if case is not None else _fallback_id(len(self.shapes))
+        self.report.update(pred[None], label[None], case_ids=[cid])
         self.shapes.append("x".join(str(int(s)) for s in label.shape[1:]))  # the grid scored, D x H x W
+
+    def state(self) -> dict[str, Any]:
+        return {"report": self.report.state(), "shapes": self.shapes}
+
+    def load_states(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the collected cases with those of every rank (in rank order)."""
+        self.report.load_states([st["report"] for st in states])
+        self.shapes = [x for st in states for x in st["shapes"]]
 
     def compute(self) -> dict[str, Any]:
         result = self.report.aggregate()

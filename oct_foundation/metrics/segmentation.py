@@ -10,7 +10,7 @@ Means over cases ignore NaN; the overall mean is the mean of the per-layer means
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -144,6 +144,16 @@ class SegmentationReport:
         self._dice.append(s["dice"].numpy())
         self._iou.append(s["iou"].numpy())
         self._ids += [str(i) for i in ids]
+
+    def state(self) -> dict[str, list]:
+        """The collected per-case scores (picklable), e.g. to gather them from several processes."""
+        return {"dice": list(self._dice), "iou": list(self._iou), "ids": list(self._ids)}
+
+    def load_states(self, states: Sequence[Mapping[str, list]]) -> None:
+        """Replace the collected cases with those of several :meth:`state` results, in order."""
+        self._dice = [x for st in states for x in st["dice"]]
+        self._iou = [x for st in states for x in st["iou"]]
+        self._ids = [x for st in states for x in st["ids"]]
 
     def aggregate(self) -> dict[str, Any]:
         k = len(self.names)
