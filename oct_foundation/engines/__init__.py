@@ -14,7 +14,7 @@ _EXPORTS = {
     ),
     "monitoring": (
         "ProgressBarHandler", "JEPAStatsLogger", "RepresentationRankMonitor", "RankZeroStatsHandler",
-        "RankZeroTensorBoardStatsHandler", "peak_memory_mb", "slice_indices_of",
+        "RankZeroTensorBoardStatsHandler", "RankZeroLrScheduleHandler", "peak_memory_mb", "slice_indices_of",
     ),
     "checkpoints": (
         "TrainingCheckpoint", "ResumeCheckpoint", "ModelExport", "BestModelExport", "latest_checkpoint",

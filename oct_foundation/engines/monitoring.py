@@ -15,11 +15,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import StatsHandler, TensorBoardStatsHandler
+from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
 
 from oct_foundation.engines.runs import process_rank
 
-__all__ = ["ProgressBarHandler", "RankZeroStatsHandler", "RankZeroTensorBoardStatsHandler", "peak_memory_mb",
+__all__ = ["ProgressBarHandler", "RankZeroStatsHandler", "RankZeroTensorBoardStatsHandler", "RankZeroLrScheduleHandler",
+           "peak_memory_mb",
            "slice_indices_of", "JEPAStatsLogger", "RepresentationRankMonitor"]
 
 logger = logging.getLogger("oct_foundation.engines")
@@ -71,6 +72,15 @@ class RankZeroStatsHandler(StatsHandler):
     def attach(self, engine: Engine) -> None:
         if process_rank() == 0:
             super().attach(engine)
+
+
+class RankZeroLrScheduleHandler(LrScheduleHandler):
+    """MONAI's ``LrScheduleHandler`` (same arguments): the scheduler steps on every rank (each replica keeps its
+    own optimizer), the learning rate is printed (``print_lr``) on rank 0 only."""
+
+    def attach(self, engine: Engine) -> None:
+        self.print_lr = bool(self.print_lr) and process_rank() == 0
+        super().attach(engine)
 
 
 #: stands in for the ``SummaryWriter`` on ranks other than 0, which never write (MONAI would create one, and its

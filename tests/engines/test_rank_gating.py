@@ -114,3 +114,20 @@ def test_one_ddp_wrap(monkeypatch):
         assert ddp.device_ids is None
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rank,prints", [("0", True), ("1", False)])
+def test_lr_schedule_steps_on_every_rank_and_prints_on_rank_zero(monkeypatch, caplog, rank, prints):
+    import logging
+
+    from oct_foundation.engines import RankZeroLrScheduleHandler
+
+    monkeypatch.setenv("RANK", rank)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    engine = Engine(lambda e, b: None)
+    RankZeroLrScheduleHandler(sched, print_lr=True).attach(engine)
+    with caplog.at_level(logging.INFO):
+        engine.run([0], max_epochs=3)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.125)  # stepped at every epoch on every rank
+    assert any("learning rate" in r.getMessage() for r in caplog.records) is prints
