@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from oct_foundation import io
-from oct_foundation.engines.runs import process_rank
+from oct_foundation.engines.runs import process_rank, process_world_size
 
 __all__ = ["ClassificationReportHandler", "SegmentationReportHandler"]
 
@@ -44,17 +44,9 @@ def _batch_items(engine) -> list[Mapping]:
     return list(batch)
 
 
-def _world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised process group, else ``(0, 1)``."""
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank(), d.get_world_size()
-    return 0, 1
-
-
 def _gather(state) -> list:
     """Every rank's ``state`` (any picklable object), in rank order; ``[state]`` in a single process."""
-    _, world = _world()
+    world = process_world_size()
     if world == 1:
         return [state]
     out: list = [None] * world
@@ -62,10 +54,14 @@ def _gather(state) -> list:
     return out
 
 
+def _concat(states: Sequence[Mapping[str, list]], keys: Sequence[str]) -> dict[str, list]:
+    """The per-key lists of several states joined in order."""
+    return {k: [x for st in states for x in st[k]] for k in keys}
+
+
 def _fallback_id(i: int) -> str:
     """The id of a case that brings none: its index, prefixed by the rank when several ranks score cases."""
-    rank, world = _world()
-    return str(i) if world == 1 else f"rank{rank}-{i}"
+    return str(i) if process_world_size() == 1 else f"rank{process_rank()}-{i}"
 
 
 def _value(v):
@@ -155,10 +151,8 @@ class ClassificationReportHandler(_ReportHandler):
 
     def load_states(self, states: Sequence[Mapping[str, list]]) -> None:
         """Replace the collected cases with those of every rank (in rank order)."""
-        self.scores = [x for st in states for x in st["scores"]]
-        self.labels = [x for st in states for x in st["labels"]]
-        self.groups = [x for st in states for x in st["groups"]]
-        self.ids = [x for st in states for x in st["ids"]]
+        joined = _concat(states, ("scores", "labels", "groups", "ids"))
+        self.scores, self.labels, self.groups, self.ids = (joined[k] for k in ("scores", "labels", "groups", "ids"))
 
     def compute(self) -> dict[str, Any]:
         from oct_foundation.metrics.classification import _softmax, classification_metrics
@@ -245,7 +239,7 @@ class SegmentationReportHandler(_ReportHandler):
     def load_states(self, states: Sequence[Mapping[str, Any]]) -> None:
         """Replace the collected cases with those of every rank (in rank order)."""
         self.report.load_states([st["report"] for st in states])
-        self.shapes = [x for st in states for x in st["shapes"]]
+        self.shapes = _concat(states, ("shapes",))["shapes"]
 
     def compute(self) -> dict[str, Any]:
         result = self.report.aggregate()

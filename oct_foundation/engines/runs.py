@@ -36,7 +36,7 @@ from typing import Any, Mapping
 from oct_foundation import io
 from oct_foundation.errors import CheckpointError
 
-__all__ = ["process_rank", "wrap_ddp", "NOT_IN_RUN_ID", "TrainingRun", "run_settings", "run_id_of", "start_training_run",
+__all__ = ["process_rank", "process_world_size", "wrap_ddp", "NOT_IN_RUN_ID", "TrainingRun", "run_settings", "run_id_of", "start_training_run",
            "checkpoint_run", "find_checkpoints"]
 
 logger = logging.getLogger("oct_foundation.engines")
@@ -130,6 +130,14 @@ def process_rank() -> int:
     if d.is_available() and d.is_initialized():
         return d.get_rank()
     return int(os.environ.get("RANK", "0") or 0)
+
+
+def process_world_size() -> int:
+    """Processes in the initialised process group, else 1 (ranks only gather once the group exists)."""
+    import torch
+
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
 
 
 def wrap_ddp(module, device=None, **ddp_kwargs):

@@ -25,10 +25,9 @@ def _rank() -> int:
 
 
 def _world() -> int:
-    import torch
+    from oct_foundation.engines.runs import process_world_size
 
-    d = torch.distributed
-    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+    return process_world_size()
 
 
 def _finite_float(v) -> float | None:
