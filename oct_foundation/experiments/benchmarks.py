@@ -787,17 +787,12 @@ def bench_official(p: dict, src: str, device: str = "cpu", warmup: int = 1, repe
     """Encoder forward + backward, ours against the official V-JEPA 2 ``VisionTransformer`` with the same
     weights (ours loaded into it strictly, outputs compared), at float32 and under bfloat16 autocast, on all
     tokens and on ``keep_fraction`` of them (both encoders take the kept-token indices)."""
-    from oct_foundation.networks import VisionTransformer3D
-
     official_cls = official_vjepa2_encoder_class(src)
     dev = torch.device(device)
     grid = _grid(p)
     n = math.prod(grid)
     torch.manual_seed(0)
-    ours = VisionTransformer3D(in_chans=1, img_size=(p["frames"], p["size"], p["size"]),
-                               patch_size=p["patch_size"], tubelet_size=p["tubelet_size"],
-                               embed_dim=p["embed_dim"], depth=p["depth"], num_heads=p["num_heads"],
-                               pos_embed="rope", use_sdpa=True).to(dev).train()
+    ours = _jepa_net(p).encoder.to(dev).train()  # the encoder of the JEPA tables
     official = official_cls(img_size=(p["size"], p["size"]), patch_size=p["patch_size"], num_frames=p["frames"],
                             tubelet_size=p["tubelet_size"], in_chans=1, embed_dim=p["embed_dim"], depth=p["depth"],
                             num_heads=p["num_heads"], use_rope=True, use_sdpa=True).to(dev).train()
