@@ -185,7 +185,10 @@ def test_official_section_through_the_cli(tmp_path):
     assert len(rows) == 4
 
 
-def test_official_section_needs_a_checkout(tmp_path):
+def test_official_section_needs_a_checkout(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        B.main(["--size", "tiny", "--sections", "data", "--vjepa2-src", str(tmp_path / "nope")])
+    assert "no src/models/vision_transformer.py" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs --vjepa2-src"):
         B.run_benchmarks("tiny", sections=["official"])
     with pytest.raises(FileNotFoundError, match="no src/models/vision_transformer.py"):

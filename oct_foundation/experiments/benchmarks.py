@@ -1562,8 +1562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = args.size or ("quick" if args.quick else "default")
     sections = None if args.sections is None else [s for s in args.sections.split(",") if s]
-    report = run_benchmarks(size, args.device, sections, not args.no_memory, args.threads,
-                            vjepa2_src=args.vjepa2_src)
+    try:
+        report = run_benchmarks(size, args.device, sections, not args.no_memory, args.threads,
+                                vjepa2_src=args.vjepa2_src)
+    except (ValueError, FileNotFoundError) as e:  # a bad option or path: a usage error, not a traceback
+        parser.error(str(e))
     command = "python scripts/benchmark.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
                                                if (argv if argv is not None else sys.argv[1:]) else "")
     text = render_markdown(report, command.strip())
